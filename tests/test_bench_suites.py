@@ -1,0 +1,180 @@
+"""Benchmark prompt suites: AnE reproduction, T2I-CompBench loading and fetching, subject derivation."""
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from ait2i.bench import ane, compbench
+from ait2i.bench.phrases import noun_phrases, subjects_of, vqa_questions
+from ait2i.bench.suites import load_suite, parse_seeds, parse_suite
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+ANE_FILE = SHARED / "ane" / "a.e_prompts.txt"
+CB_DIR = SHARED / "t2i-compbench"
+needs_ane = pytest.mark.skipif(not ANE_FILE.is_file(), reason="shared AnE prompt file not present")
+needs_cb = pytest.mark.skipif(not (CB_DIR / "color_val.txt").is_file(), reason="shared T2I-CompBench copies absent")
+
+
+@needs_ane
+def test_ane_reproduces_published_file_byte_for_byte():
+    assert ane.ane_json() == ANE_FILE.read_text()
+
+
+def test_ane_follows_the_design():
+    rows = ane.ane_prompts()
+    assert len(rows) == 276 and len({p for _, p, _ in rows}) == 276
+    by = {c: [(p, s) for cat, p, s in rows if cat == c] for c in ane.CATEGORIES}
+    assert [len(by[c]) for c in ane.CATEGORIES] == [66, 144, 66]
+    # animals: every unordered pair once, written in word-list order
+    pairs = {s for _, s in by["animals"]}
+    assert pairs == set(itertools.combinations(ane.ANIMALS, 2))
+    # animals_objects: every (animal, object) once; wearables with "with" and no colour, others coloured
+    seen = set()
+    for p, (animal, obj) in by["animals_objects"]:
+        noun = obj.split()[-1]
+        seen.add((animal, noun))
+        if noun in ane.WEARABLES:
+            assert p == f"a {animal} with a {noun}" and obj == noun
+        else:
+            colour = obj.split()[0]
+            assert colour in ane.COLORS and p == f"a {animal} and a {colour} {noun}"
+    assert seen == set(itertools.product(ane.ANIMALS, ane.OBJECTS))
+    assert sum(" with " in p for p, _ in by["animals_objects"]) == 36
+    # objects: every unordered pair of objects once, each coloured
+    obj_pairs = {tuple(s.split()[-1] for s in subj) for _, subj in by["objects"]}
+    assert obj_pairs == set(itertools.combinations(ane.OBJECTS, 2))
+    assert all(len(s.split()) == 2 and s.split()[0] in ane.COLORS for _, subj in by["objects"] for s in subj)
+
+
+def test_ane_subjects_example_and_suite_indices():
+    suite = load_suite("ane:animals_objects")
+    assert suite.name == "ane:animals_objects" and len(suite.prompts) == 144
+    p = next(p for p in suite.prompts if p.text == "a cat and a red apple")
+    assert p.subjects == ("cat", "red apple") and p.category == "animals_objects"
+    assert [q.index for q in suite.prompts] == list(range(144))
+    assert suite.image_path(p, 7, tuple(range(64))) == "a cat and a red apple/7.png"
+
+
+def test_ane_subjects_resolve_with_the_clip_tokenizer():
+    from ait2i.subjects import resolve_subjects
+    from ait2i.testing import clip_tokenizer
+
+    tok = clip_tokenizer()
+    for _, prompt, subjects in ane.ane_prompts():
+        resolved = resolve_subjects(tok, prompt, list(subjects))
+        assert len(resolved) == len(subjects)
+        for s in resolved:
+            assert s.tokens and len(s.attributes) == len(s.label.split()) - 1
+
+
+@pytest.mark.parametrize(
+    "spec, err",
+    [("anee", "unknown suite"), ("ane:dogs", "unknown category"), ("t2i-compbench", "needs one category"),
+     ("t2i-compbench:colour", "unknown category")],
+)
+def test_bad_suite_names(spec, err):
+    with pytest.raises(ValueError, match=err):
+        parse_suite(spec)
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-3") == (0, 1, 2, 3)
+    assert parse_seeds("42,43,50-51") == (42, 43, 50, 51)
+    for bad in ("", "3-1", "a", "-1"):
+        with pytest.raises(ValueError):
+            parse_seeds(bad)
+
+
+@needs_cb
+def test_compbench_loads_verified_files():
+    for cat in compbench.CATEGORIES:
+        rows = compbench.compbench_prompts(cat, CB_DIR)
+        assert len(rows) == 300, cat
+        assert all("\r" not in p for _, p, _ in rows)
+    suite = load_suite("t2i-compbench:color", CB_DIR)
+    p = suite.prompts[0]
+    assert p.text == "a green bench and a blue bowl" and p.subjects == ("green bench", "blue bowl")
+    seeds = tuple(range(42, 52))
+    assert suite.image_path(suite.prompts[3], 44, seeds) == f"samples/{suite.prompts[3].text}_000032.png"
+    assert compbench.plural_nouns(CB_DIR)["bottles"] == "bottle"
+
+
+@needs_cb
+def test_compbench_hashes_are_the_shared_copies():
+    for name, digest in compbench.SHA256.items():
+        assert hashlib.sha256((CB_DIR / name).read_bytes()).hexdigest() == digest
+
+
+@needs_cb
+def test_fetch_verifies_hashes(tmp_path):
+    dest = tmp_path / "cb"
+    compbench.fetch(dest, base_url=CB_DIR.as_uri())
+    assert sorted(p.name for p in dest.iterdir()) == sorted(compbench.SHA256)
+    # a mirror serving different bytes is refused and nothing is kept for that file
+    bad = tmp_path / "mirror"
+    bad.mkdir()
+    for name in compbench.SHA256:
+        (bad / name).write_bytes((CB_DIR / name).read_bytes())
+    (bad / "color_val.txt").write_text("a red herring\n")
+    with pytest.raises(ValueError, match="SHA-256"):
+        compbench.fetch(tmp_path / "cb2", base_url=bad.as_uri())
+    assert not (tmp_path / "cb2" / "color_val.txt").exists()
+    # a tampered local copy is refused at load time
+    (dest / "shape_val.txt").write_text("a round square\n")
+    with pytest.raises(ValueError, match="does not match"):
+        compbench.compbench_prompts("shape", dest)
+
+
+def test_missing_compbench_files_say_how_to_fetch(tmp_path):
+    with pytest.raises(FileNotFoundError, match="bench fetch t2i-compbench"):
+        load_suite("t2i-compbench:color", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "prompt, subjects",
+    [
+        ("a green bench and a blue bowl", ("green bench", "blue bowl")),
+        ("rubber sole shoes and fluffy clouds", ("rubber sole shoes", "fluffy clouds")),
+        ("a pentagonal stop sign and a spherical traffic light", ("pentagonal stop sign", "spherical traffic light")),
+        ("a girl on the top of a frog", ("girl", "frog")),
+        ("a mouse on side of a key", ("mouse", "key")),
+        ("a chair hidden by a mouse", ("chair", "mouse")),
+        ("two toys, four kites, one turtle and two people", ("toys", "kites", "turtle", "people")),
+        ("The red hat was on top of the brown coat rack.", ("red hat", "brown coat rack")),
+        ("A person is wearing a chef's hat and cooking a meal.", ("person", "hat", "meal")),
+        ("The fluffy white cat snuggled up next to the warm brown blanket.", ("fluffy white cat", "warm brown blanket")),
+        ("a red car and a red car", ("red car#1", "red car#2")),
+    ],
+)
+def test_subjects_of_real_prompts(prompt, subjects):
+    assert subjects_of(prompt) == subjects
+
+
+def test_vqa_questions_are_noun_chunks_with_question_marks():
+    assert vqa_questions("a green bench and a blue bowl") == ["a green bench?", "a blue bowl?"]
+    assert vqa_questions("The red hat was on top of the brown coat rack.") == ["the red hat?", "the brown coat rack?"]
+    assert [p.text for p in noun_phrases("two boys")] == ["two boys"]
+
+
+@needs_cb
+def test_every_compbench_subject_resolves_with_the_clip_tokenizer():
+    from ait2i.subjects import resolve_subjects
+    from ait2i.testing import clip_tokenizer
+
+    tok = clip_tokenizer()
+    empty = []
+    for cat in compbench.CATEGORIES:
+        for _, prompt, subjects in compbench.compbench_prompts(cat, CB_DIR):
+            if not subjects:
+                empty.append(prompt)
+                continue
+            assert len(resolve_subjects(tok, prompt, list(subjects))) == len(subjects), prompt
+    assert not empty
+    # attribute-binding categories: two subjects for (nearly) every two-object prompt
+    color = compbench.compbench_prompts("color", CB_DIR)
+    two = [s for _, p, s in color if p.count(" and ") == 1 and p.startswith(("a ", "an "))]
+    assert sum(len(s) == 2 for s in two) / len(two) > 0.95
+    assert json.dumps(two[0])
