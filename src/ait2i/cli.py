@@ -1,0 +1,516 @@
+"""The ``ait2i`` command line: ``generate`` images with guidance, list a prompt's ``tokens``, run ``bench``.
+
+Examples::
+
+    ait2i tokens "a photo of a surfboard"
+    ait2i generate "a red car and a blue bench" --subjects "red car" "blue bench" --method ait2i \\
+        --model runwayml/stable-diffusion-v1-5 --seed 0-3 --steps 50 --out car.png --attention car-att.png
+
+Bad input (an unknown subject word, a model that cannot be loaded, a missing output folder, ...) ends with one
+``ait2i: error: ...`` message on stderr and exit code 2, and nothing is written (set ``AIT2I_DEBUG=1`` for the
+traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import dataclasses
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+
+METHODS = ("ait2i", "ait2i-paper", "attend-and-excite", "none")
+SHIPPED_MODEL = "shapesworld"  # what --model defaults to, as recorded in the metadata
+
+
+# -- argument parsing helpers -------------------------------------------------------------------------------------
+def parse_seeds(text: str) -> list[int]:
+    """``"7"`` -> [7]; ``"0-3"`` -> [0, 1, 2, 3]; ``"0,2,5-6"`` -> [0, 2, 5, 6] (order kept, no repeats)."""
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ValueError(f"cannot read seed {part!r} in --seed {text!r}; use e.g. 0, 0-3 or 0,2,5-7")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise ValueError(f"empty seed range {part!r}; write the smaller seed first (e.g. 0-3)")
+        seeds.extend(s for s in range(lo, hi + 1) if s not in seeds)
+    return seeds
+
+
+def parse_steps_list(text: str) -> list[int]:
+    """``"0,10,24"`` -> [0, 10, 24]."""
+    try:
+        return sorted({int(x) for x in str(text).split(",") if x.strip()})
+    except ValueError:
+        raise ValueError(f"cannot read --attention-steps {text!r}; give step indices like 0,10,24") from None
+
+
+def parse_subject(text: str) -> str | list[int]:
+    """A subject argument: token indices (``"5"``, ``"5,6"``) or a phrase of the prompt (``"red car"``)."""
+    if re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", text):
+        return [int(x) for x in text.split(",")]
+    return text
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``["scale_factor=30", "isolation_metric=cosine"]`` -> dict (values read as Python literals if possible)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"cannot read --set {item!r}; write FIELD=VALUE, e.g. --set scale_factor=30")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
+
+
+def method_config(method: str, overrides: dict):
+    """The config of ``method`` with ``overrides`` applied; unknown fields are a `ValueError` listing the valid ones."""
+    from .config import get_config
+
+    cfg = get_config(method)
+    if not overrides:
+        return cfg
+    names = {f.name for f in dataclasses.fields(cfg) if f.name != "name"}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"--set: {cfg.name} has no field(s) {unknown}; its fields are {sorted(names)}")
+    try:
+        return cfg.replace(**overrides)
+    except TypeError as e:  # e.g. a string where a number was expected
+        raise ValueError(f"--set {overrides}: {e}") from None
+
+
+def output_paths(out: Path, seeds: list[int]) -> list[Path]:
+    """``out.png`` for one seed, ``out-<seed>.png`` for several."""
+    if len(seeds) == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{s}{out.suffix}") for s in seeds]
+
+
+# -- tokens -------------------------------------------------------------------------------------------------------
+def token_table(tokenizer, prompt: str) -> list[tuple[int, str, str]]:
+    """``(index, token, word)`` for each token the text encoder sees, start and end tokens included.
+
+    ``word`` is the prompt word the token is a piece of (CLIP splits "surfboard" into "surf" + "board"), or
+    ``"<start>"`` / ``"<end>"``. The index is what ``--subjects`` and ``token_indices`` expect.
+    """
+    from .subjects import prompt_tokens
+
+    toks = prompt_tokens(tokenizer, prompt)
+    added = set(tokenizer.get_added_vocab()) if hasattr(tokenizer, "get_added_vocab") else set()
+    rows: list[tuple[int, str, str]] = []
+    last = len(toks) - 1
+    pending: list[tuple[int, str]] = []
+
+    def flush():
+        word = "".join(t.removesuffix("</w>") for _, t in pending)
+        rows.extend((i, t.removesuffix("</w>"), word) for i, t in pending)
+        pending.clear()
+
+    for i, tok in toks:
+        if i == 0 or i == last:
+            flush()
+            rows.append((i, tok, "<start>" if i == 0 else "<end>"))
+            continue
+        pending.append((i, tok))
+        if tok.endswith("</w>") or tok in added:
+            flush()
+    flush()
+    return sorted(rows)
+
+
+def _format_token_table(tokenizer, prompt: str) -> str:
+    rows = token_table(tokenizer, prompt)
+    width = max(len(t) for _, t, _ in rows)
+    lines = [f"{'index':>5}  {'token':<{width}}  word"]
+    lines += [f"{i:>5}  {t:<{width}}  {w}" for i, t, w in rows]
+    words = [(i, t, w) for i, t, w in rows if w not in ("<start>", "<end>")]
+    if words:
+        word = words[-1][2]
+        last = []
+        for i, _, w in reversed(words):  # the pieces of the prompt's last word
+            if w != word:
+                break
+            last.insert(0, str(i))
+        lines.append(
+            f'\nPass subjects as words of the prompt, e.g. --subjects "{word}" (an adjective before the noun binds '
+            f'to it: --subjects "red car"; a repeated word: "cat#2"), or as token indices, e.g. '
+            f"--subjects {','.join(last)}."
+        )
+    full = tokenizer(prompt, truncation=False).input_ids
+    if len(full) > len(rows):
+        lines.append(
+            f"warning: the prompt has {len(full)} tokens; the text encoder reads only the first "
+            f"{tokenizer.model_max_length} (the rest is cut off)."
+        )
+    return "\n".join(lines)
+
+
+def _load_tokenizer(model: str | None):
+    if model is None:
+        from .testing import clip_tokenizer
+
+        return clip_tokenizer()
+    from transformers import AutoTokenizer
+
+    try:
+        path = Path(model).expanduser()
+        if path.is_dir():
+            sub = path / "tokenizer"
+            return AutoTokenizer.from_pretrained(str(sub if sub.is_dir() else path))
+        _check_hub_id(model)
+        return AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any loader failure becomes one clear message
+        raise ValueError(_load_error(model, e)) from None
+
+
+def cmd_tokens(args) -> int:
+    print(_format_token_table(_load_tokenizer(args.model), args.prompt))
+    return 0
+
+
+# -- generate -----------------------------------------------------------------------------------------------------
+def _check_hub_id(model: str) -> None:
+    if model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model:
+        raise ValueError(
+            f"model folder {model!r} does not exist; pass an existing diffusers folder or a hub id"
+        )
+
+
+def _load_error(model: str, e: Exception) -> str:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return (
+        f"cannot load model {model!r} ({type(e).__name__}: {reason[:300]}). Pass a local diffusers folder "
+        "(model_index.json inside) or a hub id whose files are cached or downloadable from this machine."
+    )
+
+
+def load_model(model: str | None, dtype: str = "float32", scheduler: str = "default"):
+    """Load a diffusers pipeline (``None``: the shipped ShapesWorld model) and set its scheduler.
+
+    Args:
+        model (`str`, *optional*): a local diffusers folder or a hub id (safetensors weights only).
+        dtype (`str`, *optional*, defaults to `"float32"`): ``"float32"`` or ``"float16"``.
+        scheduler (`str`, *optional*, defaults to `"default"`): ``"ddim"``, ``"pndm"`` or ``"default"`` (the
+            model's own).
+    """
+    import torch
+
+    torch_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
+    if model is None:
+        try:
+            from .shapes.model import load_pipeline
+        except ImportError as e:
+            raise ValueError(
+                f"the shipped ShapesWorld model is not available in this installation ({e}); "
+                "pass --model <hub id or local diffusers folder>"
+            ) from None
+        try:
+            pipe = load_pipeline(dtype=torch_dtype)
+        except (OSError, ValueError) as e:
+            raise ValueError(
+                f"cannot load the shipped ShapesWorld model ({e}); pass --model <hub id or local diffusers folder>"
+            ) from None
+    else:
+        from diffusers import DiffusionPipeline
+
+        path = Path(model).expanduser()
+        if not path.exists():
+            _check_hub_id(model)
+        elif not (path / "model_index.json").is_file():
+            raise ValueError(f"{model!r} is not a diffusers pipeline folder (no model_index.json in it)")
+        try:
+            with warnings.catch_warnings():  # diffusers >= 0.36 renames torch_dtype; older ones know only it
+                warnings.simplefilter("ignore", FutureWarning)
+                pipe = DiffusionPipeline.from_pretrained(
+                    str(path) if path.exists() else model, torch_dtype=torch_dtype, use_safetensors=True
+                )
+        except Exception as e:  # noqa: BLE001 - network, missing files, wrong format: one clear message
+            raise ValueError(_load_error(model, e)) from None
+    if scheduler != "default":
+        from diffusers import DDIMScheduler, PNDMScheduler
+
+        cls = {"ddim": DDIMScheduler, "pndm": PNDMScheduler}[scheduler]
+        extra = {"skip_prk_steps": True} if scheduler == "pndm" else {}
+        pipe.scheduler = cls.from_config(pipe.scheduler.config, **extra)
+    return pipe
+
+
+@contextlib.contextmanager
+def _loading_bars(enabled: bool):
+    """Turn diffusers' and transformers' model-loading progress bars off for the block (``--quiet``), then
+    restore them."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    mods = [m for m in (diffusers_logging, transformers_logging) if hasattr(m, "is_progress_bar_enabled")]
+    was_enabled = [m.is_progress_bar_enabled() for m in mods]
+    if not enabled:
+        for m in mods:
+            m.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for m, on in zip(mods, was_enabled):
+            if on:
+                m.enable_progress_bar()
+
+
+def default_attention_steps(cfg, steps: int) -> list[int]:
+    """First, middle and last guided step (``0, 12, 24`` for 25 of 50); unguided methods: spread over the run."""
+    g = min(cfg.guided_steps(steps), steps)
+    if g == 0:
+        g = steps
+    return sorted({0, (g - 1) // 2, g - 1})
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    import ait2i
+
+    from . import __version__
+    from .metadata import save_png
+    from .viz import save_attention
+
+    seeds = parse_seeds(args.seed)
+    cfg = method_config(args.method, parse_overrides(args.set))
+    subjects = [parse_subject(s) for s in args.subjects] if args.subjects else None
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(
+            f"--out must be a .png file (the parameters are stored as PNG text), got {args.out!r}"
+        )
+    paths = output_paths(out, seeds)
+    att_paths = output_paths(Path(args.attention), seeds) if args.attention else []
+    for p in [*paths, *att_paths]:
+        if not p.parent.is_dir():
+            raise ValueError(f"output folder {str(p.parent)!r} does not exist; create it first")
+    if args.attention and Path(args.attention).suffix.lower() != ".png":
+        raise ValueError(f"--attention must be a .png file, got {args.attention!r}")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    if args.dtype == "float16" and not device.startswith("cuda"):
+        raise ValueError("--dtype float16 needs --device cuda; on the CPU use float32")
+    att_steps = parse_steps_list(args.attention_steps) if args.attention_steps else None
+    if att_steps is not None and (not att_steps or max(att_steps) >= args.steps):
+        raise ValueError(
+            f"--attention-steps must be step indices in [0, {args.steps - 1}], got {args.attention_steps}"
+        )
+
+    with _loading_bars(enabled=not args.quiet):
+        pipe = load_model(args.model, args.dtype, args.scheduler)
+    if subjects is None and cfg.name != "none":
+        raise ValueError(
+            "no --subjects given; name the words to guide. Tokens of the prompt:\n"
+            + _format_token_table(pipe.tokenizer, args.prompt)
+        )
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=args.quiet, leave=False)
+    if args.attention and att_steps is None:
+        att_steps = default_attention_steps(cfg, args.steps)
+
+    call = {"num_inference_steps": args.steps, "guidance_scale": args.guidance_scale}
+    for k in ("height", "width", "negative_prompt"):
+        if getattr(args, k) is not None:
+            call[k] = getattr(args, k)
+    batch = args.batch_size or len(seeds)
+    images, diags = [], []
+    for start in range(0, len(seeds), batch):
+        chunk = seeds[start : start + batch]
+        # CPU generators: a seed gives the same initial noise on every device.
+        gens = [torch.Generator("cpu").manual_seed(s) for s in chunk]
+        res = ait2i.generate(
+            pipe,
+            args.prompt,
+            subjects=subjects,
+            method=cfg,
+            record_maps=att_steps or (),
+            generator=gens,
+            num_images_per_prompt=len(chunk),
+            **call,
+        )
+        images.extend(res.images)
+        diags.extend((res.diagnostics, k) for k in range(len(chunk)))
+
+    params_common = {
+        "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt or "",
+        "subjects": [s if isinstance(s, str) else list(s) for s in (args.subjects or [])],
+        "method": cfg.name,
+        "method_config": {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)},
+        "steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "height": images[0].height,
+        "width": images[0].width,
+        "scheduler": type(pipe.scheduler).__name__,
+        "model": args.model or SHIPPED_MODEL,
+        "dtype": args.dtype,
+        "device": device,
+        "ait2i_version": __version__,
+    }
+    for note in diags[0][0].notes:
+        print(f"note: {note}", file=sys.stderr)
+    for k, (seed, img, path) in enumerate(zip(seeds, images, paths)):
+        d, sample = diags[k]
+        params = dict(params_common, seed=seed)
+        params["subject_tokens"] = [dataclasses.asdict(s) for s in d.subjects]
+        save_png(img, path, params)
+        print(f"wrote {path}")
+        if args.attention:
+            save_attention(att_paths[k], img, d, sample=sample)
+            print(f"wrote {att_paths[k]}")
+    return 0
+
+
+# -- bench --------------------------------------------------------------------------------------------------------
+def _add_bench(sub, wanted: bool) -> None:
+    """Register ``ait2i bench`` (the public-benchmark runner). Imported only when asked for, and guarded, so that
+    a problem there never breaks ``generate`` or ``tokens``."""
+    if wanted:
+        try:
+            from .bench.cli import add_parser
+
+            add_parser(sub)
+            return
+        except Exception as e:  # noqa: BLE001 - report instead of crashing the whole CLI
+            err = f"ait2i bench is unavailable in this installation ({type(e).__name__}: {e})"
+    else:
+        err = None
+    p = sub.add_parser(
+        "bench", help="run the public benchmarks (AnE, T2I-CompBench++); see `ait2i bench -h`", add_help=False
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda a: _fail(err or "ait2i bench is unavailable"))
+
+
+def _fail(msg: str) -> int:
+    raise ValueError(msg)
+
+
+# -- entry point ----------------------------------------------------------------------------------------------------
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="ait2i",
+        description="AI-T2I and Attend-and-Excite cross-attention guidance on diffusers pipelines.",
+    )
+    parser.add_argument("--version", action="version", version=f"ait2i {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    g = sub.add_parser(
+        "generate",
+        help="generate images with attention guidance",
+        description="Generate images with attention guidance; the PNGs carry their parameters.",
+    )
+    g.add_argument("prompt")
+    g.add_argument(
+        "--subjects",
+        nargs="+",
+        metavar="SUBJECT",
+        help='subjects to guide: words of the prompt ("red car": attribute + noun; "cat#2": 2nd "cat") '
+        "or token indices (5 or 5,6); see `ait2i tokens PROMPT`",
+    )
+    g.add_argument("--method", default="ait2i", choices=METHODS, help="guidance method (default: ait2i)")
+    g.add_argument(
+        "--set",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="override a field of the method's config, e.g. --set scale_factor=30 (repeatable)",
+    )
+    g.add_argument(
+        "--model",
+        default=None,
+        help="hub id or local diffusers folder (default: the shipped ShapesWorld model)",
+    )
+    g.add_argument("--seed", default="0", help="seed, range or list: 0, 0-3, 0,2,5 (default: 0)")
+    g.add_argument(
+        "--batch-size", type=int, default=None, help="images per pipeline call (default: all seeds)"
+    )
+    g.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
+    g.add_argument(
+        "--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default: 7.5)"
+    )
+    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--height", type=int, default=None)
+    g.add_argument("--width", type=int, default=None)
+    g.add_argument(
+        "--scheduler",
+        default="default",
+        choices=("default", "ddim", "pndm"),
+        help="replace the model's scheduler (default: keep it)",
+    )
+    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    g.add_argument("--dtype", default="float32", choices=("float32", "float16"))
+    g.add_argument("--out", default="out.png", help="output PNG; several seeds give OUT-<seed>.png")
+    g.add_argument(
+        "--attention",
+        default=None,
+        metavar="PNG",
+        help="also write the subjects' attention maps and the loss plot to this PNG",
+    )
+    g.add_argument(
+        "--attention-steps",
+        default=None,
+        metavar="I,J,...",
+        help="steps shown in --attention (default: first, middle and last guided step)",
+    )
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=cmd_generate)
+
+    t = sub.add_parser("tokens", help="print a prompt's tokens with their indices (for --subjects)")
+    t.add_argument("prompt")
+    t.add_argument(
+        "--model",
+        default=None,
+        help="hub id or local diffusers folder whose tokenizer to use (default: SD 1.x CLIP)",
+    )
+    t.set_defaults(func=cmd_tokens)
+
+    args = sys.argv[1:] if argv is None else argv
+    _add_bench(sub, wanted=bool(args) and args[0] == "bench")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``ait2i`` command; returns the exit code (0 success, 2 bad input, 130 interrupted)."""
+    parser = build_parser(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or an argparse usage error (already printed)
+        return e.code if isinstance(e.code, int) else 2
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        rc = args.func(args)
+    except (ValueError, TypeError) as e:  # bad input (TypeError: an unsupported pipeline class)
+        if os.environ.get("AIT2I_DEBUG"):
+            raise
+        print(f"ait2i: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ait2i: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
