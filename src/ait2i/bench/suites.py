@@ -45,6 +45,8 @@ class Suite:
     family: str
     category: str | None
     prompts: tuple[BenchPrompt, ...]
+    #: Only the first ``limit`` prompts of each category are kept (see :meth:`head`); None: all.
+    limit: int | None = None
 
     @property
     def name(self) -> str:
@@ -53,6 +55,14 @@ class Suite:
     @property
     def categories(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(p.category for p in self.prompts))
+
+    def head(self, n: int | None) -> Suite:
+        """The same suite with only the first ``n`` prompts of each category (all when ``n`` is None)."""
+        if n is None:
+            return self
+        if n < 1:
+            raise ValueError(f"the prompt limit must be >= 1, got {n}")
+        return Suite(self.family, self.category, tuple(p for p in self.prompts if p.index < n), n)
 
     def image_path(self, prompt: BenchPrompt, seed: int, seeds: tuple[int, ...]) -> str:
         """Path of the image of (``prompt``, ``seed``) relative to the output folder (``/``-separated)."""
