@@ -1,0 +1,389 @@
+"""Cost of attention guidance: vanilla sampling, diffusers' Attend-and-Excite pipeline, our A&E, our AI-T2I.
+
+All four variants run in ONE process on the same components, prompt, seeds and step count, repeated and
+interleaved (the order rotates every repetition, after one untimed warm-up call each), so that they share the
+machine's state. Reported: the median seconds per image, the ratios to vanilla and to diffusers' A&E, and the
+peak memory of each variant measured alone in a fresh subprocess (peak RSS from ``resource.getrusage`` on the
+CPU, ``torch.cuda.max_memory_allocated`` on a GPU).
+
+Targets: our A&E <= 0.8x diffusers' A&E pipeline; AI-T2I <= 1.0x diffusers' A&E.
+
+Usage::
+
+    python benchmarks/overhead.py --repeats 3                       # tiny random pipeline, CPU
+    python benchmarks/overhead.py --full-size --device cuda --dtype float16 --out results.md
+    python benchmarks/overhead.py --model path/or/hub-id --device cuda
+
+``--full-size`` builds randomly initialised components with Stable Diffusion 1.5's architecture (UNet 320/640/
+1280/1280, CLIP ViT-L/14 text encoder, the SD autoencoder; 512x512 images, 16x16 attention): the speed of a real
+checkpoint without downloading one. Random weights never meet the A&E refinement thresholds, so both A&E
+variants run every refinement iteration (20 at steps 0, 10 and 20): the worst case, the same work for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VARIANTS = ("vanilla", "diffusers-ae", "ours-ae", "ours-ait2i")
+LABELS = {
+    "vanilla": "vanilla pipeline",
+    "diffusers-ae": "diffusers StableDiffusionAttendAndExcitePipeline",
+    "ours-ae": 'ait2i method="attend-and-excite"',
+    "ours-ait2i": 'ait2i method="ait2i"',
+}
+
+
+# -- components ---------------------------------------------------------------------------------------------------
+def sd15_components(scheduler: str = "ddim", seed: int = 0) -> dict:
+    """Randomly initialised components with the architecture of Stable Diffusion 1.5 (published configs)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ait2i.testing import clip_tokenizer, make_scheduler
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=(
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "DownBlock2D",
+        ),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    )
+    return {
+        "unet": unet,
+        "scheduler": make_scheduler(scheduler),
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": clip_tokenizer(),
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+    }
+
+
+def build_pipelines(args):
+    """The host pipeline and diffusers' A&E pipeline sharing its components (same weights, same memory)."""
+    from diffusers import StableDiffusionAttendAndExcitePipeline, StableDiffusionPipeline
+
+    dtype = {"float32": torch.float32, "float16": torch.float16}[args.dtype]
+    if args.model:
+        from ait2i.cli import load_model
+
+        pipe = load_model(args.model, args.dtype, args.scheduler)
+    elif args.full_size:
+        pipe = StableDiffusionPipeline(**sd15_components(args.scheduler), requires_safety_checker=False)
+    else:
+        from ait2i.testing import tiny_sd_pipeline
+
+        pipe = tiny_sd_pipeline(args.scheduler)
+    pipe = pipe.to(args.device) if dtype == torch.float32 else pipe.to(args.device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    keep = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "safety_checker", "feature_extractor")
+    ae = StableDiffusionAttendAndExcitePipeline(
+        **{k: v for k, v in pipe.components.items() if k in keep}, requires_safety_checker=False
+    )
+    ae.set_progress_bar_config(disable=True)
+    return pipe, ae
+
+
+# -- one generation per variant ------------------------------------------------------------------------------------
+def make_runner(args, pipe, ae):
+    """``run(variant, seed, steps) -> np.ndarray`` image(s); subjects resolved once with the pipeline's tokenizer."""
+    import ait2i
+    from ait2i.subjects import resolve_subjects
+
+    subjects = resolve_subjects(pipe.tokenizer, args.prompt, args.subjects)
+    # A&E guides one token per subject (the noun's last piece, as in the A&E benchmark's indices).
+    indices = [s.tokens[-1] for s in subjects]
+    common = {"guidance_scale": args.guidance_scale, "output_type": args.output_type}
+    if args.height:
+        common.update(height=args.height, width=args.width or args.height)
+
+    def run(variant: str, seed: int, steps: int):
+        g = torch.Generator("cpu").manual_seed(seed)
+        kw = dict(common, generator=g, num_inference_steps=steps)
+        if variant == "vanilla":
+            out = pipe(args.prompt, **kw)
+        elif variant == "diffusers-ae":
+            out = ae(args.prompt, token_indices=indices, **kw)
+        elif variant == "ours-ae":
+            out = ait2i.generate(
+                pipe, args.prompt, subjects=[[i] for i in indices], method="attend-and-excite", **kw
+            )
+        elif variant == "ours-ait2i":
+            out = ait2i.generate(pipe, args.prompt, subjects=args.subjects, method="ait2i", **kw)
+        else:
+            raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+        _sync(args.device)
+        images = out.images
+        return images.float().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+
+    return run, indices
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# -- memory: one variant alone, in this (child) process ---------------------------------------------------------------
+def measure_memory(args) -> dict:
+    """Peak memory of one call of ``args.memory_variant`` (after the pipelines are built and warmed up).
+
+    GPU: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. CPU: the process's peak RSS
+    (``VmHWM``) after resetting it through ``/proc/self/clear_refs`` (Linux >= 4.0), so that building the model
+    does not mask the call's own peak; where that reset is impossible, ``resource.getrusage`` ``ru_maxrss`` (the
+    lifetime peak, which includes loading).
+    """
+    import resource
+
+    pipe, ae = build_pipelines(args)
+    run, _ = make_runner(args, pipe, ae)
+    run(args.memory_variant, args.seeds[0], min(args.steps, 2))  # warm-up, as in the timed run
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = _status_kib("VmRSS") * 1024
+        reset = _reset_peak_rss()
+    run(args.memory_variant, args.seeds[0], args.steps)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated()
+        return {"kind": "cuda max_memory_allocated", "peak_mb": peak / 2**20, "base_mb": base / 2**20}
+    if reset:
+        return {"kind": "peak RSS", "peak_mb": _status_kib("VmHWM") / 1024, "base_mb": base / 2**20}
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux; lifetime peak
+    return {"kind": "peak RSS (lifetime)", "peak_mb": peak_kb / 1024, "base_mb": base / 2**20}
+
+
+def _status_kib(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (0 where unavailable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (``VmHWM``); False where not supported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_kib("VmHWM") > 0
+    except OSError:
+        return False
+
+
+def memory_in_subprocesses(argv: list[str], variants) -> dict[str, dict]:
+    out = {}
+    for v in variants:
+        cmd = [sys.executable, os.path.abspath(__file__), *argv, "--memory-variant", v]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        lines = [ln for ln in res.stdout.splitlines() if ln.startswith("MEMORY ")]
+        if res.returncode != 0 or not lines:
+            tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
+            print(f"memory measurement of {v} failed: {' | '.join(tail)}", file=sys.stderr)
+            out[v] = {}
+        else:
+            out[v] = json.loads(lines[-1][len("MEMORY ") :])
+        print(f"  memory {v}: {out[v]}", flush=True)
+    return out
+
+
+# -- the timed run ------------------------------------------------------------------------------------------------
+def time_variants(args, pipe, ae) -> tuple[dict[str, list[float]], dict[str, float]]:
+    run, _ = make_runner(args, pipe, ae)
+    for v in args.variants:  # warm-up: lazy initialisation, allocator, kernels; not timed
+        run(v, args.seeds[0], min(args.steps, 3))
+    times: dict[str, list[float]] = {v: [] for v in args.variants}
+    first: dict[str, np.ndarray] = {}
+    for rep in range(args.repeats):
+        order = list(args.variants[rep % len(args.variants) :]) + list(
+            args.variants[: rep % len(args.variants)]
+        )
+        for v in order:
+            t0 = time.perf_counter()
+            imgs = [run(v, s, args.steps) for s in args.seeds]
+            dt = (time.perf_counter() - t0) / len(args.seeds)
+            times[v].append(dt)
+            first.setdefault(v, np.concatenate(imgs))
+            print(f"  repeat {rep + 1}/{args.repeats} {v:<13} {dt:8.3f} s/image", flush=True)
+    diffs = {}
+    if "diffusers-ae" in first and "ours-ae" in first:
+        diffs["ours-ae"] = float(np.abs(first["ours-ae"].astype(np.float64) - first["diffusers-ae"]).max())
+    return times, diffs
+
+
+def table(args, times, memory, diffs) -> str:
+    """The markdown table of medians, ratios and peak memory, and the target lines."""
+    med = {v: statistics.median(ts) for v, ts in times.items()}
+    van, ae = med.get("vanilla"), med.get("diffusers-ae")
+    mem_kind = next((m["kind"] for m in memory.values() if m), "peak memory")
+    head = ["variant", "median s/image", "min–max", "× vanilla", "× diffusers A&E", f"{mem_kind} (MiB)",
+            "before the call (MiB)"]  # fmt: skip
+    rows = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for v in args.variants:
+        m = memory.get(v) or {}
+        cells = [
+            LABELS[v],
+            f"{med[v]:.3f}",
+            f"{min(times[v]):.3f}–{max(times[v]):.3f}",
+            f"{med[v] / van:.2f}" if van else "-",
+            f"{med[v] / ae:.2f}" if ae else "-",
+            f"{m['peak_mb']:.0f}" if m else "-",
+            f"{m['base_mb']:.0f}" if m else "-",
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    lines = [*rows, ""]
+    if ae and "ours-ae" in med:
+        r = med["ours-ae"] / ae
+        lines.append(
+            f"- our A&E / diffusers' A&E = **{r:.2f}** (target ≤ 0.8: {'met' if r <= 0.8 else 'NOT met'})"
+        )
+    if ae and "ours-ait2i" in med:
+        r = med["ours-ait2i"] / ae
+        lines.append(
+            f"- AI-T2I / diffusers' A&E = **{r:.2f}** (target ≤ 1.0: {'met' if r <= 1.0 else 'NOT met'})"
+        )
+    if "ours-ae" in diffs:
+        lines.append(
+            f"- max |our A&E image − diffusers' A&E image| (first repeat, output_type {args.output_type!r}): "
+            f"{diffs['ours-ae']:.2e}"
+        )
+    return "\n".join(lines)
+
+
+def describe(args, pipe) -> str:
+    import diffusers
+
+    model = args.model or ("SD 1.5-sized random components" if args.full_size else "tiny random pipeline")
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    h = args.height or size
+    params = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
+    return (
+        f"model: {model} (UNet {params:.1f} M parameters, {h}x{args.width or h} px), "
+        f"scheduler {type(pipe.scheduler).__name__}, {args.steps} steps, guidance scale {args.guidance_scale}, "
+        f"prompt {args.prompt!r}, subjects {args.subjects}, seeds {args.seeds}, {args.repeats} repeats, "
+        f"output_type {args.output_type!r}; device {args.device} ({args.dtype}), torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), diffusers {diffusers.__version__}, {platform.processor() or platform.machine()}"
+    )
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--model", default=None, help="hub id or local diffusers folder (default: tiny random pipeline)"
+    )
+    p.add_argument("--full-size", action="store_true", help="SD 1.5-sized random components (use a GPU)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16"))
+    p.add_argument("--scheduler", default="ddim", choices=("ddim", "pndm"))
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--seeds", default="0,1", help="comma-separated seeds, each one image per call")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--prompt", default="a red cat and a blue frog")
+    p.add_argument("--subjects", nargs="+", default=["red cat", "blue frog"])
+    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--output-type", default="np", choices=("np", "latent"))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
+    p.add_argument("--out", default=None, help="also write the markdown table here")
+    p.add_argument("--memory-variant", default=None, help=argparse.SUPPRESS)  # child mode
+    args = p.parse_args(argv)
+    args.seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+    if args.repeats < 1 or args.steps < 1 or not args.seeds:
+        p.error("--repeats and --steps must be >= 1 and --seeds non-empty")
+    if args.dtype == "float16" and not args.device.startswith("cuda"):
+        p.error("--dtype float16 needs --device cuda")
+    return args
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.memory_variant:
+        print("MEMORY " + json.dumps(measure_memory(args)), flush=True)
+        return 0
+
+    pipe, ae = build_pipelines(args)
+    header = describe(args, pipe)
+    print(header, flush=True)
+    times, diffs = time_variants(args, pipe, ae)
+    del pipe, ae
+    memory = {}
+    if not args.no_memory:
+        child = [a for a in argv if a != "--no-memory"]
+        if "--out" in child:
+            i = child.index("--out")
+            del child[i : i + 2]
+        memory = memory_in_subprocesses(child, args.variants)
+    command = "python benchmarks/overhead.py " + " ".join(argv)
+    md = f"`{command}`\n\n{header}\n\n{table(args, times, memory, diffs)}\n"
+    print("\n" + md)
+    if args.out:
+        from ait2i.metadata import atomic_path
+
+        with atomic_path(Path(args.out)) as tmp:
+            tmp.write_text(md)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
