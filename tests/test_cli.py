@@ -220,3 +220,41 @@ def test_generate_bad_subject_writes_nothing(tiny_model, tmp_path, capsys):
     assert main([*base, "--subjects", "0"]) == 2  # the start token
     assert "Traceback" not in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+# -- the shipped ShapesWorld model (the --model default) ---------------------------------------------------------
+def test_default_model_missing_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    import ait2i.shapes.model
+
+    monkeypatch.setattr(ait2i.shapes.model, "pretrained_dir", lambda: tmp_path / "absent")
+    out = tmp_path / "o.png"
+    assert main(["generate", "a red circle", "--subjects", "circle", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load the shipped ShapesWorld model" in err and "--model" in err
+    monkeypatch.setitem(sys.modules, "ait2i.shapes.model", None)  # an installation without it
+    assert main(["generate", "a red circle", "--subjects", "circle", "--out", str(out), "--quiet"]) == 2
+    assert "not available in this installation" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def _shipped_model_present() -> bool:
+    try:
+        from ait2i.shapes.model import pretrained_dir
+
+        return (pretrained_dir() / "model_index.json").is_file()
+    except ImportError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not _shipped_model_present(), reason="the shipped ShapesWorld model is not in this checkout"
+)
+def test_generate_with_shipped_model(tmp_path, capsys):
+    out = tmp_path / "shapes.png"
+    argv = ["generate", "a red circle and a blue square", "--subjects", "red circle", "blue square",
+            "--steps", "3", "--out", str(out), "--attention", str(tmp_path / "att.png"), "--quiet"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    p = read_png_params(out)
+    assert p["model"] == "shapesworld" and p["subjects"] == ["red circle", "blue square"]
+    assert (tmp_path / "att.png").exists()
