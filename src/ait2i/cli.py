@@ -275,6 +275,46 @@ def default_attention_steps(cfg, steps: int) -> list[int]:
     return sorted({0, (g - 1) // 2, g - 1})
 
 
+def _plan(args) -> argparse.Namespace:
+    """Validate every ``generate`` argument that needs no model, so that bad input fails before any loading."""
+    import torch
+
+    plan = argparse.Namespace(
+        seeds=parse_seeds(args.seed),
+        cfg=method_config(args.method, parse_overrides(args.set)),
+        subjects=[parse_subject(s) for s in args.subjects] if args.subjects else None,
+    )
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(
+            f"--out must be a .png file (the parameters are stored as PNG text), got {args.out!r}"
+        )
+    if args.attention and Path(args.attention).suffix.lower() != ".png":
+        raise ValueError(f"--attention must be a .png file, got {args.attention!r}")
+    plan.paths = output_paths(out, plan.seeds)
+    plan.att_paths = output_paths(Path(args.attention), plan.seeds) if args.attention else []
+    for p in [*plan.paths, *plan.att_paths]:
+        if not p.parent.is_dir():
+            raise ValueError(f"output folder {str(p.parent)!r} does not exist; create it first")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    plan.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if plan.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    if args.dtype == "float16" and not plan.device.startswith("cuda"):
+        raise ValueError("--dtype float16 needs --device cuda; on the CPU use float32")
+    plan.att_steps = parse_steps_list(args.attention_steps) if args.attention_steps else None
+    if plan.att_steps is not None and (not plan.att_steps or max(plan.att_steps) >= args.steps):
+        raise ValueError(
+            f"--attention-steps must be step indices in [0, {args.steps - 1}], got {args.attention_steps}"
+        )
+    if args.attention and plan.att_steps is None:
+        plan.att_steps = default_attention_steps(plan.cfg, args.steps)
+    return plan
+
+
 def cmd_generate(args) -> int:
     import torch
 
@@ -284,77 +324,41 @@ def cmd_generate(args) -> int:
     from .metadata import save_png
     from .viz import save_attention
 
-    seeds = parse_seeds(args.seed)
-    cfg = method_config(args.method, parse_overrides(args.set))
-    subjects = [parse_subject(s) for s in args.subjects] if args.subjects else None
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise ValueError(
-            f"--out must be a .png file (the parameters are stored as PNG text), got {args.out!r}"
-        )
-    paths = output_paths(out, seeds)
-    att_paths = output_paths(Path(args.attention), seeds) if args.attention else []
-    for p in [*paths, *att_paths]:
-        if not p.parent.is_dir():
-            raise ValueError(f"output folder {str(p.parent)!r} does not exist; create it first")
-    if args.attention and Path(args.attention).suffix.lower() != ".png":
-        raise ValueError(f"--attention must be a .png file, got {args.attention!r}")
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
-    if args.dtype == "float16" and not device.startswith("cuda"):
-        raise ValueError("--dtype float16 needs --device cuda; on the CPU use float32")
-    att_steps = parse_steps_list(args.attention_steps) if args.attention_steps else None
-    if att_steps is not None and (not att_steps or max(att_steps) >= args.steps):
-        raise ValueError(
-            f"--attention-steps must be step indices in [0, {args.steps - 1}], got {args.attention_steps}"
-        )
-
+    plan = _plan(args)
     with _loading_bars(enabled=not args.quiet):
         pipe = load_model(args.model, args.dtype, args.scheduler)
-    if subjects is None and cfg.name != "none":
+    if plan.subjects is None and plan.cfg.name != "none":
         raise ValueError(
             "no --subjects given; name the words to guide. Tokens of the prompt:\n"
             + _format_token_table(pipe.tokenizer, args.prompt)
         )
-    pipe.to(device)
+    pipe.to(plan.device)
     pipe.set_progress_bar_config(disable=args.quiet, leave=False)
-    if args.attention and att_steps is None:
-        att_steps = default_attention_steps(cfg, args.steps)
 
     call = {"num_inference_steps": args.steps, "guidance_scale": args.guidance_scale}
-    for k in ("height", "width", "negative_prompt"):
-        if getattr(args, k) is not None:
-            call[k] = getattr(args, k)
-    batch = args.batch_size or len(seeds)
-    images, diags = [], []
-    for start in range(0, len(seeds), batch):
-        chunk = seeds[start : start + batch]
-        # CPU generators: a seed gives the same initial noise on every device.
-        gens = [torch.Generator("cpu").manual_seed(s) for s in chunk]
+    call.update(
+        {k: getattr(args, k) for k in ("height", "width", "negative_prompt") if getattr(args, k) is not None}
+    )
+    batch = args.batch_size or len(plan.seeds)
+    images, diags = [], []  # diags: (diagnostics of the batch, index in the batch) per image
+    for start in range(0, len(plan.seeds), batch):
+        chunk = plan.seeds[start : start + batch]
+        gens = [torch.Generator("cpu").manual_seed(s) for s in chunk]  # same noise on every device
         res = ait2i.generate(
-            pipe,
-            args.prompt,
-            subjects=subjects,
-            method=cfg,
-            record_maps=att_steps or (),
-            generator=gens,
-            num_images_per_prompt=len(chunk),
-            **call,
-        )
+            pipe, args.prompt, subjects=plan.subjects, method=plan.cfg, record_maps=plan.att_steps or (),
+            generator=gens, num_images_per_prompt=len(chunk), **call,
+        )  # fmt: skip
         images.extend(res.images)
         diags.extend((res.diagnostics, k) for k in range(len(chunk)))
+    for note in diags[0][0].notes:
+        print(f"note: {note}", file=sys.stderr)
 
-    params_common = {
+    params = {
         "prompt": args.prompt,
         "negative_prompt": args.negative_prompt or "",
-        "subjects": [s if isinstance(s, str) else list(s) for s in (args.subjects or [])],
-        "method": cfg.name,
-        "method_config": {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)},
+        "subjects": list(args.subjects or []),
+        "method": plan.cfg.name,
+        "method_config": {f.name: getattr(plan.cfg, f.name) for f in dataclasses.fields(plan.cfg)},
         "steps": args.steps,
         "guidance_scale": args.guidance_scale,
         "height": images[0].height,
@@ -362,20 +366,17 @@ def cmd_generate(args) -> int:
         "scheduler": type(pipe.scheduler).__name__,
         "model": args.model or SHIPPED_MODEL,
         "dtype": args.dtype,
-        "device": device,
+        "device": plan.device,
         "ait2i_version": __version__,
     }
-    for note in diags[0][0].notes:
-        print(f"note: {note}", file=sys.stderr)
-    for k, (seed, img, path) in enumerate(zip(seeds, images, paths)):
+    for k, (seed, img, path) in enumerate(zip(plan.seeds, images, plan.paths)):
         d, sample = diags[k]
-        params = dict(params_common, seed=seed)
-        params["subject_tokens"] = [dataclasses.asdict(s) for s in d.subjects]
-        save_png(img, path, params)
+        subject_tokens = [dataclasses.asdict(s) for s in d.subjects]
+        save_png(img, path, dict(params, seed=seed, subject_tokens=subject_tokens))
         print(f"wrote {path}")
         if args.attention:
-            save_attention(att_paths[k], img, d, sample=sample)
-            print(f"wrote {att_paths[k]}")
+            save_attention(plan.att_paths[k], img, d, sample=sample)
+            print(f"wrote {plan.att_paths[k]}")
     return 0
 
 
