@@ -1,0 +1,180 @@
+"""Cross-attention capture by attention processors (DESIGN §2).
+
+:func:`capture_attention` installs a :class:`CaptureProcessor` with ``set_attn_processor`` on the cross-attention
+layers (``attn2``) of a ``UNet2DConditionModel`` that run at the requested resolution, keyed by module path. The
+processor records ``softmax(QK^T / sqrt(d))`` only while the store is recording (the guided forward pass); every
+other call, and every other layer, runs the original (fused) processor. The original processors are restored when
+the context exits, also when it exits by an exception.
+
+While recording, the guided forward pass stops as soon as the last selected layer has been recorded: the rest of
+the UNet (the expensive high-resolution up blocks) does not influence the maps, so neither its forward nor its
+backward pass is computed.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+
+
+class StopForward(Exception):
+    """Raised by the last recording layer to end the guided forward pass early."""
+
+
+class AttentionStore:
+    """Running mean of cross-attention probabilities over the selected layers and their heads.
+
+    The mean is taken over all (layer, head) pairs, as diffusers' Attend-and-Excite store does when it concatenates
+    ``(batch * heads, Q, L)`` tensors of every layer.
+    """
+
+    def __init__(self, res: tuple[int, int], layers: list[str]):
+        self.res = res  # (h, w) of the maps
+        self.layers = list(layers)
+        self.recording = False
+        self.stop_early = True
+        self._sum: torch.Tensor | None = None  # (B, Q, L)
+        self._count = 0
+        self._seen: set[str] = set()
+
+    def start(self) -> None:
+        self._sum, self._count, self._seen = None, 0, set()
+        self.recording = True
+
+    def stop(self) -> None:
+        self.recording = False
+
+    def add(self, name: str, probs: torch.Tensor, heads: int) -> None:
+        """Accumulate ``probs`` of shape ``(B * heads, Q, L)`` from layer ``name``."""
+        bh, q, length = probs.shape
+        per_head_sum = probs.reshape(bh // heads, heads, q, length).sum(1)  # (B, Q, L)
+        self._sum = per_head_sum if self._sum is None else self._sum + per_head_sum
+        self._count += heads
+        self._seen.add(name)
+        if self.stop_early and len(self._seen) == len(self.layers):
+            raise StopForward
+
+    def maps(self) -> torch.Tensor:
+        """The recorded maps as ``(B, h, w, L)`` float32."""
+        if self._sum is None:
+            raise RuntimeError("no attention was recorded: the guided forward pass reached no selected layer")
+        b, q, length = self._sum.shape
+        return (self._sum / self._count).float().reshape(b, self.res[0], self.res[1], length)
+
+
+class CaptureProcessor:
+    """Records the cross-attention probabilities of one layer while its store records; else defers to ``original``.
+
+    The recording path is the explicit ``softmax(QK^T/sqrt(d)) V`` of diffusers' ``AttnProcessor`` (the probabilities
+    are needed); the non-recording path is the layer's original processor (typically fused SDPA).
+    """
+
+    def __init__(self, store: AttentionStore, name: str, original):
+        self.store = store
+        self.name = name
+        self.original = original
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kw):
+        if not self.store.recording or encoder_hidden_states is None:
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kw)
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        batch, seq_len, _ = encoder_hidden_states.shape
+        attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)  # (B, Q, C)
+        if attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)  # (B, L, C)
+        value = attn.to_v(encoder_hidden_states)
+        query, key, value = (attn.head_to_batch_dim(x) for x in (query, key, value))  # (B*heads, ., C/heads)
+        probs = attn.get_attention_scores(query, key, attention_mask)  # (B*heads, Q, L)
+        out = torch.bmm(probs, value)
+        out = attn.batch_to_head_dim(out)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            out = out + residual
+        out = out / attn.rescale_output_factor
+        self.store.add(self.name, probs, attn.heads)  # may end the forward pass (StopForward)
+        return out
+
+
+def _place(name: str) -> str | None:
+    for prefix, place in (("down_blocks", "down"), ("mid_block", "mid"), ("up_blocks", "up")):
+        if name.startswith(prefix):
+            return place
+    return None
+
+
+def cross_attention_resolutions(unet, latent_hw: tuple[int, int]) -> dict[str, tuple[int, int]]:
+    """Map each cross-attention processor name of a ``UNet2DConditionModel`` to the (h, w) of its queries.
+
+    Down block ``k`` runs at the latent size halved ``k`` times (stride-2 convolutions: ``ceil(s / 2)``), the mid
+    block at the smallest size, up block ``j`` at the size of down block ``n - 1 - j``.
+    """
+    n = len(unet.down_blocks)
+    sizes = [tuple(latent_hw)]
+    for _ in range(n - 1):
+        sizes.append(tuple(math.ceil(s / 2) for s in sizes[-1]))
+    out = {}
+    for name in unet.attn_processors:
+        if ".attn2." not in name and not name.startswith("attn2"):
+            continue
+        parts = name.split(".")
+        place = _place(name)
+        if place == "down":
+            out[name] = sizes[int(parts[1])]
+        elif place == "up":
+            out[name] = sizes[n - 1 - int(parts[1])]
+        elif place == "mid":
+            out[name] = sizes[-1]
+    return out
+
+
+def select_layers(unet, latent_hw: tuple[int, int], res: tuple[int, int], from_where) -> list[str]:
+    """Cross-attention layers at resolution ``res`` in the UNet parts ``from_where``.
+
+    Raises:
+        TypeError: the denoiser is not a ``UNet2DConditionModel``-like UNet.
+        ValueError: no cross-attention layer runs at ``res`` for this image size; lists the resolutions that do.
+    """
+    if not all(hasattr(unet, a) for a in ("down_blocks", "up_blocks", "attn_processors", "set_attn_processor")):
+        raise TypeError(
+            f"{type(unet).__name__} is not supported: attention capture needs a UNet2DConditionModel "
+            "(Stable Diffusion 1.x/2.x pipelines)"
+        )
+    table = cross_attention_resolutions(unet, latent_hw)
+    chosen = [n for n, r in table.items() if r == tuple(res) and _place(n) in from_where]
+    if not chosen:
+        have = sorted({r for r in table.values()}, reverse=True)
+        where = sorted({r for n, r in table.items() if _place(n) in from_where}, reverse=True)
+        raise ValueError(
+            f"attention resolution {res[0]}x{res[1]} is never produced by this model's cross-attention "
+            f"{'/'.join(from_where)} layers at this image size (latents {latent_hw[0]}x{latent_hw[1]}); "
+            f"it produces {', '.join(f'{h}x{w}' for h, w in where) or 'none there'} "
+            f"(all parts: {', '.join(f'{h}x{w}' for h, w in have)}). Set attn_res to one of these."
+        )
+    return chosen
+
+
+@contextmanager
+def capture_attention(unet, layers: list[str], res: tuple[int, int]):
+    """Install :class:`CaptureProcessor` on ``layers``; yield the :class:`AttentionStore`; always restore."""
+    original = dict(unet.attn_processors)
+    store = AttentionStore(res, layers)
+    procs = {name: (CaptureProcessor(store, name, p) if name in layers else p) for name, p in original.items()}
+    unet.set_attn_processor(procs)
+    try:
+        yield store
+    finally:
+        unet.set_attn_processor(original)

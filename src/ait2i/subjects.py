@@ -1,0 +1,230 @@
+"""Subjects: which tokens of the prompt each guided subject owns (DESIGN §3).
+
+A subject is a noun (every word piece of it, e.g. CLIP's "surf" + "board") and, optionally, attribute words bound
+to it ("red" in "a red car"). Users name subjects as phrases of the prompt (``"red car"``: the last word is the
+noun, the words before it are its attributes), as explicit token indices, or as textual-inversion placeholders. A
+word that occurs more than once needs an occurrence number: ``"cat#2"`` is the second "cat".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+#: Where CLIP's end-of-word marker sits on a BPE piece.
+_EOW = "</w>"
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One guided subject.
+
+    Args:
+        label (`str`): how the user named it ("red car"), used in diagnostics and pictures.
+        tokens (`tuple[int, ...]`): indices into the 77-token sequence of the noun's word pieces (start token = 0).
+        attributes (`tuple[int, ...]`): indices of the attribute words' pieces bound to this subject.
+    """
+
+    label: str
+    tokens: tuple[int, ...]
+    attributes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Word:
+    text: str  # the word as the tokenizer spells it (lower-cased, pieces joined)
+    pieces: tuple[str, ...]
+    indices: tuple[int, ...]  # positions in input_ids (start token = 0)
+
+
+def prompt_tokens(tokenizer, prompt: str) -> list[tuple[int, str]]:
+    """``(index, token)`` for every token the text encoder sees, start and end tokens included (no padding)."""
+    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    return list(enumerate(tokenizer.convert_ids_to_tokens(ids)))
+
+
+def end_token_index(tokenizer, prompt: str) -> int:
+    """Index of the end-of-text token of ``prompt`` in the padded sequence (1 + number of prompt tokens)."""
+    return len(prompt_tokens(tokenizer, prompt)) - 1
+
+
+def format_tokens(tokenizer, prompt: str) -> str:
+    """One line listing the prompt's tokens with their indices, for error messages."""
+    return ", ".join(f"{i}:{tok}" for i, tok in prompt_tokens(tokenizer, prompt))
+
+
+def _is_word_end(tokenizer, piece: str) -> bool:
+    return piece.endswith(_EOW) or piece in tokenizer.get_added_vocab()
+
+
+def _words(tokenizer, pieces: list[str], first_index: int) -> list[_Word]:
+    """Group BPE pieces into words: a word ends at a piece carrying ``</w>`` or at an added (placeholder) token."""
+    words, cur, idx = [], [], []
+    for k, p in enumerate(pieces):
+        cur.append(p)
+        idx.append(first_index + k)
+        if _is_word_end(tokenizer, p):
+            words.append(_Word("".join(x.removesuffix(_EOW) for x in cur), tuple(cur), tuple(idx)))
+            cur, idx = [], []
+    if cur:  # truncated mid-word
+        words.append(_Word("".join(x.removesuffix(_EOW) for x in cur), tuple(cur), tuple(idx)))
+    return words
+
+
+def _placeholder_vectors(tokenizer, word: str) -> list[str]:
+    """Multi-vector textual-inversion placeholders: ``<cat>`` also owns ``<cat>_1``, ``<cat>_2``, ... if loaded."""
+    added = tokenizer.get_added_vocab()
+    out, k = [], 1
+    while f"{word}_{k}" in added:
+        out.append(f"{word}_{k}")
+        k += 1
+    return out
+
+
+def _prompt_words(tokenizer, prompt: str) -> list[_Word]:
+    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    pieces = tokenizer.convert_ids_to_tokens(ids)[1:-1]  # drop start / end tokens
+    return _words(tokenizer, pieces, first_index=1)
+
+
+def _phrase_words(tokenizer, phrase: str) -> list[_Word]:
+    return _words(tokenizer, tokenizer.tokenize(phrase), first_index=0)
+
+
+_OCCURRENCE = re.compile(r"^(.*?)#(\d+)$")
+
+
+def _resolve_phrase(tokenizer, prompt: str, words: list[_Word], spec: str) -> Subject:
+    m = _OCCURRENCE.match(spec.strip())
+    phrase, occurrence = (m.group(1).strip(), int(m.group(2))) if m else (spec.strip(), None)
+    want = _phrase_words(tokenizer, phrase)
+    if not want:
+        raise ValueError(f"empty subject {spec!r}; name a word of the prompt. Tokens: {format_tokens(tokenizer, prompt)}")
+    keys = [w.pieces for w in want]
+    n = len(keys)
+    # Contiguous matches of the whole phrase first ("red car" in "a red car"), then the noun alone with each
+    # attribute taken from its nearest preceding occurrence ("red car" in "a red sports car").
+    starts = [s for s in range(len(words) - n + 1) if [w.pieces for w in words[s : s + n]] == keys]
+    matches = [words[s : s + n] for s in starts]
+    if not matches:
+        nouns = [k for k, w in enumerate(words) if w.pieces == keys[-1]]
+        for k in nouns:
+            picked, ok = [], True
+            for key in keys[:-1]:
+                prev = [j for j in range(k) if words[j].pieces == key]
+                if not prev:
+                    ok = False
+                    break
+                picked.append(words[prev[-1]])
+            if ok:
+                matches.append([*picked, words[k]])
+    if not matches:
+        raise ValueError(
+            f"subject {phrase!r} is not in the prompt {prompt!r}. Its tokens are: {format_tokens(tokenizer, prompt)}. "
+            "Name words of the prompt, or pass token indices (see `ait2i tokens`)."
+        )
+    if occurrence is None and len(matches) > 1:
+        raise ValueError(
+            f"subject {phrase!r} occurs {len(matches)} times in the prompt {prompt!r}; say which with "
+            f"{phrase!r}#1 ... #{len(matches)}. Tokens: {format_tokens(tokenizer, prompt)}"
+        )
+    if occurrence is not None and not 1 <= occurrence <= len(matches):
+        raise ValueError(
+            f"subject {spec!r}: occurrence {occurrence} asked, but {phrase!r} occurs {len(matches)} time(s) in "
+            f"{prompt!r}. Tokens: {format_tokens(tokenizer, prompt)}"
+        )
+    chosen = matches[(occurrence or 1) - 1]
+    noun, attrs = chosen[-1], chosen[:-1]
+    tokens = list(noun.indices)
+    # A multi-vector placeholder is expanded in the prompt by the host ("<cat>" -> "<cat> <cat>_1 ..."): the
+    # following vector tokens belong to the same concept.
+    extra = _placeholder_vectors(tokenizer, noun.text)
+    if extra:
+        pos = words.index(noun)
+        for j, name in enumerate(extra, start=1):
+            if pos + j < len(words) and words[pos + j].text == name:
+                tokens.extend(words[pos + j].indices)
+    return Subject(
+        label=phrase, tokens=tuple(tokens), attributes=tuple(i for a in attrs for i in a.indices)
+    )
+
+
+def _check_indices(tokenizer, prompt: str, indices, eot: int, what: str) -> tuple[int, ...]:
+    out = []
+    for i in indices:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise ValueError(f"{what}: token indices must be ints, got {i!r}")
+        if not 1 <= i <= eot - 1:
+            raise ValueError(
+                f"{what}: token index {i} is out of range; valid indices for this prompt are 1..{eot - 1} "
+                f"(0 is the start token, {eot} the end token). Tokens: {format_tokens(tokenizer, prompt)}"
+            )
+        out.append(i)
+    if not out:
+        raise ValueError(f"{what}: empty list of token indices")
+    return tuple(out)
+
+
+def resolve_subjects(tokenizer, prompt: str, subjects) -> list[Subject]:
+    """Turn the user's subject specification into :class:`Subject` objects.
+
+    Args:
+        tokenizer: the pipeline's CLIP tokenizer (placeholders of loaded textual inversions included).
+        prompt (`str`): the prompt as the text encoder sees it (after textual-inversion expansion).
+        subjects (`list`): each item a phrase (``"red car"``, ``"cat#2"``), a list of token indices (the noun's
+            pieces), a dict ``{"tokens": [...], "attributes": [...], "label": ...}`` or a :class:`Subject`.
+
+    Returns:
+        `list[Subject]`, in the order given.
+
+    Raises:
+        ValueError: no subject, an unknown or ambiguous word, an index out of range or on the start/end token,
+            two subjects sharing a noun token.
+    """
+    if isinstance(subjects, (str, Subject)) or (
+        isinstance(subjects, (list, tuple)) and subjects and all(isinstance(s, int) for s in subjects)
+    ):
+        subjects = [subjects]
+    if not subjects:
+        raise ValueError(
+            f"no subject given; name the words to guide, e.g. subjects=['cat', 'red bench']. "
+            f"Tokens of the prompt: {format_tokens(tokenizer, prompt)}"
+        )
+    eot = end_token_index(tokenizer, prompt)
+    words = _prompt_words(tokenizer, prompt)
+    out: list[Subject] = []
+    for spec in subjects:
+        if isinstance(spec, Subject):
+            s = Subject(
+                spec.label,
+                _check_indices(tokenizer, prompt, spec.tokens, eot, spec.label),
+                _check_indices(tokenizer, prompt, spec.attributes, eot, spec.label) if spec.attributes else (),
+            )
+        elif isinstance(spec, str):
+            s = _resolve_phrase(tokenizer, prompt, words, spec)
+        elif isinstance(spec, dict):
+            toks = _check_indices(tokenizer, prompt, spec.get("tokens", ()), eot, "subject")
+            attrs = spec.get("attributes", ())
+            attrs = _check_indices(tokenizer, prompt, attrs, eot, "subject attributes") if attrs else ()
+            s = Subject(spec.get("label") or _label(tokenizer, prompt, toks), toks, attrs)
+        elif isinstance(spec, (list, tuple)):
+            toks = _check_indices(tokenizer, prompt, list(spec), eot, f"subject {list(spec)}")
+            s = Subject(_label(tokenizer, prompt, toks), toks)
+        elif isinstance(spec, int) and not isinstance(spec, bool):
+            toks = _check_indices(tokenizer, prompt, [spec], eot, f"subject {spec}")
+            s = Subject(_label(tokenizer, prompt, toks), toks)
+        else:
+            raise ValueError(f"cannot read subject {spec!r}: give a phrase, token indices or a Subject")
+        out.append(s)
+    seen: dict[int, str] = {}
+    for s in out:
+        for t in s.tokens:
+            if t in seen:
+                raise ValueError(f"subjects {seen[t]!r} and {s.label!r} share token {t}; each noun belongs to one subject")
+            seen[t] = s.label
+    return out
+
+
+def _label(tokenizer, prompt: str, indices) -> str:
+    toks = dict(prompt_tokens(tokenizer, prompt))
+    return "".join(toks[i] for i in indices).replace(_EOW, " ").strip()

@@ -1,0 +1,76 @@
+"""Subjects: phrases, word pieces, occurrences, indices and the errors users get."""
+
+import pytest
+
+from ait2i.subjects import Subject, end_token_index, prompt_tokens, resolve_subjects
+from ait2i.testing import clip_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return clip_tokenizer()
+
+
+def test_sd_token_ids(tok):
+    assert tok("a cat and a dog").input_ids == [49406, 320, 2368, 537, 320, 1929, 49407]
+    assert end_token_index(tok, "a cat and a dog") == 6
+
+
+def test_phrase_attribute_and_noun(tok):
+    s = resolve_subjects(tok, "a red car and a blue bench", ["red car", "blue bench"])
+    assert s == [Subject("red car", (3,), (2,)), Subject("blue bench", (7,), (6,))]
+
+
+def test_multi_piece_word(tok):
+    toks = dict(prompt_tokens(tok, "a photo of a surfboard"))
+    (s,) = resolve_subjects(tok, "a photo of a surfboard", ["surfboard"])
+    assert len(s.tokens) == 2 and "".join(toks[i] for i in s.tokens) == "surfboard</w>"
+
+
+def test_non_contiguous_attribute(tok):
+    (s,) = resolve_subjects(tok, "a red sports car", ["red car"])
+    assert s.tokens == (4,) and s.attributes == (2,)
+
+
+def test_repeated_word_needs_occurrence(tok):
+    prompt = "a cat and a cat"
+    with pytest.raises(ValueError, match="occurs 2 times.*#1"):
+        resolve_subjects(tok, prompt, ["cat"])
+    a, b = resolve_subjects(tok, prompt, ["cat#1", "cat#2"])
+    assert a.tokens == (2,) and b.tokens == (5,)
+    with pytest.raises(ValueError, match="occurrence 3"):
+        resolve_subjects(tok, prompt, ["cat#3"])
+
+
+def test_unknown_word_lists_tokens(tok):
+    with pytest.raises(ValueError, match=r"'horse' is not in the prompt.*1:a</w>.*2:cat</w>"):
+        resolve_subjects(tok, "a cat and a dog", ["horse"])
+
+
+def test_indices(tok):
+    s = resolve_subjects(tok, "a cat and a dog", [[2], [5]])
+    assert [x.tokens for x in s] == [(2,), (5,)] and s[0].label == "cat"
+    with pytest.raises(ValueError, match=r"valid indices for this prompt are 1..5"):
+        resolve_subjects(tok, "a cat and a dog", [[6]])
+    with pytest.raises(ValueError, match="start token"):
+        resolve_subjects(tok, "a cat and a dog", [[0]])
+    with pytest.raises(ValueError, match="out of range"):
+        resolve_subjects(tok, "a cat and a dog", [[40]])
+
+
+def test_no_subject_and_shared_tokens(tok):
+    with pytest.raises(ValueError, match="no subject given"):
+        resolve_subjects(tok, "a cat", [])
+    with pytest.raises(ValueError, match="share token 2"):
+        resolve_subjects(tok, "a cat and a dog", ["cat", [2]])
+
+
+def test_textual_inversion_placeholder(tok):
+    tok = clip_tokenizer()
+    tok.add_tokens(["<cat-toy>", "<cat-toy>_1"])
+    prompt = "a <cat-toy> <cat-toy>_1 on a bench"  # as the host expands a 2-vector placeholder
+    s = resolve_subjects(tok, prompt, ["<cat-toy>", "bench"])
+    toks = dict(prompt_tokens(tok, prompt))
+    assert [toks[i] for i in s[0].tokens] == ["<cat-toy>", "<cat-toy>_1"]
+    with pytest.raises(ValueError, match="not in the prompt"):
+        resolve_subjects(tok, prompt, ["<dog-toy>"])
