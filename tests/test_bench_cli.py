@@ -1,0 +1,90 @@
+"""``ait2i bench`` end to end on tiny models saved to folders: fetch, generate (resume), score, compare."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ait2i.bench.cli import main as bench
+
+CB_DIR = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "t2i-compbench"
+
+
+@pytest.mark.skipif(not (CB_DIR / "color_val.txt").is_file(), reason="shared T2I-CompBench copies absent")
+def test_fetch_command(tmp_path, capsys):
+    assert bench(["fetch", "t2i-compbench", "--dest", str(tmp_path / "d"), "--base-url", CB_DIR.as_uri()]) == 0
+    assert "verified" in capsys.readouterr().out
+    bad = (tmp_path / "x").as_uri()
+    assert bench(["fetch", "t2i-compbench", "--dest", str(tmp_path / "e"), "--base-url", bad]) == 2
+    assert "could not download" in capsys.readouterr().err
+
+
+def test_bench_registers_all_subcommands():
+    import argparse
+
+    from ait2i.bench.cli import add_parser
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    for sub in ("fetch", "generate", "score", "compare", "shapes"):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(["bench", sub, "--help"])
+        assert e.value.code == 0
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from ait2i.testing import clip_tokenizer, tiny_sd_pipeline
+
+    root = tmp_path_factory.mktemp("models")
+    tiny_sd_pipeline().save_pretrained(root / "sd")
+    torch.manual_seed(0)
+    cfg = CLIPConfig(
+        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    CLIPModel(cfg).save_pretrained(root / "clip")
+    ip = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=ip, tokenizer=clip_tokenizer()).save_pretrained(root / "clip")
+    return root
+
+
+@pytest.mark.slow
+def test_generate_resume_score_compare_commands(saved_models, tmp_path, capsys):
+    torch.set_num_threads(1)
+    common = ["--suite", "ane:objects", "--limit", "2", "--seeds", "0-1", "--model", str(saved_models / "sd"),
+              "--steps", "2", "--quiet"]
+    out_a, out_b = tmp_path / "none", tmp_path / "ait2i"
+    assert bench(["generate", *common, "--method", "none", "--out", str(out_a)]) == 0
+    assert "4 assigned, 0 already done, 4 generated" in capsys.readouterr().out
+    assert bench(["generate", *common, "--method", "none", "--out", str(out_a)]) == 0  # resumes: nothing to do
+    assert "4 already done, 0 generated" in capsys.readouterr().out
+    assert bench(["generate", *common, "--method", "ait2i", "--out", str(out_a)]) == 2  # other method: refused
+    assert "different run" in capsys.readouterr().err
+    assert bench(["generate", *common, "--method", "ait2i", "--out", str(out_b), "--batch-size", "1"]) == 0
+    capsys.readouterr()
+
+    clip = ["--clip-model", str(saved_models / "clip"), "--quiet", "--device", "cpu"]
+    assert bench(["score", str(out_a), "--metrics", "clip", *clip]) == 0
+    assert "clip_min_object" in capsys.readouterr().out
+    assert bench(["score", str(out_b), "--metrics", "clip", *clip]) == 0
+    scores = json.loads((out_b / "scores.json").read_text())
+    assert scores["method"] == "ait2i" and len(scores["per_image"]) == 4
+    assert scores["results"]["clip_full"]["overall"]["n_prompts"] == 2
+    capsys.readouterr()
+    assert bench(["compare", str(out_a), str(out_b), "--out", str(tmp_path / "cmp.md")]) == 0
+    table = (tmp_path / "cmp.md").read_text()
+    assert "none (none)" in table and "ait2i (ait2i)" in table
+
+    (out_b / "a blue clock and a blue apple" / "1.png").unlink()
+    assert bench(["score", str(out_b), "--metrics", "clip", *clip]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 4 planned images are missing" in err and "a blue clock and a blue apple/1.png" in err
+    assert bench(["score", str(out_b), "--metrics", "clip,vqa", *clip]) == 2
+    assert "do not apply" in capsys.readouterr().err
