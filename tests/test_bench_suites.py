@@ -145,7 +145,10 @@ def test_missing_compbench_files_say_how_to_fetch(tmp_path):
         ("two toys, four kites, one turtle and two people", ("toys", "kites", "turtle", "people")),
         ("The red hat was on top of the brown coat rack.", ("red hat", "brown coat rack")),
         ("A person is wearing a chef's hat and cooking a meal.", ("person", "hat", "meal")),
-        ("The fluffy white cat snuggled up next to the warm brown blanket.", ("fluffy white cat", "warm brown blanket")),
+        (
+            "The fluffy white cat snuggled up next to the warm brown blanket.",
+            ("fluffy white cat", "warm brown blanket"),
+        ),
         ("a red car and a red car", ("red car#1", "red car#2")),
     ],
 )
