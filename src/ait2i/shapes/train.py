@@ -184,6 +184,13 @@ def export(out: Path, ema_unet, ema_te, vae, tokenizer, info: dict) -> None:
         tokenizer,
     )
     pipe.save_pretrained(str(tmp), safe_serialization=True)
+    # Weights are stored in float16 but the text encoder's config must say float32: transformers loads with
+    # the config's dtype by default while diffusers loads float32, and mixed dtypes break the plain
+    # `StableDiffusionPipeline.from_pretrained(folder)`.
+    te_cfg_path = tmp / "text_encoder" / "config.json"
+    te_cfg = json.loads(te_cfg_path.read_text())
+    te_cfg["dtype"] = "float32"
+    te_cfg_path.write_text(json.dumps(te_cfg, indent=2, sort_keys=True) + "\n")
     (tmp / "TRAINING.json").write_text(json.dumps(info, indent=2) + "\n")
     if final.exists():
         os.replace(final, old)
@@ -225,9 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         step, history = ck["step"], ck["history"]
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
     command = " ".join([Path(sys.executable).name, "-m", "ait2i.shapes.train", *sys.argv[1:]])
-    history["runs"].append(
-        {"start_step": step, "command": command, "commit": git_commit(), "time": time.time()}
-    )
+    history["runs"].append({"start_step": step, "command": command, "commit": git_commit(), "time": time.time()})
 
     alphas = M.build_scheduler().alphas_cumprod.float()  # (1000,)
     tokens = Tokens(tokenizer)
@@ -264,8 +269,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.threads == 0 and step % 200 == 0:  # probe the other thread count for 20 steps
             threads = 3 - best_threads
             torch.set_num_threads(threads)
-        elif args.threads == 0 and step % 200 == 20 and len(step_time) == 2:
-            best_threads = threads = min(step_time, key=step_time.get)
+        elif args.threads == 0 and step % 200 == 20:  # back to the faster of the two
+            if len(step_time) == 2:
+                best_threads = min(step_time, key=step_time.get)
+            threads = best_threads
             torch.set_num_threads(threads)
         x0, caps = make_batch(args.seed, step, args.batch_size, args.cfg_drop)
         ids = tokens(caps)
@@ -303,9 +310,7 @@ def main(argv: list[str] | None = None) -> None:
             if step + 1 == args.vae_steps:
                 vae.requires_grad_(False)
                 history["vae_psnr"] = vae_psnr(vae)
-                print(
-                    f"\n[step {step + 1}] autoencoder frozen, PSNR {history['vae_psnr']:.2f} dB", flush=True
-                )
+                print(f"\n[step {step + 1}] autoencoder frozen, PSNR {history['vae_psnr']:.2f} dB", flush=True)
 
         dt = time.time() - t_step
         step_time[threads] = dt if threads not in step_time else 0.9 * step_time[threads] + 0.1 * dt
@@ -327,9 +332,7 @@ def main(argv: list[str] | None = None) -> None:
             loss_acc, n_acc = 0.0, 0
         now = time.time()
         if now - last_sample > 60 * args.sample_minutes:
-            write_samples(
-                build_pipeline(ema_unet, ema_te, vae, tokenizer), out / "samples" / f"step{step:06d}.png"
-            )
+            write_samples(build_pipeline(ema_unet, ema_te, vae, tokenizer), out / "samples" / f"step{step:06d}.png")
             last_sample = time.time()
         if now - last_ckpt > 60 * args.ckpt_minutes:
             checkpoint()
