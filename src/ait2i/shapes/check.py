@@ -71,9 +71,7 @@ def to_uint8(image) -> np.ndarray:
     """
     if isinstance(image, Image.Image):
         if image.mode not in ("RGB", "RGBA", "L"):
-            raise ValueError(
-                f"expected an RGB image, got PIL mode {image.mode!r}; convert it with .convert('RGB')"
-            )
+            raise ValueError(f"expected an RGB image, got PIL mode {image.mode!r}; convert it with .convert('RGB')")
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image must be a PIL image or a numpy array, got {type(image).__name__}")
@@ -209,14 +207,10 @@ def _diagonal_ratio(mask: np.ndarray) -> float:
 
 
 def _template_iou(m: np.ndarray, name: str) -> float:
-    return max(
-        float(np.minimum(m, t).sum() / max(np.maximum(m, t).sum(), 1e-9)) for t in _templates(*m.shape)[name]
-    )
+    return max(float(np.minimum(m, t).sum() / max(np.maximum(m, t).sum(), 1e-9)) for t in _templates(*m.shape)[name])
 
 
-def classify_shape(
-    mask: np.ndarray, triangle_ratio: float = 0.55, square_ratio: float = 1.2
-) -> tuple[str, float]:
+def classify_shape(mask: np.ndarray, triangle_ratio: float = 0.55, square_ratio: float = 1.2) -> tuple[str, float]:
     """The shape of a component mask, from two scale-free geometric cues.
 
     - A triangle is the only lopsided shape: along the axis from its apex to its base, its outer thirds hold

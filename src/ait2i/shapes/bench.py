@@ -1,0 +1,685 @@
+"""The ShapesWorld benchmark: guidance methods compared on the shipped model, every image read by the checker.
+
+``ait2i bench shapes --methods none,attend-and-excite,ait2i --seeds 0-31 --out runs/shapes`` (or
+``python -m ait2i.shapes.bench ...``) generates every (method, prompt, seed), reads each image with
+:func:`ait2i.shapes.check.check`, and reports per category and method, with 95% intervals:
+
+- **object recall**: the fraction of requested objects whose shape is found (one-to-one);
+- **all present** (1 - neglect): every requested shape is found;
+- **exact binding**: every requested object is found with its own colour and shape;
+- **extra objects**: the image holds more objects than requested.
+
+Rates get Wilson intervals, the mean recall a percentile bootstrap; both treat images as independent. Prompt
+categories (fixed lists, :func:`shapes_prompts`): ``single``, ``two`` (distinct shapes and colours),
+``same_shape`` (binding is all colour), ``held_out`` (two objects, one a colour-shape pair kept out of training)
+and ``three``.
+
+The run is resumable: one JSON line per (method, prompt, seed) is appended to ``results.jsonl`` after its image
+is saved (``<out>/<method>/<prompt>/<seed>.png``, written to a temporary file and renamed); a rerun skips every
+line already there. ``manifest.json`` records the model, sampling settings and each method's full config; a
+folder made with other settings, or a method label bound to another config, is refused unless ``force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import GuidanceConfig, get_config
+from . import render
+from .check import check, match
+
+CATEGORIES = ("single", "two", "same_shape", "held_out", "three")
+DEFAULT_METHODS = "none,attend-and-excite,ait2i"
+#: Named method sets for ``--methods``.
+METHOD_SETS = {
+    "ablation": (
+        "ait2i",
+        "ait2i:w_isolation=0",
+        "ait2i:w_aggregation=0",
+        "ait2i:w_attribute=0",
+        "ait2i:w_presence=0",
+        "ait2i:aggregation_metric=cosine",
+        "ait2i:isolation_metric=cosine",
+        "ait2i:refinement={0:0.05,10:0.5,20:0.8}",
+    ),
+}
+RESULTS = "results.jsonl"
+MANIFEST = "manifest.json"
+METRICS = ("object_recall", "all_present", "exact_binding", "extra_objects")
+_PROMPT_SEED = 20_261_129  # fixes the prompt lists
+
+
+# -- prompts ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShapesPrompt:
+    """One benchmark prompt: its category, text and the requested ``(colour, shape)`` objects in prompt order."""
+
+    category: str
+    text: str
+    objects: tuple[tuple[str, str], ...]
+
+    @property
+    def subjects(self) -> list[str]:
+        """The subject phrases handed to the guidance (``["red circle", "blue square"]``)."""
+        return [f"{c} {s}" for c, s in self.objects]
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "_", self.text.lower()).strip("_")
+
+
+def _pairs(held_out: bool) -> list[tuple[str, str]]:
+    return [(c, s) for c in render.COLORS for s in render.SHAPES if ((c, s) in render.HELD_OUT) == held_out]
+
+
+def _prompt(category: str, objects) -> ShapesPrompt:
+    objects = tuple((str(c), str(s)) for c, s in objects)
+    return ShapesPrompt(category, render.caption_of([f"{c} {s}" for c, s in objects]), objects)
+
+
+def shapes_prompts(categories: Sequence[str] | None = None, per_category: int = 8) -> list[ShapesPrompt]:
+    """The fixed prompt lists: the first ``per_category`` prompts of each category (12 at most).
+
+    Every list is drawn once from a fixed seed; only seen colour-shape pairs are used, except in ``held_out``,
+    where each prompt pairs one :data:`~ait2i.shapes.render.HELD_OUT` pair with a seen pair of another colour and
+    shape (held-out object first in half of the prompts). Colours within a prompt are distinct.
+
+    Args:
+        categories (`Sequence[str]`, *optional*): a subset of :data:`CATEGORIES` (all by default).
+        per_category (`int`, *optional*, defaults to 8): prompts per category, 1-12.
+    """
+    cats = tuple(categories) if categories else CATEGORIES
+    bad = [c for c in cats if c not in CATEGORIES]
+    if bad:
+        raise ValueError(f"unknown categories {bad}; expected a subset of {list(CATEGORIES)}")
+    if not 1 <= per_category <= 12:
+        raise ValueError(f"per_category must be in 1..12, got {per_category}")
+    seen, held = _pairs(False), _pairs(True)
+    out = []
+    for cat in cats:
+        rng = np.random.default_rng([_PROMPT_SEED, CATEGORIES.index(cat)])
+        chosen: list[tuple[tuple[str, str], ...]] = []
+        attempts = 0
+        while len(chosen) < 12:
+            attempts += 1
+            if attempts > 100_000:  # pragma: no cover - the pools are large enough
+                raise RuntimeError(f"could not draw 12 distinct prompts for {cat!r}")
+            if cat == "single":
+                objs = (seen[rng.integers(len(seen))],)
+            elif cat == "held_out":
+                h = held[len(chosen) % len(held)]
+                partners = [p for p in seen if p[0] != h[0] and p[1] != h[1]]
+                p = partners[rng.integers(len(partners))]
+                objs = (h, p) if len(chosen) % 2 == 0 else (p, h)
+            else:
+                n = 3 if cat == "three" else 2
+                idx = rng.choice(len(seen), size=n, replace=False)
+                objs = tuple(seen[i] for i in idx)
+                colors = {c for c, _ in objs}
+                shapes = {s for _, s in objs}
+                if len(colors) != n:
+                    continue
+                if cat == "two" and len(shapes) != 2:
+                    continue
+                if cat == "same_shape" and len(shapes) != 1:
+                    continue
+            if objs not in chosen:
+                chosen.append(objs)
+        out += [_prompt(cat, objs) for objs in chosen[:per_category]]
+    return out
+
+
+# -- methods ----------------------------------------------------------------------------------------------------
+
+
+def _split_top(spec: str, sep: str = ",") -> list[str]:
+    """Splits on ``sep`` outside brackets (``{0:0.05,10:0.5}`` stays whole)."""
+    parts, depth, cur = [], 0, ""
+    for ch in spec:
+        if ch in "{[(":
+            depth += 1
+        elif ch in "}])":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"unbalanced brackets in {spec!r}")
+        if ch == sep and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if depth:
+        raise ValueError(f"unbalanced brackets in {spec!r}")
+    return parts + [cur]
+
+
+def _convert(cfg: GuidanceConfig, key: str, raw: str):
+    """Reads an override value according to the config field's annotated type."""
+    ann = str({f.name: f.type for f in dataclasses.fields(cfg)}[key])
+    raw = raw.strip()
+    low = raw.lower()
+    try:
+        if "dict" in ann:
+            if low in ("none", "off", "{}"):
+                return None if low != "{}" else {}
+            v = ast.literal_eval(raw)
+            if not isinstance(v, dict):
+                raise ValueError
+            return v
+        if ann.startswith("tuple"):
+            if raw[:1] in "([":
+                v = ast.literal_eval(raw)
+                if not isinstance(v, (tuple, list)):
+                    raise ValueError
+                return tuple(v)
+            items = [x.strip() for x in raw.split("+")]
+            return tuple(float(x) for x in items) if "float" in ann else tuple(items)
+        if ann == "bool":
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if "None" in ann and low == "none":
+            return None
+        if "int" in ann and "float" in ann:
+            v = ast.literal_eval(raw)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError
+            return v
+        if "int" in ann:
+            return int(raw)
+        if "float" in ann:
+            return float(raw)
+        if "str" in ann:
+            return raw.strip("'\"")
+    except (ValueError, SyntaxError):
+        pass
+    raise ValueError(f"cannot read {key}={raw!r}: expected a value of type {ann}")
+
+
+def parse_method(spec: str) -> tuple[str, GuidanceConfig]:
+    """One method: a preset name, or ``name:key=value,key=value`` (overrides of that preset's config).
+
+    Values are read by the field's type: numbers, ``cosine``/``euclidean``, ``none``, dicts such as
+    ``refinement={0:0.05,10:0.5,20:0.8}``, tuples as ``from_where=up+down`` or ``scale_range=(1.0,0.5)``.
+
+    Returns:
+        `tuple[str, GuidanceConfig]`: the canonical label (``name:key=value,...``, keys in the given order)
+        and the config.
+    """
+    spec = spec.strip()
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    cfg = get_config(name)  # ValueError naming the presets
+    if not rest.strip():
+        if ":" in spec:
+            raise ValueError(f"method {spec!r}: nothing after ':'; write e.g. {name}:w_isolation=0")
+        return name, cfg
+    fields = [f.name for f in dataclasses.fields(cfg) if f.name != "name"]
+    overrides, labels = {}, []
+    for item in _split_top(rest):
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ValueError(f"method {spec!r}: override {item!r} is not key=value")
+        if key not in fields:
+            raise ValueError(f"method {spec!r}: {name} has no setting {key!r}; valid settings: {', '.join(fields)}")
+        if key in overrides:
+            raise ValueError(f"method {spec!r}: {key!r} given twice")
+        overrides[key] = _convert(cfg, key, raw)
+        labels.append(f"{key}={raw.strip()}")
+    try:
+        cfg = cfg.replace(**overrides)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"method {spec!r}: {e}") from None
+    return f"{name}:{','.join(labels)}", cfg
+
+
+def parse_methods(spec: str | Sequence[str]) -> list[tuple[str, GuidanceConfig]]:
+    """Methods from ``--methods``: comma-separated names, variants and named sets (:data:`METHOD_SETS`).
+
+    Inside one variant, further ``key=value`` items after a comma belong to it
+    (``ait2i:w_isolation=0,w_presence=0`` is one method); a name without ``=`` starts the next method.
+    """
+    items = _split_top(spec) if isinstance(spec, str) else [str(s) for s in spec]
+    groups: list[str] = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        if "=" in item and ":" not in item.split("=", 1)[0]:
+            if not groups or ":" not in groups[-1]:
+                raise ValueError(f"override {item!r} must follow a method name, e.g. ait2i:{item}")
+            groups[-1] += "," + item
+        else:
+            groups.append(item)
+    out: list[tuple[str, GuidanceConfig]] = []
+    for g in groups:
+        for s in METHOD_SETS.get(g, (g,)):
+            label, cfg = parse_method(s)
+            if label in [lab for lab, _ in out]:
+                raise ValueError(f"method {label!r} listed twice")
+            out.append((label, cfg))
+    if not out:
+        raise ValueError("no method given; e.g. --methods none,attend-and-excite,ait2i")
+    return out
+
+
+def method_dir(label: str) -> str:
+    """A folder name for a method label (``ait2i:w_isolation=0`` -> ``ait2i+w_isolation=0``)."""
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", label.replace(":", "+").replace(",", "+"))
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """Seeds from ``"0-31"``, ``"0,5,10-12"`` or ``"7"`` (sorted, unique, >= 0)."""
+    out: set[int] = set()
+    for part in str(spec).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
+            raise ValueError(f"bad seed range {part!r} in {spec!r}; write e.g. 0-31 or 0,5,10-12")
+        out.update(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
+    if not out:
+        raise ValueError(f"no seeds in {spec!r}; write e.g. 0-31")
+    return sorted(out)
+
+
+# -- statistics -------------------------------------------------------------------------------------------------
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial rate (95% for ``z = 1.96``); ``(0, 1)`` when ``n == 0``."""
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got {successes}/{n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_interval(values: Sequence[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of a mean (fixed seed, so reruns give the same numbers)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return 0.0, 1.0
+    if np.all(v == v[0]):
+        return float(v[0]), float(v[0])
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(resamples, v.size))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def summarize(rows: Sequence[dict]) -> dict:
+    """Per-method, per-category metrics with 95% intervals; category ``"all"`` pools every row of a method.
+
+    Returns:
+        `dict`: ``{method: {category: {"n": int, metric: {"value", "low", "high"} ...}}}``, metrics
+        :data:`METRICS`.
+    """
+    out: dict[str, dict] = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mrows = [r for r in rows if r["method"] == method]
+        cats = [c for c in CATEGORIES if any(r["category"] == c for r in mrows)] + ["all"]
+        out[method] = {}
+        for cat in cats:
+            rs = mrows if cat == "all" else [r for r in mrows if r["category"] == cat]
+            n = len(rs)
+            recall = [r["recall"] for r in rs]
+            entry: dict = {"n": n}
+            lo, hi = bootstrap_interval(recall)
+            entry["object_recall"] = {"value": float(np.mean(recall)) if n else 0.0, "low": lo, "high": hi}
+            for name, key in (
+                ("all_present", "all_present"),
+                ("exact_binding", "exact_binding"),
+                ("extra_objects", "has_extra"),
+            ):
+                k = sum(bool(r[key]) for r in rs)
+                lo, hi = wilson_interval(k, n)
+                entry[name] = {"value": k / n if n else 0.0, "low": lo, "high": hi, "count": k}
+            out[method][cat] = entry
+    return out
+
+
+def markdown_table(summary: dict) -> str:
+    """The summary as a markdown table: one row per (category, method), value [95% interval]."""
+    head = "| category | method | n | object recall | all present | exact binding | extra objects |"
+    lines = [head, "|" + "---|" * 7]
+    cats = list(dict.fromkeys(c for m in summary.values() for c in m))
+    for cat in cats:
+        for method, per in summary.items():
+            if cat not in per:
+                continue
+            e = per[cat]
+            cells = [f"{e[k]['value']:.3f} [{e[k]['low']:.3f}, {e[k]['high']:.3f}]" for k in METRICS]
+            lines.append(f"| {cat} | {method} | {e['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# -- files ------------------------------------------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _save_png(image, path: Path) -> None:
+    import io
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    _write_atomic(path, buf.getvalue())
+
+
+def load_results(out_dir: str | os.PathLike) -> list[dict]:
+    """The rows of ``results.jsonl``. A truncated last line (a run killed mid-write) is dropped from the file."""
+    path = Path(out_dir) / RESULTS
+    if not path.exists():
+        return []
+    text = path.read_text()
+    lines = text.splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not JSON; the file is damaged, move it away") from None
+            _write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+            print(f"note: dropped a truncated last line from {path}", file=sys.stderr)
+            return rows
+    if text and not text.endswith("\n"):  # a complete last line without its newline: finish it
+        with open(path, "a") as f:
+            f.write("\n")
+    return rows
+
+
+def _append_rows(path: Path, rows: Sequence[dict]) -> None:
+    with open(path, "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _config_dict(cfg: GuidanceConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    d["class"] = type(cfg).__name__
+    return json.loads(json.dumps(d, default=str))  # keys of refinement dicts become strings, as in the file
+
+
+def _check_manifest(out: Path, manifest: dict, force: bool) -> dict:
+    path = out / MANIFEST
+    if not path.exists():
+        return manifest
+    old = json.loads(path.read_text())
+    problems = [
+        f"{k}: folder has {old.get(k)!r}, this run {manifest[k]!r}"
+        for k in ("model", "num_inference_steps", "guidance_scale", "height", "width")
+        if old.get(k) != manifest[k]
+    ]
+    for label, cfg in manifest["methods"].items():
+        if label in old.get("methods", {}) and old["methods"][label] != cfg:
+            problems.append(f"method {label!r} was run with another config: {old['methods'][label]}")
+    if problems and not force:
+        raise ValueError(
+            f"{out} holds a run with other settings ({'; '.join(problems)}); use another --out folder, "
+            "or force=True / --force to mix them"
+        )
+    merged = dict(old, **{k: v for k, v in manifest.items() if k != "methods"})
+    merged["methods"] = {**old.get("methods", {}), **manifest["methods"]}
+    return merged
+
+
+# -- the run ----------------------------------------------------------------------------------------------------
+
+
+def _losses(out, j: int) -> dict:
+    """First and last guided loss of sample ``j`` from the diagnostics, if any."""
+    steps = getattr(getattr(out, "diagnostics", None), "steps", None) or []
+    losses = [s.loss[j] for s in steps if getattr(s, "loss", None) and j < len(s.loss)]
+    return {"loss_first": losses[0], "loss_last": losses[-1]} if losses else {}
+
+
+def run_benchmark(
+    pipe,
+    methods: str | Sequence[str] = DEFAULT_METHODS,
+    seeds: str | Sequence[int] = "0-31",
+    out_dir: str | os.PathLike = "runs/shapes",
+    *,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 7.5,
+    batch_size: int = 16,
+    categories: Sequence[str] | None = None,
+    prompts_per_category: int = 8,
+    height: int | None = None,
+    width: int | None = None,
+    model: str = "",
+    force: bool = False,
+    progress: bool = True,
+    generate_fn: Callable | None = None,
+    checker: Callable = check,
+) -> dict:
+    """Runs (or resumes) the ShapesWorld benchmark and writes ``summary.json`` and ``summary.md``.
+
+    Args:
+        pipe (`StableDiffusionPipeline`): the model (the shipped ShapesWorld model for real numbers).
+        methods (`str` or `Sequence[str]`, *optional*): see :func:`parse_methods`.
+        seeds (`str` or `Sequence[int]`, *optional*, defaults to `"0-31"`): seeds per prompt.
+        out_dir (`str` or `os.PathLike`, *optional*): output folder (created).
+        num_inference_steps (`int`, *optional*, defaults to 50): sampler steps.
+        guidance_scale (`float`, *optional*, defaults to 7.5): classifier-free guidance scale.
+        batch_size (`int`, *optional*, defaults to 16): seeds generated together (one generator per seed, so an
+            image does not depend on its batch).
+        categories (`Sequence[str]`, *optional*): subset of :data:`CATEGORIES`.
+        prompts_per_category (`int`, *optional*, defaults to 8): see :func:`shapes_prompts`.
+        height, width (`int`, *optional*): image size; the pipeline's default if omitted.
+        model (`str`, *optional*): the model's name or path, recorded in the manifest and compared on resume.
+        force (`bool`, *optional*, defaults to `False`): accept a folder made with other settings.
+        progress (`bool`, *optional*, defaults to `True`): progress bar on stderr.
+        generate_fn (`Callable`, *optional*): ``ait2i.generate`` by default (tests pass a fake).
+        checker (`Callable`, *optional*): image -> detections, :func:`~ait2i.shapes.check.check` by default.
+
+    Returns:
+        `dict`: the summary (see :func:`summarize`) over the requested methods, prompts and seeds.
+    """
+    import torch
+
+    if generate_fn is None:
+        from ..pipelines import generate as generate_fn
+    resolved = parse_methods(methods)
+    seed_list = parse_seeds(seeds) if isinstance(seeds, str) else sorted({int(s) for s in seeds})
+    if not seed_list or min(seed_list) < 0:
+        raise ValueError("seeds must hold at least one integer >= 0")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    prompts = shapes_prompts(categories, prompts_per_category)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "benchmark": "shapesworld",
+        "model": model,
+        "num_inference_steps": num_inference_steps,
+        "guidance_scale": guidance_scale,
+        "height": height,
+        "width": width,
+        "methods": {label: _config_dict(cfg) for label, cfg in resolved},
+    }
+    _write_atomic(out / MANIFEST, json.dumps(_check_manifest(out, manifest, force), indent=1).encode())
+
+    done = {(r["method"], r["prompt"], r["seed"]) for r in load_results(out)}
+    todo = [
+        (chunk, p, label, cfg)
+        for chunk in (seed_list[i : i + batch_size] for i in range(0, len(seed_list), batch_size))
+        for p in prompts
+        for label, cfg in resolved
+    ]
+    total = sum(sum((lab, p.text, s) not in done for s in ch) for ch, p, lab, _ in todo)
+    bar = None
+    if progress and total:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="shapes bench", unit="img")
+    t0 = time.time()
+    for chunk, p, label, cfg in todo:
+        batch = [s for s in chunk if (label, p.text, s) not in done]
+        if not batch:
+            continue
+        kwargs = {
+            "generator": [torch.Generator("cpu").manual_seed(s) for s in batch],
+            "num_images_per_prompt": len(batch),
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "output_type": "pil",
+        }
+        if height:
+            kwargs["height"] = height
+        if width:
+            kwargs["width"] = width
+        result = generate_fn(pipe, p.text, p.subjects, method=cfg, **kwargs)
+        images = result.images
+        if len(images) != len(batch):
+            raise RuntimeError(f"expected {len(batch)} images for {p.text!r}, got {len(images)}")
+        rows = []
+        for j, (seed, img) in enumerate(zip(batch, images)):
+            rel = Path(method_dir(label)) / p.slug / f"{seed}.png"
+            _save_png(img, out / rel)
+            found = checker(img)
+            rows.append(
+                {
+                    "method": label,
+                    "category": p.category,
+                    "prompt": p.text,
+                    "seed": seed,
+                    "objects": [list(o) for o in p.objects],
+                    "image": str(rel),
+                    **match(found, p.objects),
+                    "detections": [d.to_dict() for d in found],
+                    **_losses(result, j),
+                }
+            )
+        _append_rows(out / RESULTS, rows)
+        done.update((label, p.text, s) for s in batch)
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+
+    wanted = {(lab, p.text, s) for lab, _ in resolved for p in prompts for s in seed_list}
+    rows = [r for r in load_results(out) if (r["method"], r["prompt"], r["seed"]) in wanted]
+    summary = summarize(rows)
+    report = {
+        "settings": {k: v for k, v in manifest.items() if k != "methods"},
+        "seeds": seed_list,
+        "prompts": {
+            c: [p.text for p in prompts if p.category == c] for c in dict.fromkeys(p.category for p in prompts)
+        },
+        "methods": manifest["methods"],
+        "seconds_this_run": round(time.time() - t0, 1),
+        "summary": summary,
+    }
+    _write_atomic(out / "summary.json", json.dumps(report, indent=1).encode())
+    _write_atomic(out / "summary.md", markdown_table(summary).encode())
+    return summary
+
+
+# -- command line -----------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``ait2i bench shapes``."""
+    parser.add_argument(
+        "--methods",
+        default=DEFAULT_METHODS,
+        help="comma-separated presets, variants (ait2i:w_isolation=0,w_presence=0) or the named "
+        f"set 'ablation' (default: {DEFAULT_METHODS})",
+    )
+    parser.add_argument("--seeds", default="0-31", help="seeds per prompt, e.g. 0-31 or 0,5,10-12 (default 0-31)")
+    parser.add_argument("--out", default="runs/shapes", help="output folder (resumable; default runs/shapes)")
+    parser.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
+    parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default 7.5)")
+    parser.add_argument("--batch-size", type=int, default=16, help="seeds generated together (default 16)")
+    parser.add_argument("--model", default=None, help="diffusers folder of a ShapesWorld model (default: shipped)")
+    parser.add_argument("--scheduler", default="ddim", choices=("ddim", "pndm"), help="sampler (default ddim)")
+    parser.add_argument(
+        "--categories", default=",".join(CATEGORIES), help=f"comma-separated subset of {','.join(CATEGORIES)}"
+    )
+    parser.add_argument("--prompts-per-category", type=int, default=8, help="1-12 (default 8)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--force", action="store_true", help="reuse a folder made with other settings")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``ait2i bench shapes`` from parsed arguments; prints the table. Returns the exit status."""
+    try:
+        import torch
+
+        from .model import load_pipeline, pretrained_dir
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        resolved = parse_methods(args.methods)  # fail on a bad method before loading anything
+        cats = [c.strip() for c in args.categories.split(",") if c.strip()]
+        shapes_prompts(cats, args.prompts_per_category)
+        pipe = load_pipeline(args.model, scheduler=args.scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        model = str(Path(args.model).resolve()) if args.model else f"shipped:{pretrained_dir().name}"
+        summary = run_benchmark(
+            pipe,
+            [lab for lab, _ in resolved],
+            args.seeds,
+            args.out,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            batch_size=args.batch_size,
+            categories=cats,
+            prompts_per_category=args.prompts_per_category,
+            model=model,
+            force=args.force,
+            progress=not args.no_progress,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(markdown_table(summary), end="")
+    print(f"results: {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ait2i.shapes.bench", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""The ShapesWorld benchmark: prompts, method parsing, statistics, resume, and a smoke run on a tiny pipeline."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ait2i.config import AIT2IConfig, AttendExciteConfig, NoGuidanceConfig
+from ait2i.shapes import bench as B
+from ait2i.shapes import render as R
+from ait2i.shapes.check import DetectedObject, match
+
+# -- statistics -------------------------------------------------------------------------------------------------
+
+
+def test_wilson_interval_known_values():
+    lo, hi = B.wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(1.96**2 / (10 + 1.96**2), abs=1e-9)  # 0.2775
+    lo, hi = B.wilson_interval(5, 10)
+    assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+    lo, hi = B.wilson_interval(10, 10)
+    assert hi == 1.0 and lo == pytest.approx(1 - 0.2775, abs=1e-4)
+    lo, hi = B.wilson_interval(81, 263)  # asymmetric case: the centre is pulled toward 1/2
+    assert lo == pytest.approx(0.2553, abs=1e-3) and hi == pytest.approx(0.3662, abs=1e-3)
+    assert B.wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        B.wilson_interval(3, 2)
+
+
+def test_bootstrap_interval():
+    v = [0.0] * 50 + [1.0] * 50
+    lo, hi = B.bootstrap_interval(v)
+    assert lo < 0.5 < hi and hi - lo == pytest.approx(2 * 1.96 * 0.05, abs=0.03)
+    assert B.bootstrap_interval(v) == (lo, hi)  # seeded
+    assert B.bootstrap_interval([0.5, 0.5]) == (0.5, 0.5)
+
+
+def _d(color, shape, noise=False):
+    return DetectedObject(color, shape, (0, 0, 5, 5), 25, noise)
+
+
+def _row(method, category, detections, requested):
+    return {"method": method, "category": category, **match(detections, requested)}
+
+
+def test_summary_arithmetic_on_hand_made_detections():
+    req = [("red", "circle"), ("blue", "square")]
+    rows = [
+        _row("m", "two", [_d("red", "circle"), _d("blue", "square")], req),  # exact
+        _row("m", "two", [_d("blue", "circle"), _d("red", "square")], req),  # swapped colours
+        _row("m", "two", [_d("red", "circle")], req),  # neglect
+        _row("m", "two", [_d("red", "circle"), _d("blue", "square"), _d("green", "circle")], req),  # extra
+        _row("m", "single", [_d("red", "circle", noise=True)], [("red", "circle")]),  # noise only: missing
+        _row("m", "single", [_d("red", "circle")], [("red", "circle")]),
+    ]
+    s = B.summarize(rows)["m"]
+    two = s["two"]
+    assert two["n"] == 4
+    assert two["object_recall"]["value"] == pytest.approx((1 + 1 + 0.5 + 1) / 4)
+    assert two["all_present"]["count"] == 3 and two["all_present"]["value"] == 0.75
+    assert two["exact_binding"]["count"] == 2
+    assert two["extra_objects"]["count"] == 1
+    lo, hi = B.wilson_interval(2, 4)
+    assert (two["exact_binding"]["low"], two["exact_binding"]["high"]) == (lo, hi)
+    assert s["single"]["exact_binding"]["value"] == 0.5
+    assert s["all"]["n"] == 6 and s["all"]["exact_binding"]["count"] == 3
+    table = B.markdown_table(B.summarize(rows))
+    assert "| two | m | 4 | 0.875 [" in table and "| single | m | 2 |" in table
+
+
+# -- prompts and methods ----------------------------------------------------------------------------------------
+
+
+def test_prompt_categories():
+    prompts = B.shapes_prompts(per_category=12)
+    assert prompts == B.shapes_prompts(per_category=12)  # fixed
+    assert [p.text for p in B.shapes_prompts(["two"], 4)] == [p.text for p in prompts if p.category == "two"][:4]
+    by = {c: [p for p in prompts if p.category == c] for c in B.CATEGORIES}
+    for cat, ps in by.items():
+        assert len(ps) == 12 and len({p.text for p in ps}) == 12, cat
+        for p in ps:
+            colors, shapes = [c for c, _ in p.objects], [s for _, s in p.objects]
+            assert len(set(colors)) == len(colors)
+            assert p.text == R.caption_of(p.subjects)
+            held = [o for o in p.objects if o in R.HELD_OUT]
+            assert len(held) == (1 if cat == "held_out" else 0)
+            assert len(p.objects) == {"single": 1, "three": 3}.get(cat, 2)
+            if cat in ("two", "held_out"):
+                assert len(set(shapes)) == 2
+            if cat == "same_shape":
+                assert len(set(shapes)) == 1
+    with pytest.raises(ValueError, match="unknown categories"):
+        B.shapes_prompts(["four"])
+    with pytest.raises(ValueError, match="1..12"):
+        B.shapes_prompts(per_category=13)
+
+
+def test_method_overrides_are_typed():
+    ((label, cfg),) = B.parse_methods("ait2i:w_isolation=0")
+    assert label == "ait2i:w_isolation=0" and isinstance(cfg, AIT2IConfig) and cfg.w_isolation == 0.0
+    assert cfg.w_aggregation == AIT2IConfig().w_aggregation
+    ((_, cfg),) = B.parse_methods("ait2i:aggregation_metric=cosine,isolation_metric=cosine")
+    assert (cfg.aggregation_metric, cfg.isolation_metric) == ("cosine", "cosine")
+    ((_, cfg),) = B.parse_methods("ait2i:refinement={0:0.05,10:0.5,20:0.8}")
+    assert cfg.refinement == {0: 0.05, 10: 0.5, 20: 0.8}
+    ((_, cfg),) = B.parse_methods("attend-and-excite:refinement=none,max_guided_steps=0.5")
+    assert isinstance(cfg, AttendExciteConfig) and cfg.refinement == {} and cfg.max_guided_steps == 0.5
+    ((_, cfg),) = B.parse_methods("ait2i:max_guided_steps=10,from_where=up+down+mid,scale_range=(1.0,0.25)")
+    assert cfg.max_guided_steps == 10 and isinstance(cfg.max_guided_steps, int)
+    assert cfg.from_where == ("up", "down", "mid") and cfg.scale_range == (1.0, 0.25)
+    ((_, cfg),) = B.parse_methods("ait2i:attn_res=none")
+    assert cfg.attn_res is None
+
+
+def test_method_lists_and_sets():
+    methods = B.parse_methods("none,ait2i:w_isolation=0,w_presence=0,attend-and-excite")
+    assert [m for m, _ in methods] == ["none", "ait2i:w_isolation=0,w_presence=0", "attend-and-excite"]
+    assert isinstance(methods[0][1], NoGuidanceConfig)
+    assert (methods[1][1].w_isolation, methods[1][1].w_presence) == (0.0, 0.0)
+    ablation = B.parse_methods("ablation")
+    assert len(ablation) == 8 and ablation[0][0] == "ait2i"
+    configs = [json.dumps(B._config_dict(c), sort_keys=True) for _, c in ablation]
+    assert len(set(configs)) == 8  # every variant differs from the others
+    assert B.parse_methods(["none", "ait2i"]) == B.parse_methods("none,ait2i")
+    assert len({B.method_dir(m) for m, _ in ablation}) == 8
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("ait2i:w_isolaton=0", r"no setting 'w_isolaton'; valid settings: .*w_isolation"),
+        ("ait2i:w_isolation=abc", r"cannot read w_isolation='abc': expected a value of type float"),
+        ("ait2i:aggregation_metric=manhattan", "aggregation_metric must be one of"),
+        ("ait2i:w_presence=-1", "w_presence must be a finite number >= 0"),
+        ("ait2i:refinement=[1,2]", "cannot read refinement"),
+        ("ait2i:w_isolation", "is not key=value"),
+        ("ait2i:", "nothing after ':'"),
+        ("dalle", "unknown method 'dalle'"),
+        ("w_isolation=0", "must follow a method name"),
+        ("ait2i,ait2i", "listed twice"),
+        ("ait2i:refinement={0:0.05", "unbalanced brackets"),
+        ("none:w_isolation=0", "none has no setting 'w_isolation'"),
+        ("", "no method given"),
+    ],
+)
+def test_method_errors(spec, message):
+    with pytest.raises(ValueError, match=message):
+        B.parse_methods(spec)
+
+
+def test_parse_seeds():
+    assert B.parse_seeds("0-3") == [0, 1, 2, 3]
+    assert B.parse_seeds("7,1,3-4,3") == [1, 3, 4, 7]
+    for bad in ("", "a", "5-2", "-1", "1-"):
+        with pytest.raises(ValueError):
+            B.parse_seeds(bad)
+
+
+# -- runs with a fake generator ---------------------------------------------------------------------------------
+
+
+class FakeGenerate:
+    """Renders the requested objects (seed-dependent layout); drops the last object for odd seeds under
+    ``"none"``; raises after ``fail_after`` calls to simulate a killed run."""
+
+    def __init__(self, fail_after=None):
+        self.calls, self.fail_after = [], fail_after
+
+    def __call__(self, pipe, prompt, subjects, method, generator, num_images_per_prompt, **kw):
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise KeyboardInterrupt("killed")
+        assert len(generator) == num_images_per_prompt
+        seeds = [g.initial_seed() for g in generator]
+        self.calls.append((method.name, prompt, tuple(seeds)))
+        images = []
+        for s in seeds:
+            objs = [tuple(x.split()) for x in subjects]
+            if method.name == "none" and s % 2 == 1 and len(objs) > 1:
+                objs = objs[:-1]
+            scene = R.sample_scene(s, len(objs), [c for c, _ in objs], [sh for _, sh in objs])
+            images.append(R.render(scene))
+        return SimpleNamespace(images=images, diagnostics=None)
+
+
+def _run(tmp_path, fake, **kw):
+    args = {
+        "methods": "none,ait2i",
+        "seeds": "0-4",
+        "out_dir": tmp_path,
+        "batch_size": 2,
+        "categories": ["single", "two"],
+        "prompts_per_category": 2,
+        "progress": False,
+        "generate_fn": fake,
+        "model": "fake",
+    }
+    args.update(kw)
+    return B.run_benchmark(None, **args)
+
+
+def test_run_metrics_and_files(tmp_path):
+    fake = FakeGenerate()
+    s = _run(tmp_path, fake)
+    # 2 methods x 4 prompts x ceil(5 / 2) = 3 batches
+    assert len(fake.calls) == 24 and {c[2] for c in fake.calls} == {(0, 1), (2, 3), (4,)}
+    assert s["ait2i"]["two"]["exact_binding"]["value"] == 1.0
+    assert s["ait2i"]["all"]["extra_objects"]["value"] == 0.0
+    # none drops the second object for odd seeds (1, 3 of 0-4) on two-object prompts
+    assert s["none"]["two"]["all_present"]["count"] == 2 * 3 and s["none"]["two"]["n"] == 10
+    assert s["none"]["two"]["object_recall"]["value"] == pytest.approx((6 + 4 * 0.5) / 10)
+    assert s["none"]["single"]["exact_binding"]["value"] == 1.0
+    rows = B.load_results(tmp_path)
+    assert len(rows) == 40
+    p = B.shapes_prompts(["single"], 1)[0]
+    assert (tmp_path / "ait2i" / p.slug / "3.png").is_file()
+    assert (tmp_path / "summary.md").read_text().startswith("| category | method |")
+    report = json.loads((tmp_path / "summary.json").read_text())
+    assert report["seeds"] == [0, 1, 2, 3, 4] and report["methods"]["ait2i"]["w_isolation"] == 2.0
+    assert not list(tmp_path.rglob("*.tmp*"))
+
+
+def test_resume_redoes_nothing(tmp_path):
+    killed = FakeGenerate(fail_after=7)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, killed)
+    first = B.load_results(tmp_path)
+    assert len(first) == sum(len(c[2]) for c in killed.calls)  # every finished batch is on disk
+    again = FakeGenerate()
+    _run(tmp_path, again)
+    assert set(again.calls).isdisjoint(killed.calls) and len(again.calls) == 24 - 7
+    rows = B.load_results(tmp_path)
+    keys = [(r["method"], r["prompt"], r["seed"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 40
+    third = FakeGenerate()
+    _run(tmp_path, third)
+    assert third.calls == []
+    # more seeds later: only the new ones run
+    more = FakeGenerate()
+    _run(tmp_path, more, seeds="0-5")
+    assert {c[2] for c in more.calls} == {(5,)} and len(more.calls) == 8
+
+
+def test_truncated_last_line_is_dropped(tmp_path):
+    _run(tmp_path, FakeGenerate(), seeds="0-1")
+    path = tmp_path / B.RESULTS
+    text = path.read_text()
+    path.write_text(text + text.splitlines()[0][:30])  # a write killed half-way
+    assert len(B.load_results(tmp_path)) == 16
+    assert path.read_text() == text
+    path.write_text("{bad\n" + text)
+    with pytest.raises(ValueError, match="damaged"):
+        B.load_results(tmp_path)
+
+
+def test_folder_of_another_run_is_refused(tmp_path):
+    _run(tmp_path, FakeGenerate(), seeds="0")
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        _run(tmp_path, FakeGenerate(), seeds="0", num_inference_steps=25)
+    with pytest.raises(ValueError, match="model"):
+        _run(tmp_path, FakeGenerate(), seeds="0", model="other")
+    fake = FakeGenerate()
+    _run(tmp_path, fake, seeds="0", num_inference_steps=25, force=True)
+    # a new method label may join the folder
+    _run(tmp_path, FakeGenerate(), seeds="0", methods="ait2i:w_isolation=0", num_inference_steps=25)
+    assert "ait2i:w_isolation=0" in json.loads((tmp_path / B.MANIFEST).read_text())["methods"]
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="batch_size"):
+        _run(tmp_path, FakeGenerate(), batch_size=0)
+    with pytest.raises(ValueError, match="bad seed range"):
+        _run(tmp_path, FakeGenerate(), seeds="x")
+
+
+def test_cli_arguments_reject_bad_methods(capsys):
+    assert B.main(["--methods", "ait2i:w_isolaton=0", "--out", "unused"]) == 2
+    assert "valid settings" in capsys.readouterr().err
+
+
+# -- the real engine on a tiny random pipeline ------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: more threads only add contention on a shared CPU
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_smoke_run_on_tiny_pipeline(tmp_path, one_thread):
+    import torch
+
+    from ait2i.testing import tiny_sd_pipeline
+
+    torch.manual_seed(0)
+    pipe = tiny_sd_pipeline()
+    kw = {
+        "seeds": "0-1",
+        "batch_size": 2,
+        "categories": ["single", "same_shape"],
+        "prompts_per_category": 1,
+        "num_inference_steps": 2,
+        "progress": False,
+        "model": "tiny",
+    }
+    s = B.run_benchmark(pipe, "none,ait2i", out_dir=tmp_path, **kw)
+    assert set(s) == {"none", "ait2i"}
+    for m in s.values():
+        assert m["single"]["n"] == 2 and m["same_shape"]["n"] == 2
+        for metric in B.METRICS:
+            assert 0.0 <= m["all"][metric]["low"] <= m["all"][metric]["value"] <= m["all"][metric]["high"] <= 1.0
+    rows = B.load_results(tmp_path)
+    assert len(rows) == 8
+    assert all(r["loss_first"] is not None for r in rows if r["method"] == "ait2i")
+    assert np.asarray(Image.open(tmp_path / rows[0]["image"])).shape == (64, 64, 3)
+    # batched seeds give the same images as one seed at a time
+    s1 = B.run_benchmark(pipe, "ait2i", out_dir=tmp_path / "one", **dict(kw, batch_size=1))
+    rel = next(r["image"] for r in rows if r["method"] == "ait2i" and r["seed"] == 1)
+    a = np.asarray(Image.open(tmp_path / rel), dtype=np.int16)
+    b = np.asarray(Image.open(tmp_path / "one" / rel), dtype=np.int16)
+    assert np.abs(a - b).max() <= 2
+    assert s1["ait2i"]["all"]["n"] == 4
