@@ -50,6 +50,8 @@ def add_parser(subparsers) -> None:
     g.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"),
                    help="default: float16 on CUDA, float32 on CPU")
     g.add_argument("--device", default=None, help="default: the launcher's device, else cuda if available")
+    g.add_argument("--generator-device", default="cpu", choices=("cpu", "cuda"),
+                   help="where seeded noise is drawn: cpu (portable, default) or cuda (as the AnE scripts)")
     g.add_argument("--data-dir", default=None, help="folder of the fetched T2I-CompBench files")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=cmd_generate)
@@ -126,14 +128,13 @@ def cmd_generate(args) -> int:
     device = args.device or device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("float16" if str(device).startswith("cuda") else "float32")
     sampling = {"num_inference_steps": args.steps, "guidance_scale": args.guidance_scale, "height": args.height,
-                "width": args.width, "dtype": dtype}
+                "width": args.width, "dtype": dtype, "generator_device": args.generator_device}
     # Refuse a folder of another run before the (slow) model load; nothing is written until the model loads.
     check_manifest(Path(args.out), build_manifest(suite, seeds, args.model, cfg, **sampling), args.force)
     pipe = load_pipeline(args.model, dtype, device)
     rep = run_generation(
         pipe, suite, seeds, args.out, method=cfg, model=args.model, rank=rank, world=world,
-        batch_size=args.batch_size, force=args.force, dtype=dtype, progress=not args.quiet, **{
-            k: v for k, v in sampling.items() if k != "dtype"},
+        batch_size=args.batch_size, force=args.force, progress=not args.quiet, **sampling,
     )
     rate = len(rep.generated) / rep.seconds if rep.seconds > 0 else 0.0
     print(f"[{rank}/{world}] {suite.name}: {rep.assigned} assigned, {rep.skipped} already done, "

@@ -30,7 +30,7 @@ MANIFEST = "manifest.json"
 #: Manifest fields that must agree for two runs to share an output folder.
 IDENTITY = (
     "suite_family", "category", "model", "method", "method_config", "num_inference_steps", "guidance_scale",
-    "height", "width", "dtype",
+    "height", "width", "dtype", "generator_device",
 )
 
 
@@ -138,6 +138,7 @@ def build_manifest(suite: Suite, seeds: Sequence[int], model: str, cfg, **sampli
         "method": cfg.name,
         "method_config": method_config,
         **{k: sampling.get(k) for k in ("num_inference_steps", "guidance_scale", "height", "width", "dtype")},
+        "generator_device": sampling.get("generator_device", "cpu"),
         "plan": {c: list(seeds) for c in suite.categories},
         # prompts per category when only the first ones were asked for (--limit); None: all
         "prompt_limit": {c: suite.limit for c in suite.categories},
@@ -243,7 +244,7 @@ def run_generation(
         num_inference_steps, guidance_scale, height, width: sampling settings (50 and 7.5 in both papers).
         dtype (`str`, *optional*): the pipeline's dtype as recorded in the manifest; read from ``pipe`` if omitted.
         generator_device (`str`, *optional*, defaults to `"cpu"`): where the seeded generators live; CPU
-            generators give the same noise on every machine.
+            generators give the same noise on every machine, ``"cuda"`` draws it as the AnE scripts did.
         progress (`bool`): show a progress bar (images/s and ETA).
         on_saved (`Callable[[str], None]`, *optional*): called with each saved image's relative path.
     """
@@ -311,7 +312,8 @@ def run_generation(
                     "category": prompt.category, "prompt_index": prompt.index, "seed": it.seed,
                     "method": cfg.name, "method_config": manifest["method_config"], "model": model,
                     "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
-                    "ait2i_version": ait2i.__version__,
+                    "height": image.height, "width": image.width, "dtype": dtype,
+                    "generator_device": generator_device, "ait2i_version": ait2i.__version__,
                 }
                 _save(image, path, params)
                 report.generated.append(it.path)
