@@ -43,10 +43,24 @@ def saved_models(tmp_path_factory):
     tiny_sd_pipeline().save_pretrained(root / "sd")
     torch.manual_seed(0)
     cfg = CLIPConfig(
-        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407},
-        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
-                       "image_size": 32, "patch_size": 8},
+        text_config={
+            "vocab_size": 49408,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "bos_token_id": 49406,
+            "eos_token_id": 49407,
+            "pad_token_id": 49407,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=16,
     )
     CLIPModel(cfg).save_pretrained(root / "clip")
@@ -58,8 +72,19 @@ def saved_models(tmp_path_factory):
 @pytest.mark.slow
 def test_generate_resume_score_compare_commands(saved_models, tmp_path, capsys):
     torch.set_num_threads(1)
-    common = ["--suite", "ane:objects", "--limit", "2", "--seeds", "0-1", "--model", str(saved_models / "sd"),
-              "--steps", "2", "--quiet"]
+    common = [
+        "--suite",
+        "ane:objects",
+        "--limit",
+        "2",
+        "--seeds",
+        "0-1",
+        "--model",
+        str(saved_models / "sd"),
+        "--steps",
+        "2",
+        "--quiet",
+    ]
     out_a, out_b = tmp_path / "none", tmp_path / "ait2i"
     assert bench(["generate", *common, "--method", "none", "--out", str(out_a)]) == 0
     assert "4 assigned, 0 already done, 4 generated" in capsys.readouterr().out

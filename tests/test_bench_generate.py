@@ -58,8 +58,9 @@ def _suite():
 
 def _run(pipe, out, **kw):
     kw.setdefault("method", "none")
-    return run_generation(pipe, _suite(), kw.pop("seeds", (0, 1, 2)), out, model="tiny", num_inference_steps=STEPS,
-                          progress=False, **kw)
+    return run_generation(
+        pipe, _suite(), kw.pop("seeds", (0, 1, 2)), out, model="tiny", num_inference_steps=STEPS, progress=False, **kw
+    )
 
 
 class Killed(Exception):
@@ -171,14 +172,22 @@ def test_cli_bad_input_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     assert _bench_cli("generate", "--suite", "ane:dogs", "--model", "x", "--out", str(out)) == 2
     assert "unknown category" in capsys.readouterr().err
-    assert _bench_cli("generate", "--suite", "ane", "--model", str(tmp_path / "no-model"), "--out", str(out),
-                      "--steps", "2") == 2
+    assert (
+        _bench_cli(
+            "generate", "--suite", "ane", "--model", str(tmp_path / "no-model"), "--out", str(out), "--steps", "2"
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "could not load the model" in err and not out.exists()
     assert _bench_cli("generate", "--suite", "ane", "--method", "magic", "--model", "x", "--out", str(out)) == 2
     assert "unknown method" in capsys.readouterr().err and not out.exists()
-    assert _bench_cli("generate", "--suite", "t2i-compbench:color", "--model", "x", "--out", str(out),
-                      "--data-dir", str(tmp_path)) == 2
+    assert (
+        _bench_cli(
+            "generate", "--suite", "t2i-compbench:color", "--model", "x", "--out", str(out), "--data-dir", str(tmp_path)
+        )
+        == 2
+    )
     assert "bench fetch" in capsys.readouterr().err and not out.exists()
 
 
@@ -194,9 +203,33 @@ def test_two_process_torchrun_covers_every_image_once(tmp_path):
     tiny_sd_pipeline().save_pretrained(model)
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000), "-m",
-           "ait2i.bench", "generate", "--suite", "ane:animals", "--limit", "2", "--seeds", "0-2", "--method",
-           "none", "--model", str(model), "--out", str(out), "--steps", str(STEPS), "--batch-size", "2", "--quiet"]
+    cmd = [
+        torchrun,
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(29500 + os.getpid() % 1000),
+        "-m",
+        "ait2i.bench",
+        "generate",
+        "--suite",
+        "ane:animals",
+        "--limit",
+        "2",
+        "--seeds",
+        "0-2",
+        "--method",
+        "none",
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--steps",
+        str(STEPS),
+        "--batch-size",
+        "2",
+        "--quiet",
+    ]
     r = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [ln for ln in r.stdout.splitlines() if "assigned" in ln]

@@ -128,10 +128,24 @@ def tiny_clip():
 
     torch.manual_seed(0)
     cfg = CLIPConfig(
-        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407},
-        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
-                       "image_size": 32, "patch_size": 8},
+        text_config={
+            "vocab_size": 49408,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "bos_token_id": 49406,
+            "eos_token_id": 49407,
+            "pad_token_id": 49407,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=16,
     )
     proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
@@ -149,8 +163,30 @@ def tiny_blip():
         BlipProcessor,
     )
 
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "yes", "no", "a", "an", "the", "picture", "of", "green",
-             "blue", "bench", "bowl", "cat", "dog", "red", "?", "on", "grass"]
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "yes",
+        "no",
+        "a",
+        "an",
+        "the",
+        "picture",
+        "of",
+        "green",
+        "blue",
+        "bench",
+        "bowl",
+        "cat",
+        "dog",
+        "red",
+        "?",
+        "on",
+        "grass",
+    ]
     d = tempfile.mkdtemp()
     with open(os.path.join(d, "vocab.txt"), "w") as fh:
         fh.write("\n".join(words) + "\n")
@@ -158,12 +194,26 @@ def tiny_blip():
     tok.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
     proc = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok)
     cfg = BlipConfig(
-        text_config={"vocab_size": len(tok), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-                     "intermediate_size": 37, "encoder_hidden_size": 32, "bos_token_id": tok.bos_token_id,
-                     "sep_token_id": tok.sep_token_id, "pad_token_id": tok.pad_token_id,
-                     "max_position_embeddings": 64},
-        vision_config={"hidden_size": 32, "image_size": 32, "patch_size": 8, "num_hidden_layers": 2,
-                       "num_attention_heads": 4, "intermediate_size": 37},
+        text_config={
+            "vocab_size": len(tok),
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 37,
+            "encoder_hidden_size": 32,
+            "bos_token_id": tok.bos_token_id,
+            "sep_token_id": tok.sep_token_id,
+            "pad_token_id": tok.pad_token_id,
+            "max_position_embeddings": 64,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "image_size": 32,
+            "patch_size": 8,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 37,
+        },
         projection_dim=16,
     )
     torch.manual_seed(0)
@@ -177,10 +227,22 @@ def tiny_owl():
     from ait2i.testing import clip_tokenizer
 
     cfg = OwlViTConfig(
-        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "max_position_embeddings": 16},
-        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
-                       "image_size": 32, "patch_size": 8},
+        text_config={
+            "vocab_size": 49408,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 16,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=32,
     )
     torch.manual_seed(0)
@@ -261,8 +323,13 @@ def _fake_run(out: Path, spec: str, seeds, limit, method="none", data_dir=None, 
 def test_score_ane_folder_and_compare(tmp_path, tiny_clip, tiny_blip):
     items = _fake_run(tmp_path / "a", "ane:animals_objects", (0, 1), 3)
     models = {"clip": tiny_clip, "blip": (tiny_blip[0], tiny_blip[2])}
-    res = score_run(tmp_path / "a", ["clip", "blip"], models, progress=False,
-                    caption_kwargs={"max_length": 6, "min_length": 2, "num_beams": 1})
+    res = score_run(
+        tmp_path / "a",
+        ["clip", "blip"],
+        models,
+        progress=False,
+        caption_kwargs={"max_length": 6, "min_length": 2, "num_beams": 1},
+    )
     assert len(res["per_image"]) == len(items) == 6 and not res["missing"]
     row = next(r for r in res["per_image"] if r["path"] == items[0].path)
     image = Image.open(tmp_path / "a" / items[0].path).convert("RGB")
@@ -315,7 +382,6 @@ def test_score_compbench_vqa_is_product_of_question_probabilities(tmp_path, tiny
 @needs_cb
 def test_score_compbench_spatial_with_detector(tmp_path, tiny_owl):
     _fake_run(tmp_path / "s", "t2i-compbench:spatial", (42,), 2, data_dir=CB_DIR)
-    res = score_run(tmp_path / "s", None, {"detect": tiny_owl}, data_dir=CB_DIR, detect_threshold=0.0,
-                    progress=False)
+    res = score_run(tmp_path / "s", None, {"detect": tiny_owl}, data_dir=CB_DIR, detect_threshold=0.0, progress=False)
     assert res["metrics"] == ["detect"] and all(r["detect"] in (0.0, 1.0) for r in res["per_image"])
     assert any("NOT comparable" in n for n in res["notes"])

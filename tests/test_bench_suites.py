@@ -72,8 +72,12 @@ def test_ane_subjects_resolve_with_the_clip_tokenizer():
 
 @pytest.mark.parametrize(
     "spec, err",
-    [("anee", "unknown suite"), ("ane:dogs", "unknown category"), ("t2i-compbench", "needs one category"),
-     ("t2i-compbench:colour", "unknown category")],
+    [
+        ("anee", "unknown suite"),
+        ("ane:dogs", "unknown category"),
+        ("t2i-compbench", "needs one category"),
+        ("t2i-compbench:colour", "unknown category"),
+    ],
 )
 def test_bad_suite_names(spec, err):
     with pytest.raises(ValueError, match=err):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 
+# fmt: off
 #: Word lists in the order of the paper; each pair is written first-in-this-order first.
 ANIMALS = ("cat", "dog", "bird", "bear", "lion", "horse", "elephant", "monkey", "frog", "turtle", "rabbit", "mouse")
 OBJECTS = (
@@ -70,6 +71,7 @@ _OBJECTS_ORDER = (
     (54, 10, 9), (26, 0, 9), (40, 3, 5), (38, 10, 8), (44, 6, 8), (33, 2, 2), (8, 3, 5), (25, 9, 0),
     (47, 3, 6), (49, 5, 10),
 )
+# fmt: on
 
 _PAIRS = tuple(itertools.combinations(range(12), 2))
 

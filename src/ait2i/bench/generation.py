@@ -29,8 +29,17 @@ from .suites import BenchPrompt, Suite
 MANIFEST = "manifest.json"
 #: Manifest fields that must agree for two runs to share an output folder.
 IDENTITY = (
-    "suite_family", "category", "model", "method", "method_config", "num_inference_steps", "guidance_scale",
-    "height", "width", "dtype", "generator_device",
+    "suite_family",
+    "category",
+    "model",
+    "method",
+    "method_config",
+    "num_inference_steps",
+    "guidance_scale",
+    "height",
+    "width",
+    "dtype",
+    "generator_device",
 )
 
 
@@ -262,8 +271,13 @@ def run_generation(
     out = Path(out)
     if dtype is None:
         dtype = str(getattr(pipe, "dtype", getattr(pipe.unet, "dtype", ""))).removeprefix("torch.")
-    sampling = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "height": height,
-                    "width": width, "dtype": dtype}
+    sampling = {
+        "num_inference_steps": num_inference_steps,
+        "guidance_scale": guidance_scale,
+        "height": height,
+        "width": width,
+        "dtype": dtype,
+    }
     manifest = check_manifest(out, build_manifest(suite, seeds, model, cfg, **sampling), force)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / MANIFEST, manifest)
@@ -283,8 +297,11 @@ def run_generation(
             path.unlink()
         todo.append(item)
     if report.regenerated:
-        print(f"[ait2i bench] rank {rank}: {len(report.regenerated)} corrupt image(s) will be regenerated: "
-              + ", ".join(report.regenerated[:10]) + (" ..." if len(report.regenerated) > 10 else ""))
+        print(
+            f"[ait2i bench] rank {rank}: {len(report.regenerated)} corrupt image(s) will be regenerated: "
+            + ", ".join(report.regenerated[:10])
+            + (" ..." if len(report.regenerated) > 10 else "")
+        )
 
     batches: list[list[WorkItem]] = []
     for item in todo:
@@ -300,20 +317,38 @@ def run_generation(
             prompt = batch[0].prompt
             gens = [torch.Generator(device=generator_device).manual_seed(it.seed) for it in batch]
             result = ait2i.generate(
-                pipe, prompt.text, subjects=list(prompt.subjects), method=cfg, generator=gens,
-                num_images_per_prompt=len(batch), num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale, height=height, width=width, output_type="pil",
+                pipe,
+                prompt.text,
+                subjects=list(prompt.subjects),
+                method=cfg,
+                generator=gens,
+                num_images_per_prompt=len(batch),
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                height=height,
+                width=width,
+                output_type="pil",
             )
             for it, image in zip(batch, result.images):
                 path = out / it.path
                 path.parent.mkdir(parents=True, exist_ok=True)
                 params = {
-                    "prompt": prompt.text, "subjects": list(prompt.subjects), "suite": suite.family,
-                    "category": prompt.category, "prompt_index": prompt.index, "seed": it.seed,
-                    "method": cfg.name, "method_config": manifest["method_config"], "model": model,
-                    "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
-                    "height": image.height, "width": image.width, "dtype": dtype,
-                    "generator_device": generator_device, "ait2i_version": ait2i.__version__,
+                    "prompt": prompt.text,
+                    "subjects": list(prompt.subjects),
+                    "suite": suite.family,
+                    "category": prompt.category,
+                    "prompt_index": prompt.index,
+                    "seed": it.seed,
+                    "method": cfg.name,
+                    "method_config": manifest["method_config"],
+                    "model": model,
+                    "num_inference_steps": num_inference_steps,
+                    "guidance_scale": guidance_scale,
+                    "height": image.height,
+                    "width": image.width,
+                    "dtype": dtype,
+                    "generator_device": generator_device,
+                    "ait2i_version": ait2i.__version__,
                 }
                 _save(image, path, params)
                 report.generated.append(it.path)

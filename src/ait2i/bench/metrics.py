@@ -31,6 +31,7 @@ from collections.abc import Sequence
 
 import torch
 
+# fmt: off
 #: The 80 prompt templates of CLIP's ImageNet zero-shot evaluation, in their published order.
 IMAGENET_TEMPLATES = (
     "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.", "a photo of the hard to see {}.",
@@ -54,6 +55,7 @@ IMAGENET_TEMPLATES = (
     "itap of a {}.", "graffiti of the {}.", "a toy {}.", "itap of my {}.", "a photo of a cool {}.",
     "a photo of a small {}.", "a tattoo of the {}.",
 )
+# fmt: on
 #: BLIP captioning settings of the AnE evaluation (LAVIS ``blip_caption``/``base_coco`` defaults).
 CAPTION_PROMPT = "a picture of "
 CAPTION_KWARGS = {"num_beams": 3, "max_length": 30, "min_length": 10, "repetition_penalty": 1.0}
@@ -167,14 +169,15 @@ def blip_captions(model, processor, images: Sequence, prompt: str = CAPTION_PROM
         **generate_kwargs: override :data:`CAPTION_KWARGS` (3 beams, 10-30 tokens counting the prompt).
     """
     device = next(model.parameters()).device
-    inputs = processor(images=[im.convert("RGB") for im in images], text=[prompt.strip()] * len(images),
-                       return_tensors="pt")
+    inputs = processor(
+        images=[im.convert("RGB") for im in images], text=[prompt.strip()] * len(images), return_tensors="pt"
+    )
     inputs = {k: v.to(device) for k, v in inputs.items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
     ids = model.generate(**inputs, **{**CAPTION_KWARGS, **generate_kwargs})
     texts = processor.batch_decode(ids, skip_special_tokens=True)
     head = prompt.strip().lower()
-    return [t.strip()[len(head):].strip() if t.strip().lower().startswith(head) else t.strip() for t in texts]
+    return [t.strip()[len(head) :].strip() if t.strip().lower().startswith(head) else t.strip() for t in texts]
 
 
 def caption_similarity(clip: ClipEmbedder, prompt: str, captions: Sequence[str]) -> list[float]:
@@ -219,8 +222,14 @@ def vqa_yes(model, processor, images: Sequence, questions: Sequence[str]) -> lis
         return []
     device = next(model.parameters()).device
     tok = processor.tokenizer
-    inputs = processor(images=[im.convert("RGB") for im in images], text=list(questions), padding="longest",
-                       truncation=True, max_length=35, return_tensors="pt")
+    inputs = processor(
+        images=[im.convert("RGB") for im in images],
+        text=list(questions),
+        padding="longest",
+        truncation=True,
+        max_length=35,
+        return_tensors="pt",
+    )
     input_ids = inputs["input_ids"].to(device)
     mask = inputs["attention_mask"].to(device)
     enc_id = tok.convert_tokens_to_ids("[ENC]")
@@ -230,8 +239,13 @@ def vqa_yes(model, processor, images: Sequence, questions: Sequence[str]) -> lis
     px = inputs["pixel_values"].to(device, dtype=next(model.parameters()).dtype)
     image_embeds = model.vision_model(pixel_values=px)[0]  # (N, P, C)
     image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=device)
-    q = model.text_encoder(input_ids=input_ids, attention_mask=mask, encoder_hidden_states=image_embeds,
-                           encoder_attention_mask=image_mask, return_dict=False)[0]  # (N, L, C)
+    q = model.text_encoder(
+        input_ids=input_ids,
+        attention_mask=mask,
+        encoder_hidden_states=image_embeds,
+        encoder_attention_mask=image_mask,
+        return_dict=False,
+    )[0]  # (N, L, C)
     bos = torch.full((q.shape[0], 1), model.decoder_start_token_id, dtype=torch.long, device=device)
     out = model.text_decoder(input_ids=bos, encoder_hidden_states=q, encoder_attention_mask=mask, return_dict=True)
     logits = out.logits[:, 0, :]  # (N, V)
@@ -246,8 +260,15 @@ def clipscore(clip: ClipEmbedder, prompt: str, images: Sequence) -> list[float]:
 
 
 # -- detection stand-in (spatial, numeracy) ------------------------------------------------------------------------
-SPATIAL_RELATIONS = ("on the left of", "on the right of", "on the top of", "on the bottom of", "next to", "near",
-                     "on side of")
+SPATIAL_RELATIONS = (
+    "on the left of",
+    "on the right of",
+    "on the top of",
+    "on the bottom of",
+    "next to",
+    "near",
+    "on side of",
+)
 _NUMBERS = {
     w: k for k, w in enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"))
 }
@@ -353,8 +374,7 @@ def parse_counts(prompt: str, plural_to_singular: dict[str, str] | None = None) 
         if n is None:
             continue
         noun = ph.words[-1].lower()
-        singular = table.get(noun) or (noun[:-1] if n != 1 and noun.endswith("s") and not noun.endswith("ss")
-                                       else noun)
+        singular = table.get(noun) or (noun[:-1] if n != 1 and noun.endswith("s") and not noun.endswith("ss") else noun)
         out.append((n, " ".join([*ph.words[:-1], singular])))
     return out
 

@@ -148,8 +148,15 @@ def noun_phrases(prompt: str, max_words: int = 4) -> list[NounPhrase]:
             if p:
                 # "a long, narrow kitchen": a single adjective and a comma continue the phrase.
                 nxt = words[i][0].lower() if i < len(words) else ""
-                if not (len(run) == 1 and lw not in POSITIONAL and _comma_after(prompt, w) and nxt
-                        and nxt not in DETERMINERS and nxt not in BOUNDARIES and not _is_verb_like(nxt)):
+                if not (
+                    len(run) == 1
+                    and lw not in POSITIONAL
+                    and _comma_after(prompt, w)
+                    and nxt
+                    and nxt not in DETERMINERS
+                    and nxt not in BOUNDARIES
+                    and not _is_verb_like(nxt)
+                ):
                     break
         clause_start = bool(run) and words[i - 1][1]
         if run and run[-1].lower() not in POSITIONAL:

@@ -33,19 +33,37 @@ DEFAULT_MODELS = {
 }
 METRICS = tuple(DEFAULT_MODELS)
 #: Result keys each metric produces.
-KEYS = {"clip": ("clip_full", "clip_min_object"), "blip": ("blip_caption",), "vqa": ("blip_vqa",),
-        "clipscore": ("clipscore",), "detect": ("detect",)}
+KEYS = {
+    "clip": ("clip_full", "clip_min_object"),
+    "blip": ("blip_caption",),
+    "vqa": ("blip_vqa",),
+    "clipscore": ("clipscore",),
+    "detect": ("detect",),
+}
 #: Which metrics apply to which suite category ("ane" covers its three sets).
 APPLICABLE = {
     "ane": ("clip", "blip"),
-    "color": ("vqa", "clipscore"), "shape": ("vqa", "clipscore"), "texture": ("vqa", "clipscore"),
-    "spatial": ("detect", "clipscore"), "numeracy": ("detect", "clipscore"), "non_spatial": ("clipscore",),
-    "complex": ("vqa", "clipscore"), "3d_spatial": ("clipscore",),
+    "color": ("vqa", "clipscore"),
+    "shape": ("vqa", "clipscore"),
+    "texture": ("vqa", "clipscore"),
+    "spatial": ("detect", "clipscore"),
+    "numeracy": ("detect", "clipscore"),
+    "non_spatial": ("clipscore",),
+    "complex": ("vqa", "clipscore"),
+    "3d_spatial": ("clipscore",),
 }
 #: The published metric of each category (3d_spatial's UniDet + depth and complex's 3-in-1 are not reproduced).
-DEFAULTS = {"ane": ("clip", "blip"), "color": ("vqa",), "shape": ("vqa",), "texture": ("vqa",),
-            "spatial": ("detect",), "numeracy": ("detect",), "non_spatial": ("clipscore",),
-            "complex": ("vqa", "clipscore"), "3d_spatial": ()}
+DEFAULTS = {
+    "ane": ("clip", "blip"),
+    "color": ("vqa",),
+    "shape": ("vqa",),
+    "texture": ("vqa",),
+    "spatial": ("detect",),
+    "numeracy": ("detect",),
+    "non_spatial": ("clipscore",),
+    "complex": ("vqa", "clipscore"),
+    "3d_spatial": (),
+}
 
 
 def read_manifest(run_dir: str | os.PathLike) -> dict:
@@ -111,14 +129,20 @@ def load_models(metrics: Sequence[str], device=None, names: dict[str, str] | Non
                 proc = T.CLIPProcessor.from_pretrained(name)
                 out[m] = M.ClipEmbedder(model, proc.tokenizer, proc.image_processor)
             elif m == "blip":
-                out[m] = (T.BlipForConditionalGeneration.from_pretrained(name).to(device).eval(),
-                          T.BlipProcessor.from_pretrained(name))
+                out[m] = (
+                    T.BlipForConditionalGeneration.from_pretrained(name).to(device).eval(),
+                    T.BlipProcessor.from_pretrained(name),
+                )
             elif m == "vqa":
-                out[m] = (T.BlipForQuestionAnswering.from_pretrained(name).to(device).eval(),
-                          T.BlipProcessor.from_pretrained(name))
+                out[m] = (
+                    T.BlipForQuestionAnswering.from_pretrained(name).to(device).eval(),
+                    T.BlipProcessor.from_pretrained(name),
+                )
             elif m == "detect":
-                out[m] = (T.AutoModelForZeroShotObjectDetection.from_pretrained(name).to(device).eval(),
-                          T.AutoProcessor.from_pretrained(name))
+                out[m] = (
+                    T.AutoModelForZeroShotObjectDetection.from_pretrained(name).to(device).eval(),
+                    T.AutoProcessor.from_pretrained(name),
+                )
         except Exception as e:  # noqa: BLE001
             raise ValueError(f"could not load the {m} model {name!r}: {type(e).__name__}: {e}") from None
     return out
@@ -130,8 +154,13 @@ def summarize(per_prompt: dict[str, list[float]]) -> dict:
     means = [statistics.fmean(vs) for vs in per_prompt.values() if vs]
     half = 1.96 * statistics.stdev(means) / math.sqrt(len(means)) if len(means) >= 2 else None
     mean = statistics.fmean(values) if values else float("nan")
-    return {"mean": mean, "ci95": None if half is None else [mean - half, mean + half], "half_width": half,
-            "n_images": len(values), "n_prompts": len(means)}
+    return {
+        "mean": mean,
+        "ci95": None if half is None else [mean - half, mean + half],
+        "half_width": half,
+        "n_images": len(values),
+        "n_prompts": len(means),
+    }
 
 
 def _open(path: Path):
@@ -187,7 +216,8 @@ def score_run(
     if missing and not allow_missing:
         raise ValueError(
             f"{len(missing)} of {len(items)} planned images are missing or unreadable in {run_dir}: "
-            + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+            + ", ".join(missing[:10])
+            + (" ..." if len(missing) > 10 else "")
             + ". Rerun the same `ait2i bench generate` command (it resumes), or pass --allow-missing."
         )
     present = [it for it in items if it.path not in set(missing)]
@@ -207,8 +237,10 @@ def score_run(
     by_prompt: dict[str, list[WorkItem]] = defaultdict(list)
     for it in present:
         by_prompt[it.prompt.text].append(it)
-    rows = {it.path: {"path": it.path, "prompt": it.prompt.text, "category": it.prompt.category, "seed": it.seed}
-            for it in present}
+    rows = {
+        it.path: {"path": it.path, "prompt": it.prompt.text, "category": it.prompt.category, "seed": it.seed}
+        for it in present
+    }
     bar = tqdm(total=len(present), unit="img", disable=not progress, desc=f"scoring {run_dir.name}")
     for prompt, its in by_prompt.items():
         for k in range(0, len(its), batch_size):
@@ -229,8 +261,9 @@ def score_run(
                 flat = M.vqa_yes(*models["vqa"], [im for im in images for _ in qs], qs * len(images)) if qs else []
                 vals["blip_vqa"] = [M.binding_score(flat[i * len(qs) : (i + 1) * len(qs)]) for i in range(len(images))]
             if "detect" in chosen:
-                vals["detect"] = [_detect_score(models["detect"], im, chunk[0].prompt, plurals, detect_threshold)
-                                  for im in images]
+                vals["detect"] = [
+                    _detect_score(models["detect"], im, chunk[0].prompt, plurals, detect_threshold) for im in images
+                ]
             for j, it in enumerate(chunk):
                 rows[it.path].update({key: v[j] for key, v in vals.items()})
             bar.update(len(chunk))
@@ -246,10 +279,16 @@ def score_run(
             every[r["prompt"]].append(r[key])
         results[key] = {"overall": summarize(every), "per_category": {c: summarize(d) for c, d in per_cat.items()}}
     out = {
-        "run": str(run_dir), "suite": manifest["suite_family"], "category": manifest.get("category"),
-        "model": manifest.get("model"), "method": manifest.get("method"), "metrics": list(chosen),
-        "metric_models": {m: _model_name(models.get(m)) for m in need}, "results": results,
-        "missing": missing, "per_image": list(rows.values()),
+        "run": str(run_dir),
+        "suite": manifest["suite_family"],
+        "category": manifest.get("category"),
+        "model": manifest.get("model"),
+        "method": manifest.get("method"),
+        "metrics": list(chosen),
+        "metric_models": {m: _model_name(models.get(m)) for m in need},
+        "results": results,
+        "missing": missing,
+        "per_image": list(rows.values()),
         "notes": _notes(chosen, manifest),
     }
     if write:
@@ -280,8 +319,10 @@ def _model_name(m) -> str | None:
 def _notes(chosen, manifest) -> list[str]:
     notes = []
     if "detect" in chosen:
-        notes.append("detect: open-vocabulary detector standing in for UniDet; NOT comparable with published "
-                     "T2I-CompBench spatial/numeracy numbers")
+        notes.append(
+            "detect: open-vocabulary detector standing in for UniDet; NOT comparable with published "
+            "T2I-CompBench spatial/numeracy numbers"
+        )
     if "vqa" in chosen or "blip" in chosen:
         notes.append("BLIP from transformers (Salesforce checkpoints), not LAVIS/the BLIP repo: close, not identical")
     if "vqa" in chosen:

@@ -82,8 +82,7 @@ def parse_suite(spec: str) -> tuple[str, str | None]:
         raise ValueError(f"unknown category {category!r} of suite {family!r}; expected one of {', '.join(cats)}")
     if family == "t2i-compbench" and not category:
         raise ValueError(
-            "t2i-compbench needs one category per output folder: "
-            + ", ".join(f"t2i-compbench:{c}" for c in cats)
+            "t2i-compbench needs one category per output folder: " + ", ".join(f"t2i-compbench:{c}" for c in cats)
         )
     return family, category or None
 
