@@ -1,0 +1,146 @@
+"""Tests of the ShapesWorld renderer: determinism, layout, captions, the training mix and exact colours."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from ait2i.shapes import render as R
+
+
+def _scenes(n: int, num_objects: int, base: int = 0) -> list[R.Scene]:
+    return [R.sample_scene(np.random.default_rng(base + i), num_objects) for i in range(n)]
+
+
+def test_same_seed_same_scene_and_pixels():
+    for n in (1, 2, 3):
+        a, b = R.sample_scene(7, n), R.sample_scene(np.random.default_rng(7), n)
+        assert a == b
+        assert np.array_equal(R.to_array(R.render(a)), R.to_array(R.render(b)))
+        assert R.caption(a, 3) == R.caption(b, 3)
+    assert R.sample_scene(1, 2) != R.sample_scene(2, 2)
+    assert R.sample_training_scene(5) == R.sample_training_scene(5)
+
+
+def test_render_is_32x32_rgb():
+    img = R.render(R.sample_scene(0, 2))
+    assert img.size == (32, 32) and img.mode == "RGB"
+
+
+@pytest.mark.parametrize("num_objects", [1, 2, 3])
+def test_layout_inside_image_and_gap(num_objects):
+    lo, hi = R.SIZE_RANGE[num_objects]
+    for scene in _scenes(150, num_objects):
+        assert len(scene.objects) == num_objects
+        assert R.BACKGROUND_RANGE[0] <= scene.background <= R.BACKGROUND_RANGE[1]
+        for o in scene.objects:
+            x0, y0, x1, y1 = o.bbox
+            assert min(x0, y0) >= R.MARGIN - 1e-9 and max(x1, y1) <= 32 - R.MARGIN + 1e-9
+            assert lo <= o.size <= hi
+        for i, a in enumerate(scene.objects):
+            for b in scene.objects[i + 1 :]:
+                ax0, ay0, ax1, ay1 = a.bbox
+                bx0, by0, bx1, by1 = b.bbox
+                gap_x = max(bx0 - ax1, ax0 - bx1)
+                gap_y = max(by0 - ay1, ay0 - by1)
+                assert max(gap_x, gap_y) >= R.MIN_GAP - 1e-9
+        assert len({o.color for o in scene.objects}) == num_objects  # distinct colours
+
+
+def _phrases(caption: str) -> list[str]:
+    m = re.fullmatch(r"a (\w+ \w+)(?:, a (\w+ \w+))* ?(?:and a (\w+ \w+))?", caption)
+    assert m is not None, caption
+    return re.findall(r"a (\w+ \w+)", caption)
+
+
+def test_captions_name_exactly_the_objects():
+    orders = set()
+    for n in (1, 2, 3):
+        for i, scene in enumerate(_scenes(100, n)):
+            cap = R.caption(scene, i)
+            assert sorted(_phrases(cap)) == sorted(o.phrase for o in scene.objects)
+            if n == 1:
+                assert cap == f"a {scene.objects[0].phrase}"
+            elif n == 2:
+                assert cap.count(" and ") == 1 and "," not in cap
+            else:
+                assert cap.count(", ") == 1 and cap.count(" and ") == 1
+            if n == 2:
+                orders.add(_phrases(cap)[0] == scene.objects[0].phrase)
+    assert orders == {True, False}  # the order varies
+    assert R.caption_of(["red circle", "blue square", "green triangle"]) == (
+        "a red circle, a blue square and a green triangle"
+    )
+
+
+def test_training_sampler_excludes_held_out_and_follows_the_mix():
+    counts = {1: 0, 2: 0, 3: 0}
+    pairs, same_shape = set(), 0
+    n = 2000
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        scene = R.sample_training_scene(rng)
+        counts[len(scene.objects)] += 1
+        pairs |= {(o.color, o.shape) for o in scene.objects}
+        if len(scene.objects) == 2 and scene.objects[0].shape == scene.objects[1].shape:
+            same_shape += 1
+    assert not pairs & R.HELD_OUT
+    all_pairs = {(c, s) for c in R.COLORS for s in R.SHAPES}
+    assert pairs == all_pairs - R.HELD_OUT  # every other pair is trained
+    for k, p in zip((1, 2, 3), R.TRAINING_MIX):
+        assert abs(counts[k] / n - p) < 0.035, (k, counts)
+    assert same_shape / counts[2] > 0.2  # same-shape pairs: binding by colour alone
+
+
+def test_held_out_pairs_can_still_be_rendered():
+    c, s = sorted(R.HELD_OUT)[0]
+    scene = R.sample_scene(0, 1, colors=[c], shapes=[s])
+    assert (scene.objects[0].color, scene.objects[0].shape) == (c, s)
+
+
+@pytest.mark.parametrize("num_objects", [1, 2, 3])
+def test_exact_colour_at_centres_and_background(num_objects):
+    for scene in _scenes(40, num_objects, base=1000):
+        px = R.to_array(R.render(scene))
+        for o in scene.objects:
+            assert tuple(px[int(o.cy), int(o.cx)]) == R.COLORS[o.color], o
+        # a pixel whose square is 1 px away from every bounding box is pure background
+        for y in range(32):
+            for x in range(32):
+                if all(
+                    x + 1 < o.bbox[0] - 1 or x > o.bbox[2] + 1 or y + 1 < o.bbox[1] - 1 or y > o.bbox[3] + 1
+                    for o in scene.objects
+                ):
+                    assert tuple(px[y, x]) == (scene.background,) * 3
+                    break
+
+
+def test_shapes_differ_in_area():
+    sq = R.render(R.Scene([R.ShapeSpec("red", "square", 16, 16, 12)], 30))
+    ci = R.render(R.Scene([R.ShapeSpec("red", "circle", 16, 16, 12)], 30))
+    tr = R.render(R.Scene([R.ShapeSpec("red", "triangle", 16, 16, 12)], 30))
+
+    def area(img):
+        return int((R.to_array(img)[..., 0] > 130).sum())
+
+    assert area(sq) > area(ci) > area(tr)
+    assert abs(area(sq) - 144) <= 2 and abs(area(tr) - 72) <= 8
+
+
+def test_bad_input_raises():
+    with pytest.raises(ValueError, match="num_objects"):
+        R.sample_scene(0, 4)
+    with pytest.raises(ValueError, match="unknown colour"):
+        R.sample_scene(0, 1, colors=["pink"])
+    with pytest.raises(ValueError, match="unknown shape"):
+        R.sample_scene(0, 1, shapes=["star"])
+    with pytest.raises(ValueError, match="one entry per object"):
+        R.sample_scene(0, 2, colors=["red"])
+    with pytest.raises(TypeError, match="rng"):
+        R.sample_scene("0", 1)
+    with pytest.raises(ValueError, match="background"):
+        R.render(R.Scene([], 300))
+    with pytest.raises(ValueError, match="at least one"):
+        R.caption_of([])
