@@ -92,6 +92,10 @@ def test_generate_resume_score_compare_commands(saved_models, tmp_path, capsys):
     assert "4 already done, 0 generated" in capsys.readouterr().out
     assert bench(["generate", *common, "--method", "ait2i", "--out", str(out_a)]) == 2  # other method: refused
     assert "different run" in capsys.readouterr().err
+    assert bench(["generate", *common, "--method", "none", "--set", "scale_factor=3", "--out", str(out_a)]) == 2
+    assert "scale_factor" in capsys.readouterr().err  # same method, other config: refused too
+    assert bench(["generate", *common, "--method", "none", "--set", "bogus=1", "--out", str(tmp_path / "z")]) == 2
+    assert "has no field" in capsys.readouterr().err and not (tmp_path / "z").exists()
     assert bench(["generate", *common, "--method", "ait2i", "--out", str(out_b), "--batch-size", "1"]) == 0
     capsys.readouterr()
 

@@ -38,6 +38,12 @@ def add_parser(subparsers) -> None:
         "--suite", required=True, help="ane, ane:animals, ane:animals_objects, ane:objects, or t2i-compbench:<category>"
     )
     g.add_argument("--method", default="ait2i", help="ait2i, ait2i-paper, attend-and-excite or none")
+    g.add_argument(
+        "--set",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="override a method config field, e.g. --set scale_factor=30 (repeatable; recorded in the manifest)",
+    )
     g.add_argument("--model", required=True, help="diffusers model id or local folder (safetensors)")
     g.add_argument("--seeds", default=None, help="e.g. 0-63 (AnE default) or 42-51 (T2I-CompBench default)")
     g.add_argument("--out", required=True, help="output folder")
@@ -136,7 +142,9 @@ def cmd_generate(args) -> int:
     except OSError as e:
         raise ValueError(str(e)) from None
     seeds = parse_seeds(args.seeds) if args.seeds else DEFAULT_SEEDS[suite.family]
-    cfg = get_config(args.method)
+    from ..cli import method_config, parse_overrides
+
+    cfg = method_config(args.method, parse_overrides(args.set)) if args.set else get_config(args.method)
     shard, nshards = parse_shard(args.shard)
     rank, world, device = launcher_rank()
     rank, world = shard * world + rank, nshards * world

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import os
 import platform
@@ -211,7 +212,7 @@ def _save(image, path: Path, params: dict) -> None:
 def _clean_temp(path: Path) -> None:
     """Remove leftovers of a killed write of ``path`` (temporary files named ``.<name>.*.tmp``)."""
     if path.parent.is_dir():
-        for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
