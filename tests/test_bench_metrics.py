@@ -380,8 +380,15 @@ def test_score_compbench_vqa_is_product_of_question_probabilities(tmp_path, tiny
 
 
 @needs_cb
-def test_score_compbench_spatial_with_detector(tmp_path, tiny_owl):
+def test_score_compbench_spatial_with_detector(tmp_path, tiny_owl, tiny_clip):
     _fake_run(tmp_path / "s", "t2i-compbench:spatial", (42,), 2, data_dir=CB_DIR)
+    # the category folders of one run share a column in comparisons
+    for cat in ("non_spatial", "numeracy"):
+        _fake_run(tmp_path / "cb-none" / cat, f"t2i-compbench:{cat}", (42,), 2, data_dir=CB_DIR)
+        score_run(tmp_path / "cb-none" / cat, ["clipscore"], {"clipscore": tiny_clip}, data_dir=CB_DIR, progress=False)
+    table = compare_runs([tmp_path / "cb-none" / "non_spatial", tmp_path / "cb-none" / "numeracy"])
+    assert "| metric | category | none (cb-none) |" in table
+    assert "| clipscore | non_spatial |" in table and "| clipscore | numeracy |" in table
     res = score_run(tmp_path / "s", None, {"detect": tiny_owl}, data_dir=CB_DIR, detect_threshold=0.0, progress=False)
     assert res["metrics"] == ["detect"] and all(r["detect"] in (0.0, 1.0) for r in res["per_image"])
     assert any("NOT comparable" in n for n in res["notes"])

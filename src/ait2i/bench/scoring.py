@@ -338,20 +338,35 @@ def _fmt(s: dict) -> str:
     return f"{s['mean']:.4f} ± {s['half_width']:.4f}"
 
 
+def run_label(d: dict) -> str:
+    """Column label of a scored run: its method and folder name; a T2I-CompBench category folder is named by its
+    parent (``runs/cb-ait2i/color`` -> ``ait2i (cb-ait2i)``), so that the categories of one run share a column."""
+    path = Path(d["run"])
+    name = path.parent.name if d.get("category") and path.name == d["category"] else path.name
+    return f"{d.get('method')} ({name})"
+
+
 def markdown(score_dicts: Sequence[dict], labels: Sequence[str] | None = None) -> str:
-    """A markdown table: one row per (metric, category) and an overall row per metric, one column per run."""
-    labels = list(labels or [f"{d.get('method')} ({Path(d['run']).name})" for d in score_dicts])
+    """A markdown table: one row per (metric, category) and an overall row per metric (when a run has several
+    categories), one column per label (runs with the same label, e.g. the category folders of one
+    T2I-CompBench run, share a column)."""
+    labels = list(labels or [run_label(d) for d in score_dicts])
+    columns = list(dict.fromkeys(labels))
     rows: dict[tuple[str, str], list[str]] = {}
-    for k, d in enumerate(score_dicts):
+    for label, d in zip(labels, score_dicts):
+        k = columns.index(label)
         for key, res in d["results"].items():
             for cat, s in [*sorted(res["per_category"].items()), ("overall", res["overall"])]:
                 if cat == "overall" and len(res["per_category"]) == 1:
                     continue
-                rows.setdefault((key, cat), [""] * len(score_dicts))[k] = _fmt(s)
-    head = "| metric | category | " + " | ".join(labels) + " |\n|---|---|" + "---|" * len(labels) + "\n"
+                row = rows.setdefault((key, cat), [""] * len(columns))
+                if row[k]:
+                    raise ValueError(f"two runs give {key}/{cat} for the column {label!r}; pass distinct folders")
+                row[k] = _fmt(s)
+    head = "| metric | category | " + " | ".join(columns) + " |\n|---|---|" + "---|" * len(columns) + "\n"
     body = "".join(f"| {key} | {cat} | " + " | ".join(v) + " |\n" for (key, cat), v in rows.items())
     notes = sorted({n for d in score_dicts for n in d.get("notes", [])})
-    missing = [f"{Path(d['run']).name}: {len(d['missing'])} missing images" for d in score_dicts if d.get("missing")]
+    missing = [f"{d['run']}: {len(d['missing'])} missing images" for d in score_dicts if d.get("missing")]
     tail = "".join(f"\n- {n}" for n in [*notes, *missing])
     return head + body + ("\nMean over images ± 95% interval half-width over prompts." + tail + "\n")
 
