@@ -111,9 +111,7 @@ def pretrained_dir() -> Path:
     return Path(str(resources.files("ait2i") / "shapes" / "pretrained"))
 
 
-def load_pipeline(
-    path: str | Path | None = None, scheduler: str = "ddim", dtype: torch.dtype = torch.float32
-):
+def load_pipeline(path: str | Path | None = None, scheduler: str = "ddim", dtype: torch.dtype = torch.float32):
     """Loads the ShapesWorld model as a ``StableDiffusionPipeline``, offline.
 
     Args:
@@ -127,14 +125,14 @@ def load_pipeline(
     """
     from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
 
+    if scheduler not in ("ddim", "pndm"):
+        raise ValueError(f"unknown scheduler {scheduler!r}; expected 'ddim' or 'pndm'")
     folder = Path(path) if path is not None else pretrained_dir()
     if not (folder / "model_index.json").is_file():
         raise ValueError(
             f"{folder} is not a diffusers folder (no model_index.json); pass the folder written by "
             "`python -m ait2i.shapes.train` (its `pipeline/` subfolder) or leave path unset for the shipped model"
         )
-    if scheduler not in ("ddim", "pndm"):
-        raise ValueError(f"unknown scheduler {scheduler!r}; expected 'ddim' or 'pndm'")
     pipe = StableDiffusionPipeline.from_pretrained(
         str(folder),
         torch_dtype=dtype,
