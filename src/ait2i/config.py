@@ -39,7 +39,8 @@ class GuidanceConfig:
     refinement: dict[int | float, float] | None = None
     max_refinement_steps: int = 20
     #: Attend-and-Excite view of the maps: which tokens enter the x100 softmax. ``"all"``: tokens 1..75 of the
-    #: padded sequence (diffusers' pipeline); ``"prompt"``: tokens 1..EOT-1 (the original A&E code and AI-T2I's).
+    #: padded sequence (diffusers' pipeline and the AI-T2I authors' code); ``"prompt"``: tokens 1..EOT-1 (the
+    #: original Attend-and-Excite code).
     softmax_span: str = "all"
     #: Gaussian smoothing of the softmaxed maps (kernel size, sigma) before taking maxima.
     smooth_kernel: int = 3
@@ -110,7 +111,6 @@ class AIT2IConfig(GuidanceConfig):
 
     from_where: tuple[str, ...] = ("up", "down")
     refinement: dict[int | float, float] | None = None
-    softmax_span: str = "prompt"
     #: Loss weights. Isolation pushes subjects apart; aggregation gathers each subject into one region;
     #: attribute binding gathers each attribute token onto its noun; presence is A&E's neglect term.
     w_isolation: float = 2.0

@@ -1,0 +1,110 @@
+"""Engine and adapter behaviour on tiny random pipelines: guidance works, bad input fails clearly."""
+
+import math
+
+import pytest
+import torch
+
+import ait2i
+from ait2i import AIT2IConfig
+from ait2i.engine import GuidanceEngine
+from ait2i.subjects import Subject
+from ait2i.testing import tiny_sd_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_sd_pipeline()
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_guided_run_lowers_the_loss(pipe):
+    prompt, subjects = "a red car and a blue bench", ["red car", "blue bench"]
+    cfg = AIT2IConfig(max_guided_steps=8)
+    kw = dict(num_inference_steps=8, output_type="latent")
+    guided = ait2i.generate(pipe, prompt, subjects, cfg, generator=_gen(3), **kw).diagnostics
+    # same schedule, zero step size: the losses of the unguided trajectory
+    flat = ait2i.generate(pipe, prompt, subjects, cfg.replace(scale_factor=0.0), generator=_gen(3), **kw).diagnostics
+    g = [r.loss[0] for r in guided.steps]
+    f = [r.loss[0] for r in flat.steps]
+    assert math.isclose(g[0], f[0], rel_tol=1e-5)  # same start
+    assert sum(g[1:]) < sum(f[1:])
+    assert set(guided.steps[0].terms) == {"isolation", "aggregation", "attribute", "presence"}
+    assert len(guided.steps[0].max_attention[0]) == 2
+
+
+def test_batched_seeds_match_single_runs(pipe):
+    prompt, subjects = "a cat and a dog", ["cat", "dog"]
+    kw = dict(num_inference_steps=4, output_type="latent", method=AIT2IConfig(max_guided_steps=3))
+    both = ait2i.generate(pipe, prompt, subjects, generator=[_gen(0), _gen(1)], num_images_per_prompt=2, **kw)
+    one = ait2i.generate(pipe, prompt, subjects, generator=[_gen(1)], **kw)
+    torch.testing.assert_close(both.images[1:], one.images, rtol=1e-4, atol=1e-4)
+
+
+def test_single_subject_isolation_zero_and_noted(pipe):
+    out = ait2i.generate(pipe, "a cat", ["cat"], num_inference_steps=2, output_type="latent")
+    assert out.diagnostics.steps[0].terms["isolation"] == [0.0]
+    assert any("isolation" in n for n in out.diagnostics.notes)
+
+
+def test_resolution_never_produced(pipe):
+    with pytest.raises(ValueError, match=r"8x8 is never produced.*produces 16x16"):
+        ait2i.generate(pipe, "a cat", ["cat"], AIT2IConfig(attn_res=8), num_inference_steps=2)
+
+
+def test_pipeline_without_step_callback():
+    class Old:
+        unet = tokenizer = scheduler = None
+
+        def encode_prompt(self):
+            pass
+
+        def prepare_latents(self):
+            pass
+
+        def __call__(self, prompt, callback=None):
+            pass
+
+    with pytest.raises(TypeError, match="callback_on_step_end"):
+        ait2i.generate(Old(), "a cat", ["cat"])
+
+
+def test_bad_subject_and_method(pipe):
+    with pytest.raises(ValueError, match="not in the prompt"):
+        ait2i.generate(pipe, "a cat", ["dog"], num_inference_steps=2)
+    with pytest.raises(ValueError, match="no subject"):
+        ait2i.generate(pipe, "a cat", [], num_inference_steps=2)
+    with pytest.raises(ValueError, match="unknown method"):
+        ait2i.generate(pipe, "a cat", ["cat"], method="magic")
+
+
+def test_nan_loss_skips_update_and_is_recorded():
+    calls = []
+
+    def attend(z, t, rows):
+        calls.append(z.shape[0])
+        raw = torch.softmax(z.mean(1, keepdim=True).expand(-1, 16, -1, -1)[..., :4, :4].reshape(z.shape[0], 4, 4, 16), -1)
+        raw = raw.clone()
+        raw[0] = float("nan")  # sample 0 broken, sample 1 fine
+        return raw
+
+    z = torch.randn(2, 4, 4, 4)
+    eng = GuidanceEngine(AIT2IConfig(), [Subject("a", (1,)), Subject("b", (2,))], attend, eot_index=3, num_steps=10)
+    new = eng.step(0, 999, z)
+    rec = eng.diagnostics.steps[0]
+    assert rec.skipped == [True, False]
+    assert torch.equal(new[0], z[0]) and torch.isfinite(new).all()
+    assert math.isnan(rec.loss[0]) and math.isfinite(rec.loss[1])
+
+
+def test_bfloat16_pipeline_loss_in_float32():
+    pipe = tiny_sd_pipeline().to(torch.bfloat16)
+    out = ait2i.generate(pipe, "a cat and a dog", ["cat", "dog"], num_inference_steps=2, output_type="latent")
+    assert out.images.dtype == torch.bfloat16
+    assert all(math.isfinite(v) for v in out.diagnostics.steps[0].loss)
+    assert not any(out.diagnostics.steps[0].skipped)
