@@ -88,7 +88,8 @@ def test_nan_loss_skips_update_and_is_recorded():
 
     def attend(z, t, rows):
         calls.append(z.shape[0])
-        raw = torch.softmax(z.mean(1, keepdim=True).expand(-1, 16, -1, -1)[..., :4, :4].reshape(z.shape[0], 4, 4, 16), -1)
+        logits = z.mean(1, keepdim=True).expand(-1, 16, -1, -1)[..., :4, :4]  # (B, 16, 4, 4)
+        raw = torch.softmax(logits.reshape(z.shape[0], 4, 4, 16), -1)
         raw = raw.clone()
         raw[0] = float("nan")  # sample 0 broken, sample 1 fine
         return raw

@@ -24,7 +24,8 @@ SUPPORTED = "StableDiffusionPipeline and pipelines with its interface (Stable Di
 
 
 def _check_pipeline(pipe) -> None:
-    missing = [a for a in ("unet", "tokenizer", "scheduler", "encode_prompt", "prepare_latents") if not hasattr(pipe, a)]
+    needed = ("unet", "tokenizer", "scheduler", "encode_prompt", "prepare_latents")
+    missing = [a for a in needed if not hasattr(pipe, a)]
     if missing:
         raise TypeError(f"{type(pipe).__name__} is not supported (no {', '.join(missing)}); supported: {SUPPORTED}")
     if "callback_on_step_end" not in inspect.signature(pipe.__call__).parameters:
@@ -61,7 +62,9 @@ def generate(pipe, prompt: str, subjects=None, method="ait2i", *, record_maps=()
     cfg = get_config(method)
     _check_pipeline(pipe)
     if not isinstance(prompt, str):
-        raise ValueError("prompt must be one string; pass several seeds with num_images_per_prompt and a list of generators")
+        raise ValueError(
+            "prompt must be one string; pass several seeds with num_images_per_prompt and a list of generators"
+        )
     for k in ("prompt", "prompt_embeds", "callback", "callback_steps"):
         if k in pipeline_kwargs:
             raise ValueError(f"`{k}` cannot be passed through ait2i.generate; give the prompt as text")

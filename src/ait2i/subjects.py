@@ -99,7 +99,9 @@ def _resolve_phrase(tokenizer, prompt: str, words: list[_Word], spec: str) -> Su
     phrase, occurrence = (m.group(1).strip(), int(m.group(2))) if m else (spec.strip(), None)
     want = _phrase_words(tokenizer, phrase)
     if not want:
-        raise ValueError(f"empty subject {spec!r}; name a word of the prompt. Tokens: {format_tokens(tokenizer, prompt)}")
+        raise ValueError(
+            f"empty subject {spec!r}; name a word of the prompt. Tokens: {format_tokens(tokenizer, prompt)}"
+        )
     keys = [w.pieces for w in want]
     n = len(keys)
     # Contiguous matches of the whole phrase first ("red car" in "a red car"), then the noun alone with each
@@ -220,7 +222,9 @@ def resolve_subjects(tokenizer, prompt: str, subjects) -> list[Subject]:
     for s in out:
         for t in s.tokens:
             if t in seen:
-                raise ValueError(f"subjects {seen[t]!r} and {s.label!r} share token {t}; each noun belongs to one subject")
+                raise ValueError(
+                    f"subjects {seen[t]!r} and {s.label!r} share token {t}; each noun belongs to one subject"
+                )
             seen[t] = s.label
     return out
 
