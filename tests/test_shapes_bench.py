@@ -1,5 +1,6 @@
 """The ShapesWorld benchmark: prompts, method parsing, statistics, resume, and a smoke run on a tiny pipeline."""
 
+import importlib
 import json
 from types import SimpleNamespace
 
@@ -9,8 +10,9 @@ from PIL import Image
 
 from ait2i.config import AIT2IConfig, AttendExciteConfig, NoGuidanceConfig
 from ait2i.shapes import bench as B
-from ait2i.shapes import render as R
 from ait2i.shapes.check import DetectedObject, match
+
+R = importlib.import_module("ait2i.shapes.render")  # the package re-exports a function named render
 
 # -- statistics -------------------------------------------------------------------------------------------------
 
@@ -125,6 +127,20 @@ def test_method_lists_and_sets():
     assert len(set(configs)) == 8  # every variant differs from the others
     assert B.parse_methods(["none", "ait2i"]) == B.parse_methods("none,ait2i")
     assert len({B.method_dir(m) for m, _ in ablation}) == 8
+
+
+def test_common_overrides():
+    methods = B.parse_methods("none,attend-and-excite,ait2i:max_guided_steps=10", "max_guided_steps=0.5,w_presence=0")
+    (_, none), (_, ane), (_, ait) = methods
+    assert none.max_guided_steps == 0  # never guided
+    assert ane.max_guided_steps == 0.5  # A&E has no w_presence: that key is skipped for it
+    assert (ait.max_guided_steps, ait.w_presence) == (10, 0.0)  # the method's own setting wins
+    with pytest.raises(ValueError, match="apply to none of the guided methods"):
+        B.parse_methods("none,attend-and-excite", "w_isolation=0")
+    with pytest.raises(ValueError, match="common override on 'ait2i'"):
+        B.parse_methods("ait2i", "w_isolation=x")
+    with pytest.raises(ValueError, match="is not key=value"):
+        B.parse_methods("ait2i", "w_isolation")
 
 
 @pytest.mark.parametrize(

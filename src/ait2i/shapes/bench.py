@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import GuidanceConfig, get_config
-from . import render
 from .check import check, match
+from .render import COLORS, HELD_OUT, SHAPES, caption_of
 
 CATEGORIES = ("single", "two", "same_shape", "held_out", "three")
 DEFAULT_METHODS = "none,attend-and-excite,ait2i"
@@ -84,19 +84,19 @@ class ShapesPrompt:
 
 
 def _pairs(held_out: bool) -> list[tuple[str, str]]:
-    return [(c, s) for c in render.COLORS for s in render.SHAPES if ((c, s) in render.HELD_OUT) == held_out]
+    return [(c, s) for c in COLORS for s in SHAPES if ((c, s) in HELD_OUT) == held_out]
 
 
 def _prompt(category: str, objects) -> ShapesPrompt:
     objects = tuple((str(c), str(s)) for c, s in objects)
-    return ShapesPrompt(category, render.caption_of([f"{c} {s}" for c, s in objects]), objects)
+    return ShapesPrompt(category, caption_of([f"{c} {s}" for c, s in objects]), objects)
 
 
 def shapes_prompts(categories: Sequence[str] | None = None, per_category: int = 8) -> list[ShapesPrompt]:
     """The fixed prompt lists: the first ``per_category`` prompts of each category (12 at most).
 
     Every list is drawn once from a fixed seed; only seen colour-shape pairs are used, except in ``held_out``,
-    where each prompt pairs one :data:`~ait2i.shapes.render.HELD_OUT` pair with a seen pair of another colour and
+    where each prompt pairs one :data:`~ait2i.shapes.HELD_OUT` pair with a seen pair of another colour and
     shape (held-out object first in half of the prompts). Colours within a prompt are distinct.
 
     Args:
@@ -250,11 +250,18 @@ def parse_method(spec: str) -> tuple[str, GuidanceConfig]:
     return f"{name}:{','.join(labels)}", cfg
 
 
-def parse_methods(spec: str | Sequence[str]) -> list[tuple[str, GuidanceConfig]]:
+def parse_methods(spec: str | Sequence[str], common: str | None = None) -> list[tuple[str, GuidanceConfig]]:
     """Methods from ``--methods``: comma-separated names, variants and named sets (:data:`METHOD_SETS`).
 
     Inside one variant, further ``key=value`` items after a comma belong to it
     (``ait2i:w_isolation=0,w_presence=0`` is one method); a name without ``=`` starts the next method.
+
+    Args:
+        spec (`str` or `Sequence[str]`): the method list.
+        common (`str`, *optional*): ``key=value,...`` applied to every guided method (not ``none``) that has the
+            setting and does not set it itself, e.g. ``max_guided_steps=0.5`` to guide the first half of the
+            steps at any step count. The labels stay as given; the configs (recorded in the manifest and the
+            summary) carry the change.
     """
     items = _split_top(spec) if isinstance(spec, str) else [str(s) for s in spec]
     groups: list[str] = []
@@ -267,15 +274,34 @@ def parse_methods(spec: str | Sequence[str]) -> list[tuple[str, GuidanceConfig]]
             groups[-1] += "," + item
         else:
             groups.append(item)
+    shared: dict[str, str] = {}
+    for item in _split_top(common) if common and common.strip() else []:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"common override {item!r} is not key=value")
+        shared[key.strip()] = raw.strip()
+    used: set[str] = set()
     out: list[tuple[str, GuidanceConfig]] = []
     for g in groups:
         for s in METHOD_SETS.get(g, (g,)):
             label, cfg = parse_method(s)
+            own = {x.partition("=")[0].strip() for x in _split_top(label.partition(":")[2])} if ":" in label else set()
+            names = {f.name for f in dataclasses.fields(cfg)} - {"name"}
+            extra = {k: v for k, v in shared.items() if k in names and k not in own and cfg.name != "none"}
+            if extra:
+                try:
+                    cfg = cfg.replace(**{k: _convert(cfg, k, v) for k, v in extra.items()})
+                except (ValueError, TypeError) as e:
+                    raise ValueError(f"common override on {label!r}: {e}") from None
+                used.update(extra)
             if label in [lab for lab, _ in out]:
                 raise ValueError(f"method {label!r} listed twice")
             out.append((label, cfg))
     if not out:
         raise ValueError("no method given; e.g. --methods none,attend-and-excite,ait2i")
+    unused = sorted(set(shared) - used)
+    if unused:
+        raise ValueError(f"common overrides {unused} apply to none of the guided methods {[m for m, _ in out]}")
     return out
 
 
@@ -481,6 +507,7 @@ def run_benchmark(
     height: int | None = None,
     width: int | None = None,
     model: str = "",
+    override: str | None = None,
     force: bool = False,
     progress: bool = True,
     generate_fn: Callable | None = None,
@@ -501,6 +528,7 @@ def run_benchmark(
         prompts_per_category (`int`, *optional*, defaults to 8): see :func:`shapes_prompts`.
         height, width (`int`, *optional*): image size; the pipeline's default if omitted.
         model (`str`, *optional*): the model's name or path, recorded in the manifest and compared on resume.
+        override (`str`, *optional*): settings for every guided method, see :func:`parse_methods`.
         force (`bool`, *optional*, defaults to `False`): accept a folder made with other settings.
         progress (`bool`, *optional*, defaults to `True`): progress bar on stderr.
         generate_fn (`Callable`, *optional*): ``ait2i.generate`` by default (tests pass a fake).
@@ -513,7 +541,7 @@ def run_benchmark(
 
     if generate_fn is None:
         from ..pipelines import generate as generate_fn
-    resolved = parse_methods(methods)
+    resolved = parse_methods(methods, override)
     seed_list = parse_seeds(seeds) if isinstance(seeds, str) else sorted({int(s) for s in seeds})
     if not seed_list or min(seed_list) < 0:
         raise ValueError("seeds must hold at least one integer >= 0")
@@ -531,6 +559,7 @@ def run_benchmark(
         "guidance_scale": guidance_scale,
         "height": height,
         "width": width,
+        "override": override or "",
         "methods": {label: _config_dict(cfg) for label, cfg in resolved},
     }
     _write_atomic(out / MANIFEST, json.dumps(_check_manifest(out, manifest, force), indent=1).encode())
@@ -622,6 +651,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated presets, variants (ait2i:w_isolation=0,w_presence=0) or the named "
         f"set 'ablation' (default: {DEFAULT_METHODS})",
     )
+    parser.add_argument(
+        "--override",
+        default=None,
+        help="key=value,... applied to every guided method that has the setting, e.g. max_guided_steps=0.5",
+    )
     parser.add_argument("--seeds", default="0-31", help="seeds per prompt, e.g. 0-31 or 0,5,10-12 (default 0-31)")
     parser.add_argument("--out", default="runs/shapes", help="output folder (resumable; default runs/shapes)")
     parser.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
@@ -647,7 +681,7 @@ def run(args: argparse.Namespace) -> int:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        resolved = parse_methods(args.methods)  # fail on a bad method before loading anything
+        resolved = parse_methods(args.methods, args.override)  # fail on a bad method before loading anything
         cats = [c.strip() for c in args.categories.split(",") if c.strip()]
         shapes_prompts(cats, args.prompts_per_category)
         pipe = load_pipeline(args.model, scheduler=args.scheduler)
@@ -662,6 +696,7 @@ def run(args: argparse.Namespace) -> int:
             guidance_scale=args.guidance_scale,
             batch_size=args.batch_size,
             categories=cats,
+            override=args.override,
             prompts_per_category=args.prompts_per_category,
             model=model,
             force=args.force,
