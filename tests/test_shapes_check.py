@@ -10,8 +10,8 @@ from ait2i.shapes.check import DetectedObject, check, classify_shape, estimate_b
 
 R = importlib.import_module("ait2i.shapes.render")  # the package re-exports a function named render
 
-# Held-out scenes: seeds drawn from a (namespace, index) seed sequence that the training data (integer seeds)
-# never uses.
+# Held-out scenes: seeds drawn from (namespace, index) seed sequences that training never uses (it draws from
+# (seed, step) with seed 0 and evaluates on (987654321, i)).
 CHECK_NAMESPACE = 7_331
 
 

@@ -14,10 +14,12 @@ categories (fixed lists, :func:`shapes_prompts`): ``single``, ``two`` (distinct 
 ``same_shape`` (binding is all colour), ``held_out`` (two objects, one a colour-shape pair kept out of training)
 and ``three``.
 
-The run is resumable: one JSON line per (method, prompt, seed) is appended to ``results.jsonl`` after its image
-is saved (``<out>/<method>/<prompt>/<seed>.png``, written to a temporary file and renamed); a rerun skips every
-line already there. ``manifest.json`` records the model, sampling settings and each method's full config; a
-folder made with other settings, or a method label bound to another config, is refused unless ``force``.
+Work runs seed batch by seed batch, categories interleaved, so a run cut short covers every category and
+method with fewer seeds. The run is resumable: one JSON line per (method, prompt, seed) is appended to
+``results.jsonl`` after its image is saved (``<out>/<method>/<prompt>/<seed>.png``, written to a temporary file
+and renamed); a rerun skips every line already there. ``manifest.json`` records the model, sampling settings and
+each method's full config; a folder made with other settings, or a method label bound to another config, is
+refused unless ``force``.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ METHOD_SETS = {
         "ait2i:w_presence=0",
         "ait2i:aggregation_metric=cosine",
         "ait2i:isolation_metric=cosine",
-        "ait2i:refinement={0:0.05,10:0.5,20:0.8}",
+        "ait2i:refinement={0:0.05,0.2:0.5,0.4:0.8}",  # A&E's steps 0, 10, 20 of 50, as fractions
     ),
 }
 RESULTS = "results.jsonl"
@@ -565,10 +567,13 @@ def run_benchmark(
     _write_atomic(out / MANIFEST, json.dumps(_check_manifest(out, manifest, force), indent=1).encode())
 
     done = {(r["method"], r["prompt"], r["seed"]) for r in load_results(out)}
+    # categories interleaved (round robin), so that a run cut short still covers every category
+    by_cat = [[p for p in prompts if p.category == c] for c in dict.fromkeys(p.category for p in prompts)]
+    order = [ps[i] for i in range(max(map(len, by_cat))) for ps in by_cat if i < len(ps)]
     todo = [
         (chunk, p, label, cfg)
         for chunk in (seed_list[i : i + batch_size] for i in range(0, len(seed_list), batch_size))
-        for p in prompts
+        for p in order
         for label, cfg in resolved
     ]
     total = sum(sum((lab, p.text, s) not in done for s in ch) for ch, p, lab, _ in todo)
