@@ -153,9 +153,7 @@ def make_runner(args, pipe, ae):
         elif variant == "diffusers-ae":
             out = ae(args.prompt, token_indices=indices, **kw)
         elif variant == "ours-ae":
-            out = ait2i.generate(
-                pipe, args.prompt, subjects=[[i] for i in indices], method="attend-and-excite", **kw
-            )
+            out = ait2i.generate(pipe, args.prompt, subjects=[[i] for i in indices], method="attend-and-excite", **kw)
         elif variant == "ours-ait2i":
             out = ait2i.generate(pipe, args.prompt, subjects=args.subjects, method="ait2i", **kw)
         else:
@@ -250,9 +248,7 @@ def time_variants(args, pipe, ae) -> tuple[dict[str, list[float]], dict[str, flo
     times: dict[str, list[float]] = {v: [] for v in args.variants}
     first: dict[str, np.ndarray] = {}
     for rep in range(args.repeats):
-        order = list(args.variants[rep % len(args.variants) :]) + list(
-            args.variants[: rep % len(args.variants)]
-        )
+        order = list(args.variants[rep % len(args.variants) :]) + list(args.variants[: rep % len(args.variants)])
         for v in order:
             t0 = time.perf_counter()
             imgs = [run(v, s, args.steps) for s in args.seeds]
@@ -289,14 +285,10 @@ def table(args, times, memory, diffs) -> str:
     lines = [*rows, ""]
     if ae and "ours-ae" in med:
         r = med["ours-ae"] / ae
-        lines.append(
-            f"- our A&E / diffusers' A&E = **{r:.2f}** (target ≤ 0.8: {'met' if r <= 0.8 else 'NOT met'})"
-        )
+        lines.append(f"- our A&E / diffusers' A&E = **{r:.2f}** (target ≤ 0.8: {'met' if r <= 0.8 else 'NOT met'})")
     if ae and "ours-ait2i" in med:
         r = med["ours-ait2i"] / ae
-        lines.append(
-            f"- AI-T2I / diffusers' A&E = **{r:.2f}** (target ≤ 1.0: {'met' if r <= 1.0 else 'NOT met'})"
-        )
+        lines.append(f"- AI-T2I / diffusers' A&E = **{r:.2f}** (target ≤ 1.0: {'met' if r <= 1.0 else 'NOT met'})")
     if "ours-ae" in diffs:
         lines.append(
             f"- max |our A&E image − diffusers' A&E image| (first repeat, output_type {args.output_type!r}): "
@@ -317,15 +309,14 @@ def describe(args, pipe) -> str:
         f"scheduler {type(pipe.scheduler).__name__}, {args.steps} steps, guidance scale {args.guidance_scale}, "
         f"prompt {args.prompt!r}, subjects {args.subjects}, seeds {args.seeds}, {args.repeats} repeats, "
         f"output_type {args.output_type!r}; device {args.device} ({args.dtype}), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), diffusers {diffusers.__version__}, {platform.processor() or platform.machine()}"
+        f"({torch.get_num_threads()} threads), diffusers {diffusers.__version__}, "
+        f"{platform.processor() or platform.machine()}"
     )
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--model", default=None, help="hub id or local diffusers folder (default: tiny random pipeline)"
-    )
+    p.add_argument("--model", default=None, help="hub id or local diffusers folder (default: tiny random pipeline)")
     p.add_argument("--full-size", action="store_true", help="SD 1.5-sized random components (use a GPU)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"))

@@ -247,9 +247,7 @@ def _shipped_model_present() -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not _shipped_model_present(), reason="the shipped ShapesWorld model is not in this checkout"
-)
+@pytest.mark.skipif(not _shipped_model_present(), reason="the shipped ShapesWorld model is not in this checkout")
 def test_generate_with_shipped_model(tmp_path, capsys):
     out = tmp_path / "shapes.png"
     argv = ["generate", "a red circle and a blue square", "--subjects", "red circle", "blue square",

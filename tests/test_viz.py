@@ -60,9 +60,7 @@ def test_attention_figure_accepts_tensor_forms_and_selects_steps():
     assert len(one.axes) == 3
     stacked = attention_figure(_image(), torch.rand(2, 3, 8, 8), ["a", "b", "c"], steps=[5, 7])
     assert len(stacked.axes) == 6 and stacked.axes[3].get_ylabel() == "step 7"
-    picked = attention_figure(
-        _image(), {0: torch.rand(2, 4, 4), 9: torch.rand(2, 4, 4)}, ["a", "b"], steps=[9]
-    )
+    picked = attention_figure(_image(), {0: torch.rand(2, 4, 4), 9: torch.rand(2, 4, 4)}, ["a", "b"], steps=[9])
     assert len(picked.axes) == 2 and picked.axes[0].get_ylabel() == "step 9"
 
 

@@ -183,9 +183,7 @@ def cmd_tokens(args) -> int:
 # -- generate -----------------------------------------------------------------------------------------------------
 def _check_hub_id(model: str) -> None:
     if model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model:
-        raise ValueError(
-            f"model folder {model!r} does not exist; pass an existing diffusers folder or a hub id"
-        )
+        raise ValueError(f"model folder {model!r} does not exist; pass an existing diffusers folder or a hub id")
 
 
 def _load_error(model: str, e: Exception) -> str:
@@ -286,9 +284,7 @@ def _plan(args) -> argparse.Namespace:
     )
     out = Path(args.out)
     if out.suffix.lower() != ".png":
-        raise ValueError(
-            f"--out must be a .png file (the parameters are stored as PNG text), got {args.out!r}"
-        )
+        raise ValueError(f"--out must be a .png file (the parameters are stored as PNG text), got {args.out!r}")
     if args.attention and Path(args.attention).suffix.lower() != ".png":
         raise ValueError(f"--attention must be a .png file, got {args.attention!r}")
     plan.paths = output_paths(out, plan.seeds)
@@ -307,9 +303,7 @@ def _plan(args) -> argparse.Namespace:
         raise ValueError("--dtype float16 needs --device cuda; on the CPU use float32")
     plan.att_steps = parse_steps_list(args.attention_steps) if args.attention_steps else None
     if plan.att_steps is not None and (not plan.att_steps or max(plan.att_steps) >= args.steps):
-        raise ValueError(
-            f"--attention-steps must be step indices in [0, {args.steps - 1}], got {args.attention_steps}"
-        )
+        raise ValueError(f"--attention-steps must be step indices in [0, {args.steps - 1}], got {args.attention_steps}")
     if args.attention and plan.att_steps is None:
         plan.att_steps = default_attention_steps(plan.cfg, args.steps)
     return plan
@@ -336,9 +330,7 @@ def cmd_generate(args) -> int:
     pipe.set_progress_bar_config(disable=args.quiet, leave=False)
 
     call = {"num_inference_steps": args.steps, "guidance_scale": args.guidance_scale}
-    call.update(
-        {k: getattr(args, k) for k in ("height", "width", "negative_prompt") if getattr(args, k) is not None}
-    )
+    call.update({k: getattr(args, k) for k in ("height", "width", "negative_prompt") if getattr(args, k) is not None})
     batch = args.batch_size or len(plan.seeds)
     images, diags = [], []  # diags: (diagnostics of the batch, index in the batch) per image
     for start in range(0, len(plan.seeds), batch):
@@ -442,13 +434,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         help="hub id or local diffusers folder (default: the shipped ShapesWorld model)",
     )
     g.add_argument("--seed", default="0", help="seed, range or list: 0, 0-3, 0,2,5 (default: 0)")
-    g.add_argument(
-        "--batch-size", type=int, default=None, help="images per pipeline call (default: all seeds)"
-    )
+    g.add_argument("--batch-size", type=int, default=None, help="images per pipeline call (default: all seeds)")
     g.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
-    g.add_argument(
-        "--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default: 7.5)"
-    )
+    g.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default: 7.5)")
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)

@@ -101,9 +101,7 @@ def save_png(image, path: str | os.PathLike, params: Mapping[str, Any]) -> Path:
         if not isinstance(key, str) or not key or "\0" in key or len(key.encode("latin-1", "replace")) > 79:
             raise ValueError(f"metadata key {key!r} must be a non-empty string of at most 79 characters")
         if key == JSON_KEY:
-            raise ValueError(
-                f"metadata key {JSON_KEY!r} is reserved for the JSON chunk holding all parameters"
-            )
+            raise ValueError(f"metadata key {JSON_KEY!r} is reserved for the JSON chunk holding all parameters")
         plain[key] = _to_jsonable(value)
 
     info = PngImagePlugin.PngInfo()
@@ -133,7 +131,5 @@ def read_png_params(path: str | os.PathLike) -> dict[str, Any]:
         im.load()  # text chunks after the image data are read only once the image is loaded
         text = dict(getattr(im, "text", {}) or {})
     if JSON_KEY not in text:
-        raise ValueError(
-            f"{os.fspath(path)!r} carries no {JSON_KEY!r} metadata chunk (not written by ait2i?)"
-        )
+        raise ValueError(f"{os.fspath(path)!r} carries no {JSON_KEY!r} metadata chunk (not written by ait2i?)")
     return json.loads(text[JSON_KEY])

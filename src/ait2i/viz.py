@@ -129,9 +129,7 @@ def _rows(maps, steps) -> tuple[list[torch.Tensor], list[int]]:
         raise ValueError("no attention maps to draw (no step was recorded)")
     shapes = {tuple(r.shape) for r in rows}
     if len(shapes) != 1 or rows[0].ndim != 3 or rows[0].shape[0] < 1:
-        raise ValueError(
-            f"every row of maps must be one (G, h, w) tensor of the same shape, got {sorted(shapes)}"
-        )
+        raise ValueError(f"every row of maps must be one (G, h, w) tensor of the same shape, got {sorted(shapes)}")
     return rows, row_steps
 
 
@@ -177,9 +175,7 @@ def loss_plot(diagnostics, sample: int = 0, figure=None):
     ax_loss.plot(x, total, "k-", lw=1.8, label="total")
     keys = sorted({k for r in records for k in (r.terms or {})})
     for k in keys:
-        ax_loss.plot(
-            x, [_finite(r.terms[k][sample]) if k in r.terms else math.nan for r in records], lw=1.2, label=k
-        )
+        ax_loss.plot(x, [_finite(r.terms[k][sample]) if k in r.terms else math.nan for r in records], lw=1.2, label=k)
     skipped = [(r.step, 0.0) for r in records if r.skipped and r.skipped[sample]]
     if skipped:
         ax_loss.plot(*zip(*skipped), "rx", ms=8, label="update skipped")
