@@ -1,6 +1,6 @@
 """ShapesWorld: procedurally drawn scenes of coloured shapes and a small Stable Diffusion model trained on them.
 
-``render`` draws seeded scenes and their captions, ``model`` builds and loads the shipped model
+The submodule ``render`` draws seeded scenes and their captions, ``model`` builds and loads the shipped model
 (``load_pipeline()`` returns a ``StableDiffusionPipeline``), ``train`` reproduces it.
 """
 
@@ -12,7 +12,6 @@ from ait2i.shapes.render import (
     Scene,
     ShapeSpec,
     caption,
-    render,
     sample_scene,
     sample_training_scene,
 )
@@ -26,7 +25,6 @@ __all__ = [
     "caption",
     "load_pipeline",
     "pretrained_dir",
-    "render",
     "sample_scene",
     "sample_training_scene",
 ]
