@@ -144,3 +144,12 @@ def test_bad_input_raises():
         R.render(R.Scene([], 300))
     with pytest.raises(ValueError, match="at least one"):
         R.caption_of([])
+
+
+def test_package_keeps_the_render_submodule():
+    import inspect
+
+    import ait2i.shapes
+
+    assert inspect.ismodule(ait2i.shapes.render)
+    assert ait2i.shapes.sample_scene is R.sample_scene
