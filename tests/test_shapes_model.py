@@ -157,3 +157,19 @@ def test_lr_schedule():
 def test_vae_is_a_near_identity_on_renders(shipped):
     psnr = T.vae_psnr(shipped.vae, n=32)
     assert psnr > 30.0, f"autoencoder reconstruction PSNR {psnr:.1f} dB"
+
+
+def test_train_cli_runs_checkpoints_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "write_samples", lambda *a, **k: None)  # sampling is slow and covered above
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--batch-size", "4", "--vae-steps", "2", "--threads", "1", "--warmup", "1"]
+    with pytest.raises(ValueError, match="--resume"):
+        T.main([*args, "--steps", "3", "--resume"])
+    T.main([*args, "--steps", "3"])
+    info = json.loads((out / "pipeline" / "TRAINING.json").read_text())
+    assert info["steps"] == 3 and info["seed"] == 0 and info["vae_psnr_db"] is not None
+    assert torch.load(out / "ckpt.pt", weights_only=False)["step"] == 3
+    T.main([*args, "--steps", "5", "--resume"])
+    info = json.loads((out / "pipeline" / "TRAINING.json").read_text())
+    assert info["steps"] == 5 and [r["start_step"] for r in info["runs"]] == [0, 3]
+    assert not (out / "pipeline.tmp").exists() and not (out / "ckpt.tmp").exists()
