@@ -258,6 +258,19 @@ def test_resume_redoes_nothing(tmp_path):
     assert {c[2] for c in more.calls} == {(5,)} and len(more.calls) == 8
 
 
+def test_methods_split_across_runs_are_summarised_on_paired_images(tmp_path):
+    _run(tmp_path, FakeGenerate(), methods="none", seeds="0-4")  # e.g. one process per method set
+    _run(tmp_path, FakeGenerate(), methods="ait2i", seeds="0-1")
+    fake = FakeGenerate()
+    s = _run(tmp_path, fake, methods="none,ait2i", seeds="0-4", generate=False)
+    assert fake.calls == []
+    assert s["none"]["all"]["n"] == s["ait2i"]["all"]["n"] == 8  # 4 prompts x seeds 0-1 done by both
+    report = json.loads((tmp_path / "summary.json").read_text())
+    assert report["images"] == {"planned": 40, "finished": 28, "summarised": 16, "paired": True}
+    s = _run(tmp_path, FakeGenerate(), methods="none,ait2i", seeds="0-4", generate=False, paired=False)
+    assert (s["none"]["all"]["n"], s["ait2i"]["all"]["n"]) == (20, 8)
+
+
 def test_truncated_last_line_is_dropped(tmp_path):
     _run(tmp_path, FakeGenerate(), seeds="0-1")
     path = tmp_path / B.RESULTS

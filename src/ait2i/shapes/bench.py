@@ -450,10 +450,25 @@ def load_results(out_dir: str | os.PathLike) -> list[dict]:
 
 
 def _append_rows(path: Path, rows: Sequence[dict]) -> None:
-    with open(path, "a") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
+    """Appends rows with one ``O_APPEND`` write, so that processes sharing a folder never interleave lines."""
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def paired_rows(rows: Sequence[dict]) -> list[dict]:
+    """The rows whose (prompt, seed) was run by every method present, so methods compare on the same images."""
+    methods = set(r["method"] for r in rows)
+    have: dict[tuple[str, int], set[str]] = {}
+    for r in rows:
+        have.setdefault((r["prompt"], r["seed"]), set()).add(r["method"])
+    return [r for r in rows if have[(r["prompt"], r["seed"])] == methods]
 
 
 def _config_dict(cfg: GuidanceConfig) -> dict:
@@ -512,6 +527,8 @@ def run_benchmark(
     override: str | None = None,
     force: bool = False,
     progress: bool = True,
+    generate: bool = True,
+    paired: bool = True,
     generate_fn: Callable | None = None,
     checker: Callable = check,
 ) -> dict:
@@ -533,6 +550,9 @@ def run_benchmark(
         override (`str`, *optional*): settings for every guided method, see :func:`parse_methods`.
         force (`bool`, *optional*, defaults to `False`): accept a folder made with other settings.
         progress (`bool`, *optional*, defaults to `True`): progress bar on stderr.
+        generate (`bool`, *optional*, defaults to `True`): `False` only summarises what the folder holds.
+        paired (`bool`, *optional*, defaults to `True`): summarise only the (prompt, seed) pairs that every
+            requested method has finished (all of them once the run is complete).
         generate_fn (`Callable`, *optional*): ``ait2i.generate`` by default (tests pass a fake).
         checker (`Callable`, *optional*): image -> detections, :func:`~ait2i.shapes.check.check` by default.
 
@@ -576,6 +596,8 @@ def run_benchmark(
         for p in order
         for label, cfg in resolved
     ]
+    if not generate:
+        todo = []
     total = sum(sum((lab, p.text, s) not in done for s in ch) for ch, p, lab, _ in todo)
     bar = None
     if progress and total:
@@ -629,6 +651,9 @@ def run_benchmark(
 
     wanted = {(lab, p.text, s) for lab, _ in resolved for p in prompts for s in seed_list}
     rows = [r for r in load_results(out) if (r["method"], r["prompt"], r["seed"]) in wanted]
+    finished = len(rows)
+    if paired:
+        rows = paired_rows(rows)
     summary = summarize(rows)
     report = {
         "settings": {k: v for k, v in manifest.items() if k != "methods"},
@@ -638,6 +663,7 @@ def run_benchmark(
         },
         "methods": manifest["methods"],
         "seconds_this_run": round(time.time() - t0, 1),
+        "images": {"planned": len(wanted), "finished": finished, "summarised": len(rows), "paired": paired},
         "summary": summary,
     }
     _write_atomic(out / "summary.json", json.dumps(report, indent=1).encode())
@@ -674,6 +700,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts-per-category", type=int, default=8, help="1-12 (default 8)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--force", action="store_true", help="reuse a folder made with other settings")
+    parser.add_argument(
+        "--summarize-only", action="store_true", help="generate nothing; summarise what the folder holds"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -706,6 +735,7 @@ def run(args: argparse.Namespace) -> int:
             model=model,
             force=args.force,
             progress=not args.no_progress,
+            generate=not args.summarize_only,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
