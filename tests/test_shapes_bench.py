@@ -355,3 +355,12 @@ def test_smoke_run_on_tiny_pipeline(tmp_path, one_thread):
     b = np.asarray(Image.open(tmp_path / "one" / rel), dtype=np.int16)
     assert np.abs(a - b).max() <= 2
     assert s1["ait2i"]["all"]["n"] == 4
+
+
+def test_model_id_names_the_weights(tmp_path):
+    for name, data in (("a", b"weights"), ("b", b"weights"), ("c", b"weightz")):
+        (tmp_path / name / "unet").mkdir(parents=True)
+        (tmp_path / name / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(data)
+    assert B.model_id(tmp_path / "a") == B.model_id(tmp_path / "b") != B.model_id(tmp_path / "c")
+    with pytest.raises(ValueError, match="no"):
+        B.model_id(tmp_path)

@@ -706,6 +706,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def model_id(folder: Path) -> str:
+    """Names a diffusers folder by the SHA-256 of its weight files (so two copies of one model agree)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    files = sorted(folder.glob("*/*.safetensors"))
+    if not files:
+        raise ValueError(f"{folder} holds no */*.safetensors weights")
+    for f in files:
+        h.update(f.relative_to(folder).as_posix().encode())
+        h.update(f.read_bytes())
+    return f"sha256:{h.hexdigest()[:16]}"
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs ``ait2i bench shapes`` from parsed arguments; prints the table. Returns the exit status."""
     try:
@@ -720,7 +734,7 @@ def run(args: argparse.Namespace) -> int:
         shapes_prompts(cats, args.prompts_per_category)
         pipe = load_pipeline(args.model, scheduler=args.scheduler)
         pipe.set_progress_bar_config(disable=True)
-        model = str(Path(args.model).resolve()) if args.model else f"shipped:{pretrained_dir().name}"
+        model = model_id(Path(args.model) if args.model else pretrained_dir())
         summary = run_benchmark(
             pipe,
             [lab for lab, _ in resolved],
