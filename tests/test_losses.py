@@ -112,10 +112,7 @@ def ref_cos(a, b):
 
 def ref_outside(m, centre, radius):
     disc = [
-        [
-            m[y][x] if (x - centre[0]) ** 2 + (y - centre[1]) ** 2 < radius**2 else 0.0
-            for x in range(len(m[0]))
-        ]
+        [m[y][x] if (x - centre[0]) ** 2 + (y - centre[1]) ** 2 < radius**2 else 0.0 for x in range(len(m[0]))]
         for y in range(len(m))
     ]
     return 1.0 - ref_cos(m, disc)
@@ -133,11 +130,7 @@ def ref_smooth_max(m, k=3, sigma=0.5):
     best = -1.0
     for y in range(h):
         for x in range(w):
-            v = sum(
-                g1[a] * g1[b] / s * m[refl(y + a - p, h)][refl(x + b - p, w)]
-                for a in range(k)
-                for b in range(k)
-            )
+            v = sum(g1[a] * g1[b] / s * m[refl(y + a - p, h)][refl(x + b - p, w)] for a in range(k) for b in range(k))
             best = max(best, v)
     return best
 
@@ -162,9 +155,7 @@ def ref_loss(raw, subjects, cfg, eot):
 
     smaps = [subj_map(s.tokens) for s in subjects]
     max_att = [
-        ref_smooth_max(
-            [[sum(ane[y][x][t] for t in s.tokens) / len(s.tokens) for x in range(w)] for y in range(h)]
-        )
+        ref_smooth_max([[sum(ane[y][x][t] for t in s.tokens) / len(s.tokens) for x in range(w)] for y in range(h)])
         for s in subjects
     ]
     pairs = [(i, j) for i in range(len(subjects)) for j in range(i + 1, len(subjects))]
@@ -172,8 +163,7 @@ def ref_loss(raw, subjects, cfg, eot):
         iso = 0.0
     elif cfg.isolation_metric == "euclidean":
         iso = sum(
-            1 - math.dist(ref_centroid(smaps[i]), ref_centroid(smaps[j])) / math.sqrt(h * h + w * w)
-            for i, j in pairs
+            1 - math.dist(ref_centroid(smaps[i]), ref_centroid(smaps[j])) / math.sqrt(h * h + w * w) for i, j in pairs
         ) / len(pairs)
     else:
         iso = sum(ref_cos(smaps[i], smaps[j]) for i, j in pairs) / len(pairs)
@@ -362,9 +352,7 @@ def test_attribute_loss_hand_computed():
 # ------------------------------------------------------------------------------------------------------------------
 def test_isolation_euclidean_values():
     a, b = deltas({(0, 0): 1.0}), deltas({(15, 15): 1.0})
-    assert isolation_loss(stack(a, b)).item() == pytest.approx(
-        1 - 15 * math.sqrt(2) / DIAG_16, abs=1e-6
-    )  # 1/16
+    assert isolation_loss(stack(a, b)).item() == pytest.approx(1 - 15 * math.sqrt(2) / DIAG_16, abs=1e-6)  # 1/16
     assert isolation_loss(stack(a, a)).item() == pytest.approx(1.0, abs=1e-6)
     c = deltas({(15, 0): 1.0})
     want = ((1 - 15 * math.sqrt(2) / DIAG_16) + 2 * (1 - 15 / DIAG_16)) / 3  # mean over the 3 pairs
@@ -408,9 +396,7 @@ def _maps(logits):  # (B, G, H, W) logits -> per-map spatial softmax
 def test_aggregation_gradient_gathers_mass():
     # three bumps of decreasing height: stable regions, so one small step keeps the same peaks
     logits = (4 * blob(3, 3, 1.2) + 3 * blob(12, 12, 1.2) + 2 * blob(12, 3, 1.2))[None, None] * 2
-    outside = (
-        deltas({(x, y): 1.0 for x in range(16) for y in range(16) if (x - 3) ** 2 + (y - 3) ** 2 >= 25}) > 0
-    )
+    outside = deltas({(x, y): 1.0 for x in range(16) for y in range(16) if (x - 3) ** 2 + (y - 3) ** 2 >= 25}) > 0
     for metric in ("euclidean", "cosine"):
         before, after, new = _step(lambda z, m=metric: aggregation_loss(_maps(z), metric=m), logits, 10.0)
         assert after < before, metric

@@ -43,8 +43,13 @@ def test_attend_and_excite_matches_diffusers(scheduler, prompt, indices):
     ref = ref_pipe(prompt, token_indices=indices, num_inference_steps=steps, generator=_gen(1), output_type="latent")
     pipe = tiny_sd_pipeline(scheduler)
     out = ait2i.generate(
-        pipe, prompt, [[i] for i in indices], method="attend-and-excite",
-        num_inference_steps=steps, generator=_gen(1), output_type="latent",
+        pipe,
+        prompt,
+        [[i] for i in indices],
+        method="attend-and-excite",
+        num_inference_steps=steps,
+        generator=_gen(1),
+        output_type="latent",
     )
     ref_lat, our_lat = ref.images, out.images
     start = torch.randn(ref_lat.shape, generator=_gen(1))

@@ -110,6 +110,9 @@ class AIT2IConfig(GuidanceConfig):
     """AI-T2I (Cao et al., 2026): aggregation + attribute binding + isolation (+ presence), DESIGN §4."""
 
     from_where: tuple[str, ...] = ("up", "down")
+    #: Our default guides the first half of the steps whatever their number (25 of 50, as the authors' code);
+    #: the "ait2i-paper" preset keeps the absolute 25.
+    max_guided_steps: int | float = 0.5
     refinement: dict[int | float, float] | None = None
     #: Loss weights. Isolation pushes subjects apart; aggregation gathers each subject into one region;
     #: attribute binding gathers each attribute token onto its noun; presence is A&E's neglect term.
@@ -166,7 +169,7 @@ def _resolve(v: int | float, num_steps: int) -> int:
 
 PRESETS = {
     # The authors' released configuration, kept whatever our defaults become.
-    "ait2i-paper": lambda: AIT2IConfig(name="ait2i-paper"),
+    "ait2i-paper": lambda: AIT2IConfig(name="ait2i-paper", max_guided_steps=25),
     # Our default; equal to the paper preset until the ShapesWorld ablation says otherwise (docs/method.md).
     "ait2i": lambda: AIT2IConfig(),
     "attend-and-excite": lambda: AttendExciteConfig(),
