@@ -530,7 +530,7 @@ def test_compute_loss_bad_input():
     with pytest.raises(ValueError, match="no subject"):
         compute_loss(raw, [], AIT2IConfig(), 8)
     with pytest.raises(ValueError, match=r"\[1, 7\]"):
-        compute_loss(raw, [Subj("x", (8,))], AIT2IConfig(), 8)  # the end token under span='prompt'
+        compute_loss(raw, [Subj("x", (8,))], AIT2IConfig(softmax_span="prompt"), 8)  # the end token
     with pytest.raises(ValueError, match=r"\[1, 10\]"):
         compute_loss(raw, [Subj("x", (0,))], AttendExciteConfig(), 8)  # the start token
     with pytest.raises(TypeError, match="AIT2IConfig"):
