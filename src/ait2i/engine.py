@@ -150,9 +150,9 @@ class GuidanceEngine:
             z = latents.detach().clone().requires_grad_(guided)
             raw, loss, terms, max_att = self._loss(z, t, None)
             if i in self.thresholds:
-                z, iters = self._refine(z, t, loss, max_att, self.thresholds[i], eta)
-                if any(iters):  # maps, loss and graph of the refined latents
-                    z = z.detach().requires_grad_(True)
+                refined, iters = self._refine(z, t, loss, max_att, self.thresholds[i], eta)
+                if any(iters):  # maps, loss and graph of the refined latents (else z keeps its graph)
+                    z = refined.detach().requires_grad_(True)
                     raw, loss, terms, max_att = self._loss(z, t, None)
             skipped = [False] * b
             if i < self.guided:
