@@ -35,35 +35,13 @@ def test_bench_registers_all_subcommands():
 
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+    from transformers import CLIPImageProcessor, CLIPProcessor
 
-    from ait2i.testing import clip_tokenizer, tiny_sd_pipeline
+    from ait2i.testing import clip_tokenizer, tiny_clip_model, tiny_sd_pipeline
 
     root = tmp_path_factory.mktemp("models")
     tiny_sd_pipeline().save_pretrained(root / "sd")
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config={
-            "vocab_size": 49408,
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "bos_token_id": 49406,
-            "eos_token_id": 49407,
-            "pad_token_id": 49407,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        projection_dim=16,
-    )
-    CLIPModel(cfg).save_pretrained(root / "clip")
+    tiny_clip_model().save_pretrained(root / "clip")
     ip = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=ip, tokenizer=clip_tokenizer()).save_pretrained(root / "clip")
     return root

@@ -122,34 +122,12 @@ def test_summarize_interval_over_prompts():
 # -- tiny random models --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_clip():
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from transformers import CLIPImageProcessor
 
-    from ait2i.testing import clip_tokenizer
+    from ait2i.testing import clip_tokenizer, tiny_clip_model
 
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config={
-            "vocab_size": 49408,
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "bos_token_id": 49406,
-            "eos_token_id": 49407,
-            "pad_token_id": 49407,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        projection_dim=16,
-    )
     proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    return M.ClipEmbedder(CLIPModel(cfg), clip_tokenizer(), proc)
+    return M.ClipEmbedder(tiny_clip_model(), clip_tokenizer(), proc)
 
 
 @pytest.fixture(scope="module")

@@ -103,3 +103,14 @@ def tiny_sd_pipeline(scheduler: str = "ddim", seed: int = 0):
     pipe = StableDiffusionPipeline(**tiny_sd_components(scheduler, seed), requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_clip_model(seed: int = 0):
+    """A random ``CLIPModel`` (width 32, 2 layers, 32x32 images, patch 8), SD 1.x vocabulary, for metric tests."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(seed)
+    layers = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+    text = {**layers, "vocab_size": 49408, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407}
+    vision = {**layers, "image_size": 32, "patch_size": 8}
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
