@@ -87,12 +87,14 @@ def test_prompt_categories():
             assert len(set(colors)) == len(colors)
             assert p.text == R.caption_of(p.subjects)
             held = [o for o in p.objects if o in R.HELD_OUT]
-            assert len(held) == (1 if cat == "held_out" else 0)
-            assert len(p.objects) == {"single": 1, "three": 3}.get(cat, 2)
+            assert len(held) == (1 if cat in ("held_out", "three_held_out") else 0)
+            assert len(p.objects) == (1 if cat == "single" else 3 if cat.startswith("three") else 2)
             if cat in ("two", "held_out"):
                 assert len(set(shapes)) == 2
-            if cat == "same_shape":
+            if cat in ("same_shape", "three_same_shape"):
                 assert len(set(shapes)) == 1
+        if cat == "three_held_out":  # the held-out object's position rotates
+            assert {[o in R.HELD_OUT for o in p.objects].index(True) for p in ps} == {0, 1, 2}
     with pytest.raises(ValueError, match="unknown categories"):
         B.shapes_prompts(["four"])
     with pytest.raises(ValueError, match="1..12"):
@@ -364,3 +366,13 @@ def test_model_id_names_the_weights(tmp_path):
     assert B.model_id(tmp_path / "a") == B.model_id(tmp_path / "b") != B.model_id(tmp_path / "c")
     with pytest.raises(ValueError, match="no"):
         B.model_id(tmp_path)
+
+
+def test_default_methods_scale_attend_and_excite_windows():
+    (_, none), (ae_label, ae), (_, ours) = B.parse_methods(B.DEFAULT_METHODS)
+    preset = AttendExciteConfig()
+    assert none.name == "none" and ours == AIT2IConfig() and ae_label.startswith("attend-and-excite:")
+    # at the references' 50 steps the scaled windows are exactly the preset's
+    assert ae.refinement_thresholds(50) == preset.refinement_thresholds(50) == {0: 0.05, 10: 0.5, 20: 0.8}
+    assert ae.guided_steps(50) == preset.guided_steps(50) == 25
+    assert ae.refinement_thresholds(20) == {0: 0.05, 4: 0.5, 8: 0.8} and ae.guided_steps(20) == 10

@@ -43,10 +43,15 @@ from ..config import GuidanceConfig, get_config
 from .check import check, match
 from .render import COLORS, HELD_OUT, SHAPES, caption_of
 
-CATEGORIES = ("single", "two", "same_shape", "held_out", "three")
-DEFAULT_METHODS = "none,attend-and-excite,ait2i"
+#: Prompt categories. New ones go at the end: a category's prompt list is drawn from its position.
+CATEGORIES = ("single", "two", "same_shape", "held_out", "three", "three_same_shape", "three_held_out")
+#: Attend-and-Excite with its windows as fractions of the run: at 50 steps this is exactly the preset (guided
+#: steps 0-24, refinement at steps 0, 10, 20); at 20 steps it guides steps 0-9 and refines at 0, 4 and 8.
+AE_SCALED = "attend-and-excite:max_guided_steps=0.5,refinement={0:0.05,0.2:0.5,0.4:0.8}"
+DEFAULT_METHODS = "default"
 #: Named method sets for ``--methods``.
 METHOD_SETS = {
+    "default": ("none", AE_SCALED, "ait2i"),
     "ablation": (
         "ait2i",
         "ait2i:w_isolation=0",
@@ -99,7 +104,9 @@ def shapes_prompts(categories: Sequence[str] | None = None, per_category: int = 
 
     Every list is drawn once from a fixed seed; only seen colour-shape pairs are used, except in ``held_out``,
     where each prompt pairs one :data:`~ait2i.shapes.HELD_OUT` pair with a seen pair of another colour and
-    shape (held-out object first in half of the prompts). Colours within a prompt are distinct.
+    shape (held-out object first in half of the prompts), and ``three_held_out``, where one held-out pair joins
+    two seen pairs (its position rotates through first, second and third). ``three_same_shape`` asks for one shape
+    in three colours (binding is all colour). Colours within a prompt are distinct.
 
     Args:
         categories (`Sequence[str]`, *optional*): a subset of :data:`CATEGORIES` (all by default).
@@ -128,8 +135,17 @@ def shapes_prompts(categories: Sequence[str] | None = None, per_category: int = 
                 partners = [p for p in seen if p[0] != h[0] and p[1] != h[1]]
                 p = partners[rng.integers(len(partners))]
                 objs = (h, p) if len(chosen) % 2 == 0 else (p, h)
+            elif cat == "three_held_out":
+                h = held[len(chosen) % len(held)]
+                partners = [p for p in seen if p[0] != h[0]]
+                a, b = (partners[i] for i in rng.choice(len(partners), size=2, replace=False))
+                if a[0] == b[0]:
+                    continue
+                objs = [a, b]
+                objs.insert(len(chosen) % 3, h)
+                objs = tuple(objs)
             else:
-                n = 3 if cat == "three" else 2
+                n = 3 if cat.startswith("three") else 2
                 idx = rng.choice(len(seen), size=n, replace=False)
                 objs = tuple(seen[i] for i in idx)
                 colors = {c for c, _ in objs}
@@ -138,7 +154,7 @@ def shapes_prompts(categories: Sequence[str] | None = None, per_category: int = 
                     continue
                 if cat == "two" and len(shapes) != 2:
                     continue
-                if cat == "same_shape" and len(shapes) != 1:
+                if cat in ("same_shape", "three_same_shape") and len(shapes) != 1:
                     continue
             if objs not in chosen:
                 chosen.append(objs)
@@ -516,9 +532,9 @@ def run_benchmark(
     seeds: str | Sequence[int] = "0-31",
     out_dir: str | os.PathLike = "runs/shapes",
     *,
-    num_inference_steps: int = 50,
+    num_inference_steps: int = 20,
     guidance_scale: float = 7.5,
-    batch_size: int = 16,
+    batch_size: int = 32,
     categories: Sequence[str] | None = None,
     prompts_per_category: int = 8,
     height: int | None = None,
@@ -539,9 +555,9 @@ def run_benchmark(
         methods (`str` or `Sequence[str]`, *optional*): see :func:`parse_methods`.
         seeds (`str` or `Sequence[int]`, *optional*, defaults to `"0-31"`): seeds per prompt.
         out_dir (`str` or `os.PathLike`, *optional*): output folder (created).
-        num_inference_steps (`int`, *optional*, defaults to 50): sampler steps.
+        num_inference_steps (`int`, *optional*, defaults to 20): sampler steps.
         guidance_scale (`float`, *optional*, defaults to 7.5): classifier-free guidance scale.
-        batch_size (`int`, *optional*, defaults to 16): seeds generated together (one generator per seed, so an
+        batch_size (`int`, *optional*, defaults to 32): seeds generated together (one generator per seed, so an
             image does not depend on its batch).
         categories (`Sequence[str]`, *optional*): subset of :data:`CATEGORIES`.
         prompts_per_category (`int`, *optional*, defaults to 8): see :func:`shapes_prompts`.
@@ -679,8 +695,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods",
         default=DEFAULT_METHODS,
-        help="comma-separated presets, variants (ait2i:w_isolation=0,w_presence=0) or the named "
-        f"set 'ablation' (default: {DEFAULT_METHODS})",
+        help="comma-separated presets, variants (ait2i:w_isolation=0,w_presence=0) or the named sets 'default' "
+        f"(= none,{AE_SCALED},ait2i) and 'ablation' (default: {DEFAULT_METHODS})",
     )
     parser.add_argument(
         "--override",
@@ -689,9 +705,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seeds", default="0-31", help="seeds per prompt, e.g. 0-31 or 0,5,10-12 (default 0-31)")
     parser.add_argument("--out", default="runs/shapes", help="output folder (resumable; default runs/shapes)")
-    parser.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
+    parser.add_argument(
+        "--steps", type=int, default=20, help="sampler steps (default 20; DDIM, the model's scheduler)"
+    )
     parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default 7.5)")
-    parser.add_argument("--batch-size", type=int, default=16, help="seeds generated together (default 16)")
+    parser.add_argument("--batch-size", type=int, default=32, help="seeds generated together (default 32)")
     parser.add_argument("--model", default=None, help="diffusers folder of a ShapesWorld model (default: shipped)")
     parser.add_argument("--scheduler", default="ddim", choices=("ddim", "pndm"), help="sampler (default ddim)")
     parser.add_argument(
