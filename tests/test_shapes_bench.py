@@ -376,3 +376,52 @@ def test_default_methods_scale_attend_and_excite_windows():
     assert ae.refinement_thresholds(50) == preset.refinement_thresholds(50) == {0: 0.05, 10: 0.5, 20: 0.8}
     assert ae.guided_steps(50) == preset.guided_steps(50) == 25
     assert ae.refinement_thresholds(20) == {0: 0.05, 4: 0.5, 8: 0.8} and ae.guided_steps(20) == 10
+
+
+def test_shards_split_the_run_without_overlap(tmp_path):
+    full, a, b = FakeGenerate(), FakeGenerate(), FakeGenerate()
+    _run(tmp_path / "full", full)
+    _run(tmp_path / "split", a, shard=(0, 2))
+    assert len(B.load_results(tmp_path / "split")) < 40  # half the batches only
+    s = _run(tmp_path / "split", b, shard=(1, 2))
+    assert not set(a.calls) & set(b.calls) and sorted(a.calls + b.calls) == sorted(full.calls)
+    rows = B.load_results(tmp_path / "split")
+    assert len(rows) == 40 and len({(r["method"], r["prompt"], r["seed"]) for r in rows}) == 40
+    assert s == json.loads((tmp_path / "full" / "summary.json").read_text())["summary"]
+    for bad in ((2, 2), (-1, 2), (0, 0)):
+        with pytest.raises(ValueError, match="shard"):
+            _run(tmp_path / "bad", FakeGenerate(), shard=bad)
+    assert B.parse_shard("1/3") == (1, 3)
+    for bad in ("3/3", "1", "a/b", ""):
+        with pytest.raises(ValueError, match="i/n"):
+            B.parse_shard(bad)
+
+
+def test_worker_command_line_keeps_the_run_settings():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    B.add_arguments(parser)
+    argv = ["--methods", "none,ait2i:w_isolation=0", "--override", "max_guided_steps=0.4", "--seeds", "0-3"]
+    argv += ["--steps", "7", "--guidance-scale", "5.5", "--batch-size", "3", "--categories", "two,three"]
+    argv += ["--prompts-per-category", "2", "--model", "/m", "--scheduler", "pndm", "--force", "--out", "o"]
+    args = parser.parse_args(argv + ["--workers", "3"])
+    cmd = B._worker_argv(args, 1, 3, 2)
+    assert cmd[1:3] == ["-m", "ait2i.shapes.bench"]
+    worker = parser.parse_args(cmd[3:])
+    assert (worker.shard, worker.threads, worker.workers, worker.no_progress) == ("1/3", 2, 1, True)
+    for k, v in vars(args).items():
+        if k not in ("shard", "threads", "workers", "no_progress"):
+            assert getattr(worker, k) == v, k
+
+
+@pytest.mark.slow
+def test_two_workers_write_every_image_once(tmp_path, capsys):
+    argv = ["--methods", "none", "--categories", "single", "--prompts-per-category", "1", "--seeds", "0-3"]
+    argv += ["--steps", "2", "--batch-size", "1", "--workers", "2", "--no-progress", "--out", str(tmp_path)]
+    assert B.main(argv) == 0
+    rows = B.load_results(tmp_path)
+    assert sorted(r["seed"] for r in rows) == [0, 1, 2, 3]
+    assert json.loads((tmp_path / "summary.json").read_text())["images"]["finished"] == 4
+    assert "| single | none | 4 |" in capsys.readouterr().out
+    assert B.main(argv) == 0 and len(B.load_results(tmp_path)) == 4  # resumed: nothing redone

@@ -542,6 +542,7 @@ def run_benchmark(
     model: str = "",
     override: str | None = None,
     force: bool = False,
+    shard: tuple[int, int] | None = None,
     progress: bool = True,
     generate: bool = True,
     paired: bool = True,
@@ -565,6 +566,9 @@ def run_benchmark(
         model (`str`, *optional*): the model's name or path, recorded in the manifest and compared on resume.
         override (`str`, *optional*): settings for every guided method, see :func:`parse_methods`.
         force (`bool`, *optional*, defaults to `False`): accept a folder made with other settings.
+        shard (`tuple[int, int]`, *optional*): ``(i, n)`` generates only batches ``i, i + n, ...`` of the run's
+            fixed batch order, so ``n`` processes sharing one folder split the work without overlap (rows are
+            appended with one ``O_APPEND`` write each). The summary covers what the folder holds.
         progress (`bool`, *optional*, defaults to `True`): progress bar on stderr.
         generate (`bool`, *optional*, defaults to `True`): `False` only summarises what the folder holds.
         paired (`bool`, *optional*, defaults to `True`): summarise only the (prompt, seed) pairs that every
@@ -612,6 +616,11 @@ def run_benchmark(
         for p in order
         for label, cfg in resolved
     ]
+    if shard is not None:
+        i, n = shard
+        if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
+            raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+        todo = todo[i::n]
     if not generate:
         todo = []
     total = sum(sum((lab, p.text, s) not in done for s in ch) for ch, p, lab, _ in todo)
@@ -705,9 +714,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seeds", default="0-31", help="seeds per prompt, e.g. 0-31 or 0,5,10-12 (default 0-31)")
     parser.add_argument("--out", default="runs/shapes", help="output folder (resumable; default runs/shapes)")
-    parser.add_argument(
-        "--steps", type=int, default=20, help="sampler steps (default 20; DDIM, the model's scheduler)"
-    )
+    parser.add_argument("--steps", type=int, default=20, help="sampler steps (default 20; DDIM, the model's scheduler)")
     parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default 7.5)")
     parser.add_argument("--batch-size", type=int, default=32, help="seeds generated together (default 32)")
     parser.add_argument("--model", default=None, help="diffusers folder of a ShapesWorld model (default: shipped)")
@@ -716,6 +723,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--categories", default=",".join(CATEGORIES), help=f"comma-separated subset of {','.join(CATEGORIES)}"
     )
     parser.add_argument("--prompts-per-category", type=int, default=8, help="1-12 (default 8)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes generating in parallel into one folder (default: 2 where the machine has 2 or more "
+        "cores, else 1); each gets cores/workers torch threads unless --threads is given",
+    )
+    parser.add_argument(
+        "--shard", default=None, help="i/n: generate only this process's share (what --workers runs in each process)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--force", action="store_true", help="reuse a folder made with other settings")
     parser.add_argument(
@@ -738,18 +755,103 @@ def model_id(folder: Path) -> str:
     return f"sha256:{h.hexdigest()[:16]}"
 
 
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec or "")
+    if not m or not int(m.group(1)) < int(m.group(2)):
+        raise ValueError(f"--shard must be i/n with 0 <= i < n (e.g. 0/2), got {spec!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _worker_argv(args: argparse.Namespace, i: int, n: int, threads: int) -> list[str]:
+    """The command line of worker ``i`` of ``n``: this run's settings, its shard, one progress-less process."""
+    cmd = [sys.executable, "-m", "ait2i.shapes.bench", "--methods", args.methods, "--seeds", args.seeds]
+    cmd += ["--out", str(args.out), "--steps", str(args.steps), "--guidance-scale", repr(args.guidance_scale)]
+    cmd += ["--batch-size", str(args.batch_size), "--scheduler", args.scheduler, "--categories", args.categories]
+    cmd += ["--prompts-per-category", str(args.prompts_per_category)]
+    if args.override:
+        cmd += ["--override", args.override]
+    if args.model:
+        cmd += ["--model", str(args.model)]
+    if args.force:
+        cmd.append("--force")
+    return cmd + ["--shard", f"{i}/{n}", "--threads", str(threads), "--workers", "1", "--no-progress"]
+
+
+def _run_workers(args: argparse.Namespace, workers: int, todo: int) -> None:
+    """Runs ``workers`` processes on shards of the run; a bar follows ``results.jsonl``. Raises if one fails."""
+    import subprocess
+    import tempfile
+
+    threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
+    out = Path(args.out)
+    start = _count_lines(out / RESULTS)
+    logs = [tempfile.TemporaryFile() for _ in range(workers)]
+    procs = [
+        subprocess.Popen(_worker_argv(args, i, workers, threads), stdout=logs[i], stderr=subprocess.STDOUT)
+        for i in range(workers)
+    ]
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=todo, desc=f"shapes bench ({workers} workers)", unit="img")
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(2)
+            if bar is not None:
+                bar.n = min(_count_lines(out / RESULTS) - start, todo)
+                bar.refresh()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+    if failed:
+        i = failed[0]
+        logs[i].seek(0)
+        tail = logs[i].read().decode(errors="replace").strip().splitlines()[-15:]
+        raise RuntimeError(
+            f"worker {i}/{workers} exited with status {procs[i].returncode}; the folder keeps every finished image "
+            "(rerun the same command to resume). Its last lines:\n" + "\n".join(tail)
+        )
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    """Runs ``ait2i bench shapes`` from parsed arguments; prints the table. Returns the exit status."""
+    """Runs ``ait2i bench shapes`` from parsed arguments; prints the table. Returns the exit status.
+
+    With more than one worker, this process checks the settings and writes the manifest, starts the workers
+    (``python -m ait2i.shapes.bench ... --shard i/n``), follows them with a progress bar and summarises.
+    """
     try:
         import torch
 
         from .model import load_pipeline, pretrained_dir
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
         resolved = parse_methods(args.methods, args.override)  # fail on a bad method before loading anything
         cats = [c.strip() for c in args.categories.split(",") if c.strip()]
-        shapes_prompts(cats, args.prompts_per_category)
+        prompts = shapes_prompts(cats, args.prompts_per_category)
+        shard = parse_shard(args.shard) if args.shard is not None else None
+        workers = args.workers if args.workers is not None else (2 if (os.cpu_count() or 1) >= 2 else 1)
+        if workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {workers}")
+        if shard is not None or args.summarize_only:
+            workers = 1
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        elif workers > 1:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
         pipe = load_pipeline(args.model, scheduler=args.scheduler)
         pipe.set_progress_bar_config(disable=True)
         model = model_id(Path(args.model) if args.model else pretrained_dir())
@@ -766,12 +868,33 @@ def run(args: argparse.Namespace) -> int:
             prompts_per_category=args.prompts_per_category,
             model=model,
             force=args.force,
+            shard=shard,
             progress=not args.no_progress,
-            generate=not args.summarize_only,
+            generate=not args.summarize_only and workers == 1,
         )
-    except ValueError as e:
+        if workers > 1:  # the call above checked and wrote the manifest; the workers generate, then we summarise
+            wanted = {(lab, p.text, s) for lab, _ in resolved for p in prompts for s in parse_seeds(args.seeds)}
+            have = {(r["method"], r["prompt"], r["seed"]) for r in load_results(args.out)}
+            _run_workers(args, workers, len(wanted - have))
+            summary = run_benchmark(
+                pipe,
+                [lab for lab, _ in resolved],
+                args.seeds,
+                args.out,
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance_scale,
+                batch_size=args.batch_size,
+                categories=cats,
+                override=args.override,
+                prompts_per_category=args.prompts_per_category,
+                model=model,
+                force=args.force,
+                progress=False,
+                generate=False,
+            )
+    except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(e, ValueError) else 1
     print(markdown_table(summary), end="")
     print(f"results: {Path(args.out) / 'summary.json'}")
     return 0
