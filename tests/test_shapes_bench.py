@@ -405,6 +405,7 @@ def test_worker_command_line_keeps_the_run_settings():
     argv = ["--methods", "none,ait2i:w_isolation=0", "--override", "max_guided_steps=0.4", "--seeds", "0-3"]
     argv += ["--steps", "7", "--guidance-scale", "5.5", "--batch-size", "3", "--categories", "two,three"]
     argv += ["--prompts-per-category", "2", "--model", "/m", "--scheduler", "pndm", "--force", "--out", "o"]
+    argv += ["--reference", "ait2i:w_isolation=0"]
     args = parser.parse_args(argv + ["--workers", "3"])
     cmd = B._worker_argv(args, 1, 3, 2)
     assert cmd[1:3] == ["-m", "ait2i.shapes.bench"]
@@ -425,3 +426,58 @@ def test_two_workers_write_every_image_once(tmp_path, capsys):
     assert json.loads((tmp_path / "summary.json").read_text())["images"]["finished"] == 4
     assert "| single | none | 4 |" in capsys.readouterr().out
     assert B.main(argv) == 0 and len(B.load_results(tmp_path)) == 4  # resumed: nothing redone
+
+
+def _pair_row(method, prompt, seed, exact, extra=False, category="two"):
+    return {
+        "method": method,
+        "category": category,
+        "prompt": prompt,
+        "seed": seed,
+        "recall": 1.0 if exact else 0.5,
+        "all_present": exact,
+        "exact_binding": exact,
+        "has_extra": extra,
+    }
+
+
+def test_paired_differences_by_hand():
+    ref = {"p1": [1, 0, 0, 1], "p2": [0, 0, 1, 1]}
+    new = {"p1": [1, 1, 1, 1], "p2": [0, 1, 1, 1]}
+    rows = [_pair_row("none", p, i, bool(v), extra=True) for p, vs in ref.items() for i, v in enumerate(vs)]
+    rows += [_pair_row("m", p, i, bool(v), extra=True) for p, vs in new.items() for i, v in enumerate(vs)]
+    rows.append(_pair_row("m", "p1", 9, False))  # no reference image for this seed: not a pair
+    d = B.paired_differences(rows, "none")
+    e = d["m"]["two"]
+    assert (e["n"], e["prompts"]) == (8, 2) and set(d["m"]) == {"two", "all"}
+    assert e["exact_binding"]["delta"] == pytest.approx(3 / 8)
+    assert (e["exact_binding"]["better"], e["exact_binding"]["worse"]) == (3, 0)
+    assert e["object_recall"]["delta"] == pytest.approx(3 / 8 * 0.5)
+    assert 0 <= e["exact_binding"]["low"] < 3 / 8 < e["exact_binding"]["high"] <= 1
+    assert e["extra_objects"] == {"delta": 0.0, "low": 0.0, "high": 0.0, "better": 0, "worse": 0}
+    assert B.paired_differences(rows, "none", seed=0) == d  # fixed seed: same intervals
+    table = B.differences_table(d, "none")
+    assert "| two | m | 8 | " in table and "+0.375 [" in table and "**" not in table.split("| two |")[1].split("|")[5]
+    # every pair better by one: the interval excludes 0 and is bold
+    rows2 = [_pair_row("none", f"p{i}", s, False) for i in range(3) for s in range(4)]
+    rows2 += [_pair_row("m", f"p{i}", s, True) for i in range(3) for s in range(4)]
+    d2 = B.paired_differences(rows2, "none")
+    assert d2["m"]["all"]["exact_binding"] == {"delta": 1.0, "low": 1.0, "high": 1.0, "better": 12, "worse": 0}
+    assert "**+1.000 [+1.000, +1.000]**" in B.differences_table(d2, "none")
+    with pytest.raises(ValueError, match="reference method 'ait2i' has no results"):
+        B.paired_differences(rows, "ait2i")
+
+
+def test_run_writes_paired_differences(tmp_path):
+    s = _run(tmp_path, FakeGenerate())
+    report = json.loads((tmp_path / "summary.json").read_text())
+    assert report["paired_differences"]["reference"] == "none"
+    e = report["paired_differences"]["methods"]["ait2i"]["two"]
+    # the fake's "none" loses the second object for seeds 1 and 3 of 0-4 on two-object prompts
+    assert e["all_present"]["delta"] == pytest.approx(0.4) and e["all_present"]["better"] == 4
+    assert e["all_present"]["delta"] == pytest.approx(
+        s["ait2i"]["two"]["all_present"]["value"] - s["none"]["two"]["all_present"]["value"]
+    )
+    assert "| two | ait2i | 10 |" in (tmp_path / "summary.md").read_text()
+    with pytest.raises(ValueError, match="reference 'ait2i:w_isolation=0' is not among"):
+        _run(tmp_path, FakeGenerate(), reference="ait2i:w_isolation=0")

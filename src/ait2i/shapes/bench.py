@@ -419,6 +419,104 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Row field behind each metric.
+_ROW_KEYS = {
+    "object_recall": "recall",
+    "all_present": "all_present",
+    "exact_binding": "exact_binding",
+    "extra_objects": "has_extra",
+}
+
+
+def _cluster_bootstrap(groups: Sequence[np.ndarray], resamples: int, seed: int) -> tuple[float, float]:
+    """95% interval of the pooled mean of ``groups`` (one array per prompt) by a two-level bootstrap.
+
+    Each resample draws prompts with replacement, then seeds with replacement within every drawn prompt, so
+    the interval reflects that seeds of one prompt are not independent draws.
+    """
+    sizes = np.array([len(g) for g in groups])
+    if sizes.sum() == 0:
+        return 0.0, 0.0
+    width = sizes.max()
+    table = np.zeros((len(groups), width))
+    for i, g in enumerate(groups):
+        table[i, : len(g)] = g
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(groups), size=(resamples, len(groups)))
+    n = sizes[pick]  # (R, P)
+    cols = np.floor(rng.random((resamples, len(groups), width)) * n[..., None]).astype(np.int64)
+    valid = np.arange(width)[None, None, :] < n[..., None]
+    vals = table[pick[..., None], cols] * valid
+    stats = vals.sum(axis=(1, 2)) / valid.sum(axis=(1, 2))
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def paired_differences(rows: Sequence[dict], reference: str, resamples: int = 2000, seed: int = 0) -> dict:
+    """Each method minus ``reference`` on the images both have (same prompt and seed), per category and overall.
+
+    Returns:
+        `dict`: ``{method: {category: {"n": pairs, "prompts": int, metric: {"delta", "low", "high"}, and for the
+        yes/no metrics "better"/"worse": pairs where only the method / only the reference has it}}}``. The
+        95% intervals come from :func:`_cluster_bootstrap` over prompts and seeds; ``extra_objects`` is a failure
+        rate, so a negative delta is an improvement there.
+
+    Raises:
+        `ValueError`: if ``reference`` has no rows.
+    """
+    ref = {(r["prompt"], r["seed"]): r for r in rows if r["method"] == reference}
+    if not ref:
+        methods = sorted({r["method"] for r in rows})
+        raise ValueError(f"reference method {reference!r} has no results here; methods present: {methods}")
+    out: dict[str, dict] = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        if method == reference:
+            continue
+        pairs = [
+            (r, ref[(r["prompt"], r["seed"])])
+            for r in rows
+            if r["method"] == method and (r["prompt"], r["seed"]) in ref
+        ]
+        cats = [c for c in CATEGORIES if any(r["category"] == c for r, _ in pairs)] + ["all"]
+        out[method] = {}
+        for cat in cats:
+            ps = pairs if cat == "all" else [(a, b) for a, b in pairs if a["category"] == cat]
+            prompts = list(dict.fromkeys(a["prompt"] for a, _ in ps))
+            entry: dict = {"n": len(ps), "prompts": len(prompts)}
+            for metric, key in _ROW_KEYS.items():
+                d = {p: [] for p in prompts}
+                for a, b in ps:
+                    d[a["prompt"]].append(float(a[key]) - float(b[key]))
+                groups = [np.asarray(v) for v in d.values()]
+                delta = float(np.concatenate(groups).mean()) if ps else 0.0
+                lo, hi = _cluster_bootstrap(groups, resamples, seed)
+                entry[metric] = {"delta": delta, "low": lo, "high": hi}
+                if metric != "object_recall":
+                    entry[metric]["better"] = sum(bool(a[key]) and not bool(b[key]) for a, b in ps)
+                    entry[metric]["worse"] = sum(bool(b[key]) and not bool(a[key]) for a, b in ps)
+            out[method][cat] = entry
+    return out
+
+
+def differences_table(diffs: dict, reference: str) -> str:
+    """:func:`paired_differences` as markdown; a delta whose interval excludes 0 is bold."""
+    deltas = " | ".join(f"Δ {m.replace('_', ' ')}" for m in METRICS)
+    head = f"| category | method − {reference} | pairs | {deltas} |"
+    lines = [head, "|" + "---|" * 7]
+
+    def cell(e):
+        text = f"{e['delta']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]"
+        return f"**{text}**" if e["low"] > 0 or e["high"] < 0 else text
+
+    cats = list(dict.fromkeys(c for m in diffs.values() for c in m))
+    for cat in cats:
+        for method, per in diffs.items():
+            if cat in per:
+                e = per[cat]
+                lines.append(f"| {cat} | {method} | {e['n']} | " + " | ".join(cell(e[k]) for k in METRICS) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # -- files ------------------------------------------------------------------------------------------------------
 
 
@@ -543,6 +641,7 @@ def run_benchmark(
     override: str | None = None,
     force: bool = False,
     shard: tuple[int, int] | None = None,
+    reference: str | None = None,
     progress: bool = True,
     generate: bool = True,
     paired: bool = True,
@@ -569,6 +668,9 @@ def run_benchmark(
         shard (`tuple[int, int]`, *optional*): ``(i, n)`` generates only batches ``i, i + n, ...`` of the run's
             fixed batch order, so ``n`` processes sharing one folder split the work without overlap (rows are
             appended with one ``O_APPEND`` write each). The summary covers what the folder holds.
+        reference (`str`, *optional*): the method the others are compared with, pair by pair
+            (:func:`paired_differences`, written to ``summary.json`` and ``summary.md``); the first method by
+            default, no comparison with one method.
         progress (`bool`, *optional*, defaults to `True`): progress bar on stderr.
         generate (`bool`, *optional*, defaults to `True`): `False` only summarises what the folder holds.
         paired (`bool`, *optional*, defaults to `True`): summarise only the (prompt, seed) pairs that every
@@ -592,6 +694,11 @@ def run_benchmark(
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
     prompts = shapes_prompts(categories, prompts_per_category)
+    labels = [label for label, _ in resolved]
+    if reference is not None and reference not in labels:
+        raise ValueError(f"reference {reference!r} is not among the methods {labels}")
+    if reference is None and len(labels) > 1:
+        reference = labels[0]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {
@@ -680,6 +787,7 @@ def run_benchmark(
     if paired:
         rows = paired_rows(rows)
     summary = summarize(rows)
+    diffs = paired_differences(rows, reference) if reference and any(r["method"] == reference for r in rows) else None
     report = {
         "settings": {k: v for k, v in manifest.items() if k != "methods"},
         "seeds": seed_list,
@@ -691,8 +799,12 @@ def run_benchmark(
         "images": {"planned": len(wanted), "finished": finished, "summarised": len(rows), "paired": paired},
         "summary": summary,
     }
+    md = markdown_table(summary)
+    if diffs:
+        report["paired_differences"] = {"reference": reference, "methods": diffs}
+        md += "\n" + differences_table(diffs, reference)
     _write_atomic(out / "summary.json", json.dumps(report, indent=1).encode())
-    _write_atomic(out / "summary.md", markdown_table(summary).encode())
+    _write_atomic(out / "summary.md", md.encode())
     return summary
 
 
@@ -723,6 +835,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--categories", default=",".join(CATEGORIES), help=f"comma-separated subset of {','.join(CATEGORIES)}"
     )
     parser.add_argument("--prompts-per-category", type=int, default=8, help="1-12 (default 8)")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="method the others are compared with pair by pair (default: the first listed)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -775,6 +892,8 @@ def _worker_argv(args: argparse.Namespace, i: int, n: int, threads: int) -> list
         cmd += ["--model", str(args.model)]
     if args.force:
         cmd.append("--force")
+    if args.reference:
+        cmd += ["--reference", args.reference]
     return cmd + ["--shard", f"{i}/{n}", "--threads", str(threads), "--workers", "1", "--no-progress"]
 
 
@@ -855,47 +974,37 @@ def run(args: argparse.Namespace) -> int:
         pipe = load_pipeline(args.model, scheduler=args.scheduler)
         pipe.set_progress_bar_config(disable=True)
         model = model_id(Path(args.model) if args.model else pretrained_dir())
-        summary = run_benchmark(
+        common = {
+            "num_inference_steps": args.steps,
+            "guidance_scale": args.guidance_scale,
+            "batch_size": args.batch_size,
+            "categories": cats,
+            "override": args.override,
+            "prompts_per_category": args.prompts_per_category,
+            "model": model,
+            "force": args.force,
+            "reference": args.reference,
+        }
+        labels = [lab for lab, _ in resolved]
+        run_benchmark(
             pipe,
-            [lab for lab, _ in resolved],
+            labels,
             args.seeds,
             args.out,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance_scale,
-            batch_size=args.batch_size,
-            categories=cats,
-            override=args.override,
-            prompts_per_category=args.prompts_per_category,
-            model=model,
-            force=args.force,
             shard=shard,
             progress=not args.no_progress,
             generate=not args.summarize_only and workers == 1,
+            **common,
         )
         if workers > 1:  # the call above checked and wrote the manifest; the workers generate, then we summarise
-            wanted = {(lab, p.text, s) for lab, _ in resolved for p in prompts for s in parse_seeds(args.seeds)}
+            wanted = {(lab, p.text, s) for lab in labels for p in prompts for s in parse_seeds(args.seeds)}
             have = {(r["method"], r["prompt"], r["seed"]) for r in load_results(args.out)}
             _run_workers(args, workers, len(wanted - have))
-            summary = run_benchmark(
-                pipe,
-                [lab for lab, _ in resolved],
-                args.seeds,
-                args.out,
-                num_inference_steps=args.steps,
-                guidance_scale=args.guidance_scale,
-                batch_size=args.batch_size,
-                categories=cats,
-                override=args.override,
-                prompts_per_category=args.prompts_per_category,
-                model=model,
-                force=args.force,
-                progress=False,
-                generate=False,
-            )
+            run_benchmark(pipe, labels, args.seeds, args.out, progress=False, generate=False, **common)
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
-    print(markdown_table(summary), end="")
+    print((Path(args.out) / "summary.md").read_text(), end="")
     print(f"results: {Path(args.out) / 'summary.json'}")
     return 0
 
