@@ -481,3 +481,16 @@ def test_run_writes_paired_differences(tmp_path):
     assert "| two | ait2i | 10 |" in (tmp_path / "summary.md").read_text()
     with pytest.raises(ValueError, match="reference 'ait2i:w_isolation=0' is not among"):
         _run(tmp_path, FakeGenerate(), reference="ait2i:w_isolation=0")
+
+
+def test_grid_of_a_run(tmp_path):
+    _run(tmp_path, FakeGenerate())
+    png = B.save_grid(tmp_path, tmp_path / "grid.png", seeds=[0, 1, 2])
+    with Image.open(png) as im:
+        w, h = im.size
+    assert w > h > 100  # 2 categories x 2 methods = 4 rows, 3 columns plus the row labels
+    with pytest.raises(ValueError, match="not in"):
+        B.save_grid(tmp_path, tmp_path / "g2.png", seeds=[0, 7])
+    assert not (tmp_path / "g2.png").exists()
+    with pytest.raises(ValueError, match="no results"):
+        B.save_grid(tmp_path / "empty", tmp_path / "g3.png")

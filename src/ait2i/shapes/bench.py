@@ -808,6 +808,81 @@ def run_benchmark(
     return summary
 
 
+# -- pictures ---------------------------------------------------------------------------------------------------
+
+
+def save_grid(
+    out_dir: str | os.PathLike,
+    path: str | os.PathLike,
+    methods: Sequence[str] | None = None,
+    prompts: Sequence[str] | None = None,
+    seeds: Sequence[int] = tuple(range(8)),
+    dpi: int = 100,
+) -> Path:
+    """Draws a run's images as a PNG grid: one row per (prompt, method), one column per seed.
+
+    Each image is framed green when the checker found exact binding, orange when every object is there but a
+    colour is wrong, red when an object is missing; ``+`` marks extra objects.
+
+    Args:
+        out_dir: a benchmark folder (its ``results.jsonl`` and images).
+        path: the PNG to write (its folder must exist; written atomically).
+        methods (`Sequence[str]`, *optional*): method labels, in row order (default: all, in run order).
+        prompts (`Sequence[str]`, *optional*): prompt texts (default: the first prompt of every category).
+        seeds (`Sequence[int]`, *optional*): columns (default 0-7).
+        dpi (`int`, *optional*, defaults to 100): resolution of the PNG.
+
+    Raises:
+        `ValueError`: if a requested method, prompt or seed has no image in the folder.
+    """
+    from PIL import Image
+
+    from ..metadata import atomic_path
+    from ..viz import _figure
+
+    out = Path(out_dir)
+    rows = load_results(out)
+    if not rows:
+        raise ValueError(f"{out} holds no results.jsonl rows; run the benchmark first")
+    by_key = {(r["method"], r["prompt"], r["seed"]): r for r in rows}
+    methods = list(methods) if methods else list(dict.fromkeys(r["method"] for r in rows))
+    if not prompts:
+        first: dict[str, str] = {}
+        for r in rows:
+            first.setdefault(r["category"], r["prompt"])
+        prompts = [first[c] for c in CATEGORIES if c in first]
+    seeds = list(seeds)
+    missing = [(m, p, sd) for p in prompts for m in methods for sd in seeds if (m, p, sd) not in by_key]
+    if missing:
+        shown = "; ".join(f"{m} / {p!r} / seed {sd}" for m, p, sd in missing[:5])
+        raise ValueError(f"{len(missing)} requested image(s) are not in {out}, e.g. {shown}")
+    colours = {"exact": "#2ca02c", "colour": "#ff7f0e", "missing": "#d62728"}
+    n_rows, n_cols = len(prompts) * len(methods), len(seeds)
+    fig = _figure(figsize=(1.0 * n_cols + 3.2, 1.0 * n_rows + 0.3), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for i, (prompt, method) in enumerate((p, m) for p in prompts for m in methods):
+        for j, seed in enumerate(seeds):
+            r = by_key[(method, prompt, seed)]
+            ax = axes[i, j]
+            ax.imshow(np.asarray(Image.open(out / r["image"]).convert("RGB")))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            state = "exact" if r["exact_binding"] else "colour" if r["all_present"] else "missing"
+            for side in ax.spines.values():
+                side.set_edgecolor(colours[state])
+                side.set_linewidth(3)
+            if r["has_extra"]:
+                ax.text(0.03, 0.97, "+", color="white", fontsize=9, va="top", transform=ax.transAxes)
+            if i == 0:
+                ax.set_title(f"seed {seed}", fontsize=7)
+        label = f"{prompt}\n{method}" if len(method) <= 28 else f"{prompt}\n{method[:26]}…"
+        axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return path
+
+
 # -- command line -----------------------------------------------------------------------------------------------
 
 
@@ -854,6 +929,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="reuse a folder made with other settings")
     parser.add_argument(
         "--summarize-only", action="store_true", help="generate nothing; summarise what the folder holds"
+    )
+    parser.add_argument(
+        "--grid",
+        default=None,
+        metavar="PNG",
+        help="also draw the first prompt of each category, seeds 0-7, every method, as a framed image grid",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -1001,11 +1082,17 @@ def run(args: argparse.Namespace) -> int:
             have = {(r["method"], r["prompt"], r["seed"]) for r in load_results(args.out)}
             _run_workers(args, workers, len(wanted - have))
             run_benchmark(pipe, labels, args.seeds, args.out, progress=False, generate=False, **common)
+        if args.grid:
+            seeds = parse_seeds(args.seeds)[:8]
+            texts = list(dict.fromkeys(next(p.text for p in prompts if p.category == c) for c in cats))
+            save_grid(args.out, args.grid, methods=labels, prompts=texts, seeds=seeds)
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
     print((Path(args.out) / "summary.md").read_text(), end="")
     print(f"results: {Path(args.out) / 'summary.json'}")
+    if args.grid:
+        print(f"grid: {args.grid}")
     return 0
 
 
