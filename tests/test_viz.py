@@ -205,3 +205,21 @@ def test_atomic_path_replaces_only_on_success(tmp_path):
     with metadata.atomic_path(target) as tmp:
         tmp.write_text("whole")
     assert target.read_text() == "whole" and list(tmp_path.iterdir()) == [target]
+
+
+def test_atomic_path_gives_the_mode_of_a_plain_file(tmp_path):
+    import os
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    target = tmp_path / "atomic.txt"
+    with metadata.atomic_path(target) as tmp:
+        tmp.write_text("y")
+    assert oct(target.stat().st_mode & 0o777) == oct(plain.stat().st_mode & 0o777)
+    old = os.umask(0o077)
+    try:
+        with metadata.atomic_path(target) as tmp:
+            tmp.write_text("z")
+        assert target.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
