@@ -818,6 +818,7 @@ def save_grid(
     prompts: Sequence[str] | None = None,
     seeds: Sequence[int] = tuple(range(8)),
     dpi: int = 100,
+    names: dict[str, str] | None = None,
 ) -> Path:
     """Draws a run's images as a PNG grid: one row per (prompt, method), one column per seed.
 
@@ -831,6 +832,7 @@ def save_grid(
         prompts (`Sequence[str]`, *optional*): prompt texts (default: the first prompt of every category).
         seeds (`Sequence[int]`, *optional*): columns (default 0-7).
         dpi (`int`, *optional*, defaults to 100): resolution of the PNG.
+        names (`dict[str, str]`, *optional*): shorter names for method labels in the row titles.
 
     Raises:
         `ValueError`: if a requested method, prompt or seed has no image in the folder.
@@ -875,11 +877,15 @@ def save_grid(
                 ax.text(0.03, 0.97, "+", color="white", fontsize=9, va="top", transform=ax.transAxes)
             if i == 0:
                 ax.set_title(f"seed {seed}", fontsize=7)
-        label = f"{prompt}\n{method}" if len(method) <= 28 else f"{prompt}\n{method[:26]}…"
-        axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+        name = (names or {}).get(method, method)
+        name = name if len(name) <= 40 else name[:38] + "…"
+        axes[i, 0].set_ylabel(f"{prompt}\n{name}", rotation=0, ha="right", va="center", fontsize=8)
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
+        with Image.open(tmp) as im:  # flat colours: a 256-colour palette keeps the picture at a third of the size
+            small = im.convert("RGB").quantize(colors=256)
+        small.save(tmp, format="PNG", optimize=True)
     return path
 
 
