@@ -494,3 +494,17 @@ def test_grid_of_a_run(tmp_path):
     assert not (tmp_path / "g2.png").exists()
     with pytest.raises(ValueError, match="no results"):
         B.save_grid(tmp_path / "empty", tmp_path / "g3.png")
+
+
+def test_new_rows_follows_appended_complete_lines(tmp_path):
+    path = tmp_path / B.RESULTS
+    path.write_text(json.dumps({"method": "none", "prompt": "a", "seed": 0}) + "\n")
+    follow = B._NewRows(path)
+    assert follow.keys() == []
+    B._append_rows(path, [{"method": "ait2i", "prompt": "a", "seed": 1}])
+    with open(path, "a") as f:
+        f.write('{"method": "ait2i", "prompt"')  # a line still being written
+    assert follow.keys() == [("ait2i", "a", 1)]
+    with open(path, "a") as f:
+        f.write(': "b", "seed": 2}\n')
+    assert follow.keys() == [("ait2i", "b", 2)] and follow.keys() == []

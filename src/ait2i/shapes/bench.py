@@ -984,14 +984,16 @@ def _worker_argv(args: argparse.Namespace, i: int, n: int, threads: int) -> list
     return cmd + ["--shard", f"{i}/{n}", "--threads", str(threads), "--workers", "1", "--no-progress"]
 
 
-def _run_workers(args: argparse.Namespace, workers: int, todo: int) -> None:
-    """Runs ``workers`` processes on shards of the run; a bar follows ``results.jsonl``. Raises if one fails."""
+def _run_workers(args: argparse.Namespace, workers: int, todo: set[tuple[str, str, int]]) -> None:
+    """Runs ``workers`` processes on shards of the run; a bar follows the ``todo`` (method, prompt, seed) rows
+    as they reach ``results.jsonl`` (other runs may share the folder). Raises if one worker fails."""
     import subprocess
     import tempfile
 
     threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
     out = Path(args.out)
-    start = _count_lines(out / RESULTS)
+    follow = _NewRows(out / RESULTS)
+    left = set(todo)
     logs = [tempfile.TemporaryFile() for _ in range(workers)]
     procs = [
         subprocess.Popen(_worker_argv(args, i, workers, threads), stdout=logs[i], stderr=subprocess.STDOUT)
@@ -1001,13 +1003,14 @@ def _run_workers(args: argparse.Namespace, workers: int, todo: int) -> None:
     if not args.no_progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=todo, desc=f"shapes bench ({workers} workers)", unit="img")
+        bar = tqdm(total=len(left), desc=f"shapes bench ({workers} workers)", unit="img")
     try:
         while any(p.poll() is None for p in procs):
             time.sleep(2)
             if bar is not None:
-                bar.n = min(_count_lines(out / RESULTS) - start, todo)
-                bar.refresh()
+                new = [k for k in follow.keys() if k in left]
+                left.difference_update(new)
+                bar.update(len(new))
     except KeyboardInterrupt:
         for p in procs:
             p.terminate()
@@ -1026,12 +1029,23 @@ def _run_workers(args: argparse.Namespace, workers: int, todo: int) -> None:
         )
 
 
-def _count_lines(path: Path) -> int:
-    try:
-        with open(path, "rb") as f:
-            return sum(1 for _ in f)
-    except FileNotFoundError:
-        return 0
+class _NewRows:
+    """Reads the rows appended to a results file since the last call (complete lines only)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def keys(self) -> list[tuple[str, str, int]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        rows = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+        return [(r["method"], r["prompt"], r["seed"]) for r in rows]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1086,7 +1100,7 @@ def run(args: argparse.Namespace) -> int:
         if workers > 1:  # the call above checked and wrote the manifest; the workers generate, then we summarise
             wanted = {(lab, p.text, s) for lab in labels for p in prompts for s in parse_seeds(args.seeds)}
             have = {(r["method"], r["prompt"], r["seed"]) for r in load_results(args.out)}
-            _run_workers(args, workers, len(wanted - have))
+            _run_workers(args, workers, wanted - have)
             run_benchmark(pipe, labels, args.seeds, args.out, progress=False, generate=False, **common)
         if args.grid:
             seeds = parse_seeds(args.seeds)[:8]
