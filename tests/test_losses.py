@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from ait2i.config import AIT2IConfig, AttendExciteConfig, NoGuidanceConfig
+from ait2i.config import AIT2IConfig, AttendExciteConfig, NoGuidanceConfig, get_config
 from ait2i.losses import (
     aggregation_loss,
     ane_view,
@@ -446,6 +446,7 @@ SUBJECTS = [Subj("red cat", (2,), (1,)), Subj("blue dog", (4, 5), (3,)), Subj("t
 @pytest.mark.parametrize(
     "cfg",
     [
+        get_config("ait2i-paper"),
         AIT2IConfig(),
         AIT2IConfig(
             isolation_metric="cosine",
@@ -459,7 +460,7 @@ SUBJECTS = [Subj("red cat", (2,), (1,)), Subj("blue dog", (4, 5), (3,)), Subj("t
         ),
         AIT2IConfig(num_regions=2, region_radius=3.0, attribute_radius=4.0, isolation_metric="cosine"),
     ],
-    ids=["paper", "cosine", "regions2"],
+    ids=["paper", "default", "cosine", "regions2"],
 )
 def test_full_loss_equals_loop_reference(cfg):
     raw = random_raw(b=2, length=12, seed=11)
@@ -478,8 +479,17 @@ def test_full_loss_radii_scale_with_resolution():
     raw = torch.zeros(1, 32, 32, 6)
     raw[0, 4, 4, 2] = 1.0  # two deltas 8 cells apart: one region at radius 5 * 32/16 = 10
     raw[0, 4, 12, 2] = 1.0
-    _, terms, _ = compute_loss(raw, [Subj("cat", (2,))], AIT2IConfig(), eot_index=4)
+    euclid = AIT2IConfig(aggregation_metric="euclidean")
+    _, terms, _ = compute_loss(raw, [Subj("cat", (2,))], euclid, eot_index=4)
     assert terms["aggregation"].item() == pytest.approx(4 / math.sqrt(31**2 + 31**2), abs=1e-6)
+    # cosine: both deltas lie inside the main disc of radius 10, so no energy is outside it ...
+    _, terms, _ = compute_loss(raw, [Subj("cat", (2,))], AIT2IConfig(aggregation_metric="cosine"), eot_index=4)
+    assert terms["aggregation"].item() == pytest.approx(0.0, abs=1e-6)
+    # ... while at 16x16 the same two deltas 8 cells apart are farther than the radius 5
+    raw16 = torch.zeros(1, 16, 16, 6)
+    raw16[0, 4, 4, 2] = raw16[0, 4, 12, 2] = 1.0
+    _, terms, _ = compute_loss(raw16, [Subj("cat", (2,))], AIT2IConfig(aggregation_metric="cosine"), eot_index=4)
+    assert terms["aggregation"].item() > 0.2
 
 
 def test_compute_loss_attend_and_excite():
@@ -539,3 +549,14 @@ def test_compute_loss_bad_input():
         aggregation_loss(torch.rand(1, 1, 16, 16), metric="l1")
     with pytest.raises(ValueError, match=r"\(B, G, H, W\)"):
         isolation_loss(torch.rand(16, 16))
+
+
+def test_paper_preset_is_the_released_configuration_and_default_differs_as_documented():
+    paper, ours = get_config("ait2i-paper"), get_config("ait2i")
+    assert (paper.isolation_metric, paper.aggregation_metric, paper.attribute_metric) == ("euclidean",) * 3
+    assert (paper.w_isolation, paper.w_aggregation, paper.w_presence, paper.w_attribute) == (2.0, 1.25, 0.25, 0.75)
+    assert (paper.num_regions, paper.region_radius, paper.attribute_radius) == (3, 5.0, 6.0)
+    assert paper.max_guided_steps == 25 and not paper.refinement and paper.from_where == ("up", "down")
+    # docs/method.md: the default changes exactly two settings (guided window as a fraction, cosine aggregation)
+    changed = {k for k in AIT2IConfig.__dataclass_fields__ if getattr(paper, k) != getattr(ours, k)} - {"name"}
+    assert changed == {"max_guided_steps", "aggregation_metric"} and ours.aggregation_metric == "cosine"

@@ -58,7 +58,7 @@ METHOD_SETS = {
         "ait2i:w_aggregation=0",
         "ait2i:w_attribute=0",
         "ait2i:w_presence=0",
-        "ait2i:aggregation_metric=cosine",
+        "ait2i:aggregation_metric=euclidean",
         "ait2i:isolation_metric=cosine",
         "ait2i:refinement={0:0.05,0.2:0.5,0.4:0.8}",  # A&E's steps 0, 10, 20 of 50, as fractions
     ),
