@@ -116,7 +116,14 @@ def test_refinement_step_where_no_sample_needs_refining(pipe):
     from ait2i import AttendExciteConfig
 
     cfg = AttendExciteConfig(refinement={0: 0.0})
-    out = ait2i.generate(pipe, "a red circle and a blue square", ["red circle", "blue square"], cfg,
-                         num_inference_steps=2, output_type="latent", generator=_gen(0))
+    out = ait2i.generate(
+        pipe,
+        "a red circle and a blue square",
+        ["red circle", "blue square"],
+        cfg,
+        num_inference_steps=2,
+        output_type="latent",
+        generator=_gen(0),
+    )
     rec = out.diagnostics.steps[0]
     assert rec.refinement_iterations == [0] and rec.guided and not rec.skipped[0]

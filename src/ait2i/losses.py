@@ -75,9 +75,7 @@ def gaussian_kernel(kernel_size: int = 3, sigma: float = 0.5) -> torch.Tensor:
     mean = (kernel_size - 1) / 2
     kernel = torch.ones(kernel_size, kernel_size)
     for g in grids:  # same arithmetic order as the reference, so the values agree to the last bit
-        kernel = kernel * (
-            1 / (sigma * math.sqrt(2 * math.pi)) * torch.exp(-(((g - mean) / (2 * sigma)) ** 2))
-        )
+        kernel = kernel * (1 / (sigma * math.sqrt(2 * math.pi)) * torch.exp(-(((g - mean) / (2 * sigma)) ** 2)))
     return kernel / kernel.sum()
 
 
@@ -132,9 +130,7 @@ def ane_view(raw: torch.Tensor, eot_index: int, span: str = "all") -> torch.Tens
         lo, hi = 1, length - 1
     elif span == "prompt":
         if isinstance(eot_index, bool) or not isinstance(eot_index, int) or not 2 <= eot_index <= length - 1:
-            raise ValueError(
-                f"eot_index must be an int in [2, {length - 1}] for span='prompt', got {eot_index!r}"
-            )
+            raise ValueError(f"eot_index must be an int in [2, {length - 1}] for span='prompt', got {eot_index!r}")
         lo, hi = 1, eot_index
     else:
         raise ValueError(f"span must be 'all' or 'prompt', got {span!r}")
@@ -292,9 +288,7 @@ def _regions(maps: torch.Tensor, num_regions: int, radius: float):
     return torch.where(keep, centroids, first), torch.where(keep, peaks, first), valid
 
 
-def nms_regions(
-    maps: torch.Tensor, num_regions: int = 3, radius: float = 5.0
-) -> tuple[torch.Tensor, torch.Tensor]:
+def nms_regions(maps: torch.Tensor, num_regions: int = 3, radius: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Regions of a map by non-maximum suppression (AI-T2I): peak, disc, centroid inside the disc, suppress, repeat.
 
     Region ``i``: its peak ``p_i`` is the first maximum (row-major) of the map with the earlier discs zeroed; its
@@ -393,9 +387,7 @@ def attribute_loss(
     attr = _check_stack(attr_maps, "attr_maps")
     owner = _check_stack(owner_maps, "owner_maps")
     if attr.shape != owner.shape:
-        raise ValueError(
-            f"attr_maps {tuple(attr.shape)} and owner_maps {tuple(owner.shape)} must have one shape"
-        )
+        raise ValueError(f"attr_maps {tuple(attr.shape)} and owner_maps {tuple(owner.shape)} must have one shape")
     h, w = attr.shape[-2:]
     if attr.shape[1] == 0:
         return attr.new_zeros(attr.shape[0])
@@ -434,9 +426,7 @@ def isolation_loss(subject_maps: torch.Tensor, metric: str = "euclidean") -> tor
     i, j = torch.triu_indices(g, g, offset=1, device=maps.device)  # pairs g < h
     if metric == "euclidean":
         c = centroid(maps)  # (B, G, 2)
-        per_pair = 1.0 - torch.linalg.vector_norm(c[:, i] - c[:, j], dim=-1) / math.sqrt(
-            h**2 + w**2
-        )  # (B, P)
+        per_pair = 1.0 - torch.linalg.vector_norm(c[:, i] - c[:, j], dim=-1) / math.sqrt(h**2 + w**2)  # (B, P)
     else:
         flat = maps.flatten(-2)  # (B, G, HW)
         per_pair = F.cosine_similarity(flat[:, i], flat[:, j], dim=-1, eps=1e-12)  # (B, P)

@@ -96,9 +96,7 @@ def generate(pipe, prompt: str, subjects=None, method="ait2i", *, record_maps=()
         raise ValueError(f"{len(generator)} generators for num_images_per_prompt={n_per}; give one per image")
 
     # Conditional text embeddings for the guided forward pass, encoded as the pipeline encodes them.
-    cond, _ = pipe.encode_prompt(
-        prompt, device, n_per, False, None, lora_scale=None, clip_skip=kw.get("clip_skip")
-    )
+    cond, _ = pipe.encode_prompt(prompt, device, n_per, False, None, lora_scale=None, clip_skip=kw.get("clip_skip"))
     # Timesteps as the pipeline will set them (the schedule length sets the step sizes; PNDM has N + 1).
     from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 

@@ -146,9 +146,7 @@ def _resolve_phrase(tokenizer, prompt: str, words: list[_Word], spec: str) -> Su
         for j, name in enumerate(extra, start=1):
             if pos + j < len(words) and words[pos + j].text == name:
                 tokens.extend(words[pos + j].indices)
-    return Subject(
-        label=phrase, tokens=tuple(tokens), attributes=tuple(i for a in attrs for i in a.indices)
-    )
+    return Subject(label=phrase, tokens=tuple(tokens), attributes=tuple(i for a in attrs for i in a.indices))
 
 
 def _check_indices(tokenizer, prompt: str, indices, eot: int, what: str) -> tuple[int, ...]:

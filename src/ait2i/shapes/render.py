@@ -37,9 +37,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 
 # Colour-shape pairs kept out of training (held-out compositions).
-HELD_OUT: frozenset[tuple[str, str]] = frozenset(
-    {("yellow", "triangle"), ("cyan", "circle"), ("purple", "square")}
-)
+HELD_OUT: frozenset[tuple[str, str]] = frozenset({("yellow", "triangle"), ("cyan", "circle"), ("purple", "square")})
 
 BACKGROUND_RANGE = (20, 70)  # inclusive range of the grey level v of the background (v, v, v)
 MIN_GAP = 2.0  # minimum gap in pixels between the bounding boxes of two shapes
