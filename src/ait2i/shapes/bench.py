@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -624,6 +625,69 @@ def _losses(out, j: int) -> dict:
     return {"loss_first": losses[0], "loss_last": losses[-1]} if losses else {}
 
 
+class _Run(NamedTuple):
+    """A checked run: its methods, seeds, prompts, reference, folder and manifest."""
+
+    resolved: list[tuple[str, GuidanceConfig]]
+    seeds: list[int]
+    prompts: list[ShapesPrompt]
+    reference: str | None
+    out: Path
+    manifest: dict
+
+    def wanted(self) -> set[tuple[str, str, int]]:
+        """Every (method, prompt, seed) of the run."""
+        return {(lab, p.text, s) for lab, _ in self.resolved for p in self.prompts for s in self.seeds}
+
+
+def _prepare_run(
+    methods,
+    seeds,
+    out_dir,
+    *,
+    num_inference_steps: int,
+    guidance_scale: float,
+    batch_size: int,
+    categories: Sequence[str] | None,
+    prompts_per_category: int,
+    height: int | None,
+    width: int | None,
+    model: str,
+    override: str | None,
+    force: bool,
+    reference: str | None,
+) -> _Run:
+    """Checks a run's settings and writes (or merges into) the folder's manifest; raises ``ValueError`` first."""
+    resolved = parse_methods(methods, override)
+    seed_list = parse_seeds(seeds) if isinstance(seeds, str) else sorted({int(s) for s in seeds})
+    if not seed_list or min(seed_list) < 0:
+        raise ValueError("seeds must hold at least one integer >= 0")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    prompts = shapes_prompts(categories, prompts_per_category)
+    labels = [label for label, _ in resolved]
+    if reference is not None and reference not in labels:
+        raise ValueError(f"reference {reference!r} is not among the methods {labels}")
+    if reference is None and len(labels) > 1:
+        reference = labels[0]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "benchmark": "shapesworld",
+        "model": model,
+        "num_inference_steps": num_inference_steps,
+        "guidance_scale": guidance_scale,
+        "height": height,
+        "width": width,
+        "override": override or "",
+        "methods": {label: _config_dict(cfg) for label, cfg in resolved},
+    }
+    _write_atomic(out / MANIFEST, json.dumps(_check_manifest(out, manifest, force), indent=1).encode())
+    return _Run(resolved, seed_list, prompts, reference, out, manifest)
+
+
 def run_benchmark(
     pipe,
     methods: str | Sequence[str] = DEFAULT_METHODS,
@@ -685,33 +749,23 @@ def run_benchmark(
 
     if generate_fn is None:
         from ..pipelines import generate as generate_fn
-    resolved = parse_methods(methods, override)
-    seed_list = parse_seeds(seeds) if isinstance(seeds, str) else sorted({int(s) for s in seeds})
-    if not seed_list or min(seed_list) < 0:
-        raise ValueError("seeds must hold at least one integer >= 0")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-    prompts = shapes_prompts(categories, prompts_per_category)
-    labels = [label for label, _ in resolved]
-    if reference is not None and reference not in labels:
-        raise ValueError(f"reference {reference!r} is not among the methods {labels}")
-    if reference is None and len(labels) > 1:
-        reference = labels[0]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "benchmark": "shapesworld",
-        "model": model,
-        "num_inference_steps": num_inference_steps,
-        "guidance_scale": guidance_scale,
-        "height": height,
-        "width": width,
-        "override": override or "",
-        "methods": {label: _config_dict(cfg) for label, cfg in resolved},
-    }
-    _write_atomic(out / MANIFEST, json.dumps(_check_manifest(out, manifest, force), indent=1).encode())
+    run = _prepare_run(
+        methods,
+        seeds,
+        out_dir,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        batch_size=batch_size,
+        categories=categories,
+        prompts_per_category=prompts_per_category,
+        height=height,
+        width=width,
+        model=model,
+        override=override,
+        force=force,
+        reference=reference,
+    )
+    resolved, seed_list, prompts, reference, out, manifest = run
 
     done = {(r["method"], r["prompt"], r["seed"]) for r in load_results(out)}
     # categories interleaved (round robin), so that a run cut short still covers every category
@@ -781,7 +835,7 @@ def run_benchmark(
     if bar is not None:
         bar.close()
 
-    wanted = {(lab, p.text, s) for lab, _ in resolved for p in prompts for s in seed_list}
+    wanted = run.wanted()
     rows = [r for r in load_results(out) if (r["method"], r["prompt"], r["seed"]) in wanted]
     finished = len(rows)
     if paired:
@@ -1057,7 +1111,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import torch
 
-        from .model import load_pipeline, pretrained_dir
+        from .model import load_pipeline, model_folder
 
         resolved = parse_methods(args.methods, args.override)  # fail on a bad method before loading anything
         cats = [c.strip() for c in args.categories.split(",") if c.strip()]
@@ -1068,13 +1122,13 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--workers must be >= 1, got {workers}")
         if shard is not None or args.summarize_only:
             workers = 1
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        elif workers > 1:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-        pipe = load_pipeline(args.model, scheduler=args.scheduler)
-        pipe.set_progress_bar_config(disable=True)
-        model = model_id(Path(args.model) if args.model else pretrained_dir())
+        folder = model_folder(args.model)
+        pipe = None
+        if workers == 1:  # with workers, only they load the model
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            pipe = load_pipeline(folder, scheduler=args.scheduler)
+        model = model_id(folder)
         common = {
             "num_inference_steps": args.steps,
             "guidance_scale": args.guidance_scale,
@@ -1087,21 +1141,22 @@ def run(args: argparse.Namespace) -> int:
             "reference": args.reference,
         }
         labels = [lab for lab, _ in resolved]
-        run_benchmark(
-            pipe,
-            labels,
-            args.seeds,
-            args.out,
-            shard=shard,
-            progress=not args.no_progress,
-            generate=not args.summarize_only and workers == 1,
-            **common,
-        )
-        if workers > 1:  # the call above checked and wrote the manifest; the workers generate, then we summarise
-            wanted = {(lab, p.text, s) for lab in labels for p in prompts for s in parse_seeds(args.seeds)}
-            have = {(r["method"], r["prompt"], r["seed"]) for r in load_results(args.out)}
-            _run_workers(args, workers, wanted - have)
-            run_benchmark(pipe, labels, args.seeds, args.out, progress=False, generate=False, **common)
+        if workers > 1:  # this process checks the settings and writes the manifest; the workers generate
+            todo = _prepare_run(labels, args.seeds, args.out, height=None, width=None, **common).wanted()
+            todo -= {(r["method"], r["prompt"], r["seed"]) for r in load_results(args.out)}
+            _run_workers(args, workers, todo)
+            run_benchmark(None, labels, args.seeds, args.out, progress=False, generate=False, **common)
+        else:
+            run_benchmark(
+                pipe,
+                labels,
+                args.seeds,
+                args.out,
+                shard=shard,
+                progress=not args.no_progress,
+                generate=not args.summarize_only,
+                **common,
+            )
         if args.grid:
             seeds = parse_seeds(args.seeds)[:8]
             texts = list(dict.fromkeys(next(p.text for p in prompts if p.category == c) for c in cats))

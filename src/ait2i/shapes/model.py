@@ -111,6 +111,17 @@ def pretrained_dir() -> Path:
     return Path(str(resources.files("ait2i") / "shapes" / "pretrained"))
 
 
+def model_folder(path: str | Path | None = None) -> Path:
+    """The diffusers folder ``path`` (the shipped model when unset), checked to hold a ``model_index.json``."""
+    folder = Path(path) if path is not None else pretrained_dir()
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(
+            f"{folder} is not a diffusers folder (no model_index.json); pass the folder written by "
+            "`python -m ait2i.shapes.train` (its `pipeline/` subfolder) or leave path unset for the shipped model"
+        )
+    return folder
+
+
 def load_pipeline(path: str | Path | None = None, scheduler: str = "ddim", dtype: torch.dtype = torch.float32):
     """Loads the ShapesWorld model as a ``StableDiffusionPipeline``, offline.
 
@@ -127,12 +138,7 @@ def load_pipeline(path: str | Path | None = None, scheduler: str = "ddim", dtype
 
     if scheduler not in ("ddim", "pndm"):
         raise ValueError(f"unknown scheduler {scheduler!r}; expected 'ddim' or 'pndm'")
-    folder = Path(path) if path is not None else pretrained_dir()
-    if not (folder / "model_index.json").is_file():
-        raise ValueError(
-            f"{folder} is not a diffusers folder (no model_index.json); pass the folder written by "
-            "`python -m ait2i.shapes.train` (its `pipeline/` subfolder) or leave path unset for the shipped model"
-        )
+    folder = model_folder(path)
     pipe = StableDiffusionPipeline.from_pretrained(
         str(folder),
         torch_dtype=dtype,
