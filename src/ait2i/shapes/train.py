@@ -1,15 +1,23 @@
 """Trains the ShapesWorld model on the CPU and exports it as a diffusers folder.
 
     python -m ait2i.shapes.train --out train-runs/shapes-v1 --seed 0 --max-minutes 85 [--resume]
+    python -m ait2i.shapes.train --arch mmdit --out train-runs/shapes-mmdit --seed 0 --max-minutes 110 --threads 1
+
+``--arch unet`` (default) is the shipped model (``StableDiffusionPipeline``); ``--arch mmdit`` is its SD3-family
+sibling (``StableDiffusion3Pipeline`` without T5): an ``SD3Transformer2DModel`` and two small CLIP text encoders
+trained jointly on the rectified-flow objective (logit-normal timesteps, velocity ``noise - x0``), with the shipped
+autoencoder reused frozen (``shift_factor`` 0.0 added to its config). See :mod:`ait2i.shapes.model`.
 
 Every step draws a fresh batch from the renderer's training mix (deterministically from ``(seed, step)``, so a
 resumed run sees the same data as an uninterrupted one), drops ~10% of the captions to "" for classifier-free
 guidance, and trains the UNet and the text encoder jointly on the v-prediction objective (cosine schedule).
 The autoencoder is trained on the side during the first ``--vae-steps`` steps to be a near-identity map on pixels
 (encoder: image -> image; decoder: slightly noisy image -> clean image), then frozen; its reconstruction PSNR is
-recorded. An EMA of the UNet and text encoder is what gets exported.
+recorded. An EMA of the UNet and text encoder is what gets exported (for ``mmdit``: of the transformer and both
+text encoders).
 
-Outputs in ``--out``: ``ckpt.pt`` (models, EMA, optimizer, step; written atomically), ``samples/`` (EMA sample
+Outputs in ``--out``: ``ckpt.pt`` (models, EMA, optimizer, step; tensors and plain Python values only, read back
+with ``torch.load(..., weights_only=True)``; written atomically), ``samples/`` (EMA sample
 grids), ``pipeline/`` (the EMA model as a complete float16 diffusers folder with ``TRAINING.json``, replaced
 atomically after every checkpoint), ``metrics.jsonl`` (loss log).
 """
@@ -44,18 +52,34 @@ SAMPLE_PROMPTS = [
 ]  # fmt: skip
 
 
+# Per-architecture defaults of the options left unset (``--arch unet``: the shipped model's run).
+ARCH_DEFAULTS = {
+    "unet": {"steps": 3000, "lr": 7e-4, "warmup": 200, "ema": 0.999, "vae_steps": 800},
+    "mmdit": {
+        "steps": 3000, "lr": 6e-4, "warmup": 200, "ema": 0.999, "vae_steps": 0,
+        "width": M.MMDIT_WIDTH, "layers": M.MMDIT_LAYERS, "text_width": M.SD3_TEXT_WIDTH,
+    },
+}  # fmt: skip
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arch", choices=sorted(ARCH_DEFAULTS), default="unet", help="unet (SD 1.x) or mmdit (SD3)")
     p.add_argument("--out", required=True, help="run folder (checkpoint, samples, exported pipeline)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-minutes", type=float, default=85.0, help="wall-clock budget of this invocation")
-    p.add_argument("--steps", type=int, default=3000, help="planned steps; the LR schedule decays towards it")
+    p.add_argument("--steps", type=int, default=None, help="planned steps; the LR schedule decays towards it")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=7e-4)
-    p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--ema", type=float, default=0.999, help="EMA decay (ramped up from 0 early in training)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--ema", type=float, default=None, help="EMA decay (ramped up from 0 early in training)")
     p.add_argument("--cfg-drop", type=float, default=0.1, help="probability of an empty caption")
-    p.add_argument("--vae-steps", type=int, default=800, help="steps during which the autoencoder trains")
+    p.add_argument(
+        "--vae-steps", type=int, default=None, help="steps during which the autoencoder trains (unet; mmdit: 0)"
+    )
+    p.add_argument("--width", type=int, default=None, help="mmdit: transformer width (heads x 32)")
+    p.add_argument("--layers", type=int, default=None, help="mmdit: transformer blocks")
+    p.add_argument("--text-width", type=int, default=None, help="mmdit: width of each CLIP text encoder")
     p.add_argument("--ckpt-minutes", type=float, default=10.0)
     p.add_argument("--sample-minutes", type=float, default=15.0)
     p.add_argument(
@@ -66,6 +90,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
     args = p.parse_args(argv)
+    for k, v in ARCH_DEFAULTS[args.arch].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.arch == "unet" and any(getattr(args, k) is not None for k in ("width", "layers", "text_width")):
+        raise ValueError("--width, --layers and --text-width apply to --arch mmdit only")
+    if args.arch == "mmdit" and args.vae_steps:
+        raise ValueError("--arch mmdit reuses the shipped autoencoder frozen: --vae-steps must be 0")
     if args.steps <= 0 or args.batch_size <= 0 or args.max_minutes <= 0:
         raise ValueError("--steps, --batch-size and --max-minutes must be positive")
     if not 0.0 <= args.cfg_drop < 1.0:
@@ -171,32 +202,143 @@ def git_commit() -> str:
         return "unknown"
 
 
-def export(out: Path, ema_unet, ema_te, vae, tokenizer, info: dict) -> None:
-    """Writes the EMA model as a float16 diffusers folder OUT/pipeline, atomically (temp folder, then rename)."""
+def _atomic_export(out: Path, pipe, info: dict, text_encoders: tuple[str, ...]) -> None:
+    """Saves ``pipe`` (float16 weights) as the diffusers folder OUT/pipeline with ``TRAINING.json``, atomically."""
     tmp, final, old = out / "pipeline.tmp", out / "pipeline", out / "pipeline.old"
     for d in (tmp, old):
         if d.exists():
             shutil.rmtree(d)
-    pipe = build_pipeline(
-        copy.deepcopy(ema_unet).half().to(memory_format=torch.contiguous_format),
-        copy.deepcopy(ema_te).half(),
-        copy.deepcopy(vae).half(),
-        tokenizer,
-    )
     pipe.save_pretrained(str(tmp), safe_serialization=True)
     # Weights are stored in float16 but the text encoder's config must say float32: transformers loads with
     # the config's dtype by default while diffusers loads float32, and mixed dtypes break the plain
     # `StableDiffusionPipeline.from_pretrained(folder)`.
-    te_cfg_path = tmp / "text_encoder" / "config.json"
-    te_cfg = json.loads(te_cfg_path.read_text())
-    te_cfg["dtype"] = "float32"
-    te_cfg_path.write_text(json.dumps(te_cfg, indent=2, sort_keys=True) + "\n")
+    for name in text_encoders:
+        te_cfg_path = tmp / name / "config.json"
+        te_cfg = json.loads(te_cfg_path.read_text())
+        te_cfg["dtype"] = "float32"
+        te_cfg_path.write_text(json.dumps(te_cfg, indent=2, sort_keys=True) + "\n")
     (tmp / "TRAINING.json").write_text(json.dumps(info, indent=2) + "\n")
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
     if old.exists():
         shutil.rmtree(old)
+
+
+def export(out: Path, ema_unet, ema_te, vae, tokenizer, info: dict) -> None:
+    """Writes the EMA model as a float16 diffusers folder OUT/pipeline, atomically (temp folder, then rename)."""
+    pipe = build_pipeline(
+        copy.deepcopy(ema_unet).half().to(memory_format=torch.contiguous_format),
+        copy.deepcopy(ema_te).half(),
+        copy.deepcopy(vae).half(),
+        tokenizer,
+    )
+    _atomic_export(out, pipe, info, ("text_encoder",))
+
+
+def build_sd3_pipeline(transformer, text_encoder, text_encoder_2, vae, tokenizer):
+    """A ``StableDiffusion3Pipeline`` without T5; both CLIP encoders read the same (shipped) tokenizer."""
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=M.build_flow_scheduler(), vae=vae, text_encoder=text_encoder,
+        tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer, text_encoder_3=None,
+        tokenizer_3=None,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def export_sd3(out: Path, ema_transformer, ema_te, ema_te2, vae, tokenizer, info: dict) -> None:
+    """Writes the EMA MM-DiT model as a float16 ``StableDiffusion3Pipeline`` folder OUT/pipeline, atomically."""
+    pipe = build_sd3_pipeline(
+        copy.deepcopy(ema_transformer).half(),
+        copy.deepcopy(ema_te).half(),
+        copy.deepcopy(ema_te2).half(),
+        copy.deepcopy(vae).half(),
+        tokenizer,
+    )
+    _atomic_export(out, pipe, info, ("text_encoder", "text_encoder_2"))
+
+
+class UNetArch:
+    """The shipped SD 1.x layout: UNet + CLIPTextModel, v-prediction on the cosine schedule; trains the VAE."""
+
+    def __init__(self, args: argparse.Namespace, tokenizer):
+        self.tokenizer = tokenizer
+        te, unet, vae = M.build_text_encoder(), M.build_unet(), M.build_vae()
+        unet = unet.to(memory_format=torch.channels_last)  # faster convolutions on the CPU
+        self.models = {"unet": unet, "text_encoder": te}
+        self.emas = {k: copy.deepcopy(m).requires_grad_(False) for k, m in self.models.items()}
+        self.vae = vae
+        self.vae_opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+        self.alphas = M.build_scheduler().alphas_cumprod.float()  # (1000,)
+
+    def loss(self, x0: torch.Tensor, ids: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        t = torch.randint(0, len(self.alphas), (x0.shape[0],), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        a = self.alphas[t].view(-1, 1, 1, 1)
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # (B, 3, 32, 32)
+        v = a.sqrt() * noise - (1 - a).sqrt() * x0  # v-prediction target
+        cond = self.models["text_encoder"](ids).last_hidden_state  # (B, 77, 128)
+        pred = self.models["unet"](xt, t, cond).sample
+        return F.mse_loss(pred, v)
+
+    def pipeline(self):
+        return build_pipeline(self.emas["unet"], self.emas["text_encoder"], self.vae, self.tokenizer)
+
+    def export(self, out: Path, info: dict) -> None:
+        export(out, self.emas["unet"], self.emas["text_encoder"], self.vae, self.tokenizer, info)
+
+    def extra_info(self) -> dict:
+        return {}
+
+
+class MMDiTArch:
+    """SD3 without T5: ``SD3Transformer2DModel`` + two CLIPTextModelWithProjection, rectified flow; frozen VAE."""
+
+    def __init__(self, args: argparse.Namespace, tokenizer):
+        self.tokenizer = tokenizer
+        te, te2 = M.build_sd3_text_encoders(width=args.text_width)
+        transformer = M.build_mmdit(width=args.width, layers=args.layers, text_width=args.text_width)
+        self.models = {"transformer": transformer, "text_encoder": te, "text_encoder_2": te2}
+        self.emas = {k: copy.deepcopy(m).requires_grad_(False) for k, m in self.models.items()}
+        # Training runs the 256 zero "T5" tokens of the pipeline as one token (exactly equivalent, much faster);
+        # the EMA copies, which are sampled and exported, keep diffusers' processor.
+        transformer.set_attn_processor(M.PadTokenJointAttnProcessor(M.T5_PAD_TOKENS))
+        self.vae = M.load_shipped_vae().requires_grad_(False)
+        self.vae_opt = None
+
+    def loss(self, x0: torch.Tensor, ids: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        sigma = torch.sigmoid(torch.randn(x0.shape[0], generator=g))  # SD3's logit-normal(0, 1) timesteps
+        noise = torch.randn(x0.shape, generator=g)
+        s = sigma.view(-1, 1, 1, 1)
+        xt = (1 - s) * x0 + s * noise  # latents are the pixels (scaling 1, shift 0)
+        ctx, pooled = M.sd3_condition(self.models["text_encoder"], self.models["text_encoder_2"], ids, n_pad=1)
+        pred = self.models["transformer"](xt, ctx, pooled, sigma * 1000).sample
+        return F.mse_loss(pred, noise - x0)  # rectified-flow velocity
+
+    def pipeline(self):
+        e = self.emas
+        return build_sd3_pipeline(e["transformer"], e["text_encoder"], e["text_encoder_2"], self.vae, self.tokenizer)
+
+    def export(self, out: Path, info: dict) -> None:
+        e = self.emas
+        export_sd3(out, e["transformer"], e["text_encoder"], e["text_encoder_2"], self.vae, self.tokenizer, info)
+
+    def extra_info(self) -> dict:
+        count = {k: sum(p.numel() for p in m.parameters()) for k, m in self.models.items()}
+        count["vae"] = sum(p.numel() for p in self.vae.parameters())
+        return {
+            "arch": "mmdit", "pipeline": "StableDiffusion3Pipeline (text_encoder_3=None, tokenizer_3=None)",
+            "objective": "rectified flow (velocity noise - x0), logit-normal(0, 1) timesteps",
+            "vae": "shipped ShapesWorld autoencoder (pretrained/vae), frozen, shift_factor 0.0",
+            "transformer_config": dict(self.models["transformer"].config), "parameters": count,
+        }  # fmt: skip
+
+
+ARCHES = {"unet": UNetArch, "mmdit": MMDiTArch}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -209,32 +351,34 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(args.seed)
     tokenizer = clip_tokenizer()
-    te, unet, vae = M.build_text_encoder(), M.build_unet(), M.build_vae()
-    unet = unet.to(memory_format=torch.channels_last)  # faster convolutions on the CPU
-    ema_te, ema_unet = copy.deepcopy(te).requires_grad_(False), copy.deepcopy(unet).requires_grad_(False)
-    params = list(unet.parameters()) + list(te.parameters())
+    arch = ARCHES[args.arch](args, tokenizer)
+    vae, vae_opt = arch.vae, arch.vae_opt
+    params = [p for m in arch.models.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    vae_opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     step, history = 0, {"vae_psnr": None, "runs": []}
     ckpt_path = out / "ckpt.pt"
     if args.resume:
         if not ckpt_path.exists():
             raise ValueError(f"--resume given but {ckpt_path} does not exist; drop --resume to start fresh")
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        (
-            unet.load_state_dict(ck["unet"]),
-            te.load_state_dict(ck["text_encoder"]),
-            vae.load_state_dict(ck["vae"]),
-        )
-        ema_unet.load_state_dict(ck["ema_unet"]), ema_te.load_state_dict(ck["ema_text_encoder"])
-        opt.load_state_dict(ck["opt"]), vae_opt.load_state_dict(ck["vae_opt"])
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # tensors and plain values only
+        ck_arch = ck.get("args", {}).get("arch", "unet")
+        if ck_arch != args.arch:
+            raise ValueError(f"{ckpt_path} is a --arch {ck_arch} checkpoint; resume it with --arch {ck_arch}")
+        for k, m in arch.models.items():
+            m.load_state_dict(ck[k])
+            arch.emas[k].load_state_dict(ck[f"ema_{k}"])
+        vae.load_state_dict(ck["vae"])
+        opt.load_state_dict(ck["opt"])
+        if vae_opt is not None:
+            vae_opt.load_state_dict(ck["vae_opt"])
         torch.set_rng_state(ck["torch_rng"])
         step, history = ck["step"], ck["history"]
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
+    if args.arch != "unet" and history["vae_psnr"] is None:  # the autoencoder is frozen from the start
+        history["vae_psnr"] = vae_psnr(vae)
     command = " ".join([Path(sys.executable).name, "-m", "ait2i.shapes.train", *sys.argv[1:]])
     history["runs"].append({"start_step": step, "command": command, "commit": git_commit(), "time": time.time()})
 
-    alphas = M.build_scheduler().alphas_cumprod.float()  # (1000,)
     tokens = Tokens(tokenizer)
     t0 = time.time()
     last_ckpt = last_sample = t0
@@ -249,19 +393,21 @@ def main(argv: list[str] | None = None) -> None:
             "seed": args.seed, "steps": step, "batch_size": args.batch_size, "images_seen": step * args.batch_size,
             "commit": history["runs"][0]["commit"], "runs": history["runs"], "vae_psnr_db": history["vae_psnr"],
             "command": history["runs"][0]["command"], "ema_decay": args.ema, "lr": args.lr, "planned_steps": args.steps,
-            "throughput_images_per_s": images_seen / max(1e-9, time.time() - t0),
+            "throughput_images_per_s": images_seen / max(1e-9, time.time() - t0), **arch.extra_info(),
         }  # fmt: skip
 
     def checkpoint() -> None:
         state = {
-            "unet": unet.state_dict(), "text_encoder": te.state_dict(), "vae": vae.state_dict(),
-            "ema_unet": ema_unet.state_dict(), "ema_text_encoder": ema_te.state_dict(), "opt": opt.state_dict(),
-            "vae_opt": vae_opt.state_dict(), "step": step, "history": history, "torch_rng": torch.get_rng_state(),
-            "args": vars(args),
+            **{k: m.state_dict() for k, m in arch.models.items()},
+            **{f"ema_{k}": m.state_dict() for k, m in arch.emas.items()},
+            "vae": vae.state_dict(), "opt": opt.state_dict(), "step": step, "history": history,
+            "torch_rng": torch.get_rng_state(), "args": vars(args),
         }  # fmt: skip
+        if vae_opt is not None:
+            state["vae_opt"] = vae_opt.state_dict()
         torch.save(state, out / "ckpt.tmp")
         os.replace(out / "ckpt.tmp", ckpt_path)
-        export(out, ema_unet, ema_te, vae, tokenizer, info())
+        arch.export(out, info())
         print(f"\n[step {step}] checkpoint + export to {out / 'pipeline'}", flush=True)
 
     while step < args.steps and time.time() < deadline:
@@ -277,28 +423,20 @@ def main(argv: list[str] | None = None) -> None:
         x0, caps = make_batch(args.seed, step, args.batch_size, args.cfg_drop)
         ids = tokens(caps)
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        t = torch.randint(0, len(alphas), (x0.shape[0],), generator=g)
-        noise = torch.randn(x0.shape, generator=g)
-        a = alphas[t].view(-1, 1, 1, 1)
-        x0 = x0.contiguous(memory_format=torch.channels_last)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # (B, 3, 32, 32)
-        v = a.sqrt() * noise - (1 - a).sqrt() * x0  # v-prediction target
         for pg in opt.param_groups:
             pg["lr"] = lr_at(step, args)
-        cond = te(ids).last_hidden_state  # (B, 77, 128)
-        pred = unet(xt, t, cond).sample
-        loss = F.mse_loss(pred, v)
+        loss = arch.loss(x0, ids, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         decay = min(args.ema, (1 + step) / (10 + step))
-        ema_update(ema_unet, unet, decay)
-        ema_update(ema_te, te, decay)
+        for k, m in arch.models.items():
+            ema_update(arch.emas[k], m, decay)
 
         rec = {}
         if step < args.vae_steps:  # autoencoder: pixels are the latents
-            xv = x0[:16]
+            xv = x0.contiguous(memory_format=torch.channels_last)[:16]
             sigma = torch.rand(xv.shape[0], 1, 1, 1, generator=g) * 0.1
             enc = vae.encode(xv).latent_dist
             dec = vae.decode(xv + sigma * torch.randn(xv.shape, generator=g)).sample
@@ -332,7 +470,7 @@ def main(argv: list[str] | None = None) -> None:
             loss_acc, n_acc = 0.0, 0
         now = time.time()
         if now - last_sample > 60 * args.sample_minutes:
-            write_samples(build_pipeline(ema_unet, ema_te, vae, tokenizer), out / "samples" / f"step{step:06d}.png")
+            write_samples(arch.pipeline(), out / "samples" / f"step{step:06d}.png")
             last_sample = time.time()
         if now - last_ckpt > 60 * args.ckpt_minutes:
             checkpoint()
@@ -340,7 +478,7 @@ def main(argv: list[str] | None = None) -> None:
     bar.close()
     if history["vae_psnr"] is None:
         history["vae_psnr"] = vae_psnr(vae)
-    write_samples(build_pipeline(ema_unet, ema_te, vae, tokenizer), out / "samples" / f"step{step:06d}.png")
+    write_samples(arch.pipeline(), out / "samples" / f"step{step:06d}.png")
     checkpoint()
     print(f"done: {step} steps, {images_seen / (time.time() - t0):.1f} images/s", flush=True)
 
