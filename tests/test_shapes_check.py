@@ -1,6 +1,7 @@
 """The ShapesWorld checker against rendered ground truth."""
 
 import importlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,7 +109,7 @@ def test_bbox_and_area_of_a_known_square():
     assert d.shape_score == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("shape", R.SHAPES)
+@pytest.mark.parametrize("shape", R.ALL_SHAPES)
 def test_shape_classes_at_every_size(shape):
     for size in np.arange(9.0, 16.01, 0.5):
         scene = R.Scene([R.ShapeSpec("green", shape, 16.3, 15.8, float(size))], background=30)
@@ -174,3 +175,220 @@ def test_match_metrics_on_hand_made_detections():
         match([], [])
     with pytest.raises(ValueError, match="pairs"):
         match([], [("red",)])
+
+
+# -- the stricter reading: colour leakage, touching objects, aspect ratio, tilt, the star ----------------------
+
+S = R.ShapeSpec
+DATA = Path(__file__).parent / "data" / "shapes-check"
+
+
+def _read(*objects, background=40):
+    """(colour, leaked colours, shape) of every non-noise detection of a rendered scene, sorted."""
+    found = check(R.render(R.Scene(list(objects), background)))
+    return sorted((d.color, d.leaked_colors, d.shape) for d in found if not d.is_noise)
+
+
+CASES = {
+    # one square, left blue and right purple: one object with leakage, not two correct ones
+    "blue|purple square": (
+        (S("blue", "square", 16, 16, 14, second_color="purple"),),
+        [("blue", ("purple",), "square")],
+    ),
+    "red|green circle": (
+        (S("red", "circle", 15, 17, 13, second_color="green", split=0.6),),
+        [("red", ("green",), "circle")],
+    ),
+    "cyan|yellow triangle": (
+        (S("cyan", "triangle", 16, 15, 14, second_color="yellow", split=0.45),),
+        [("yellow", ("cyan",), "triangle")],
+    ),
+    # touching objects of one colour are two objects
+    "two red circles touching": (
+        (S("red", "circle", 9.5, 16, 11), S("red", "circle", 20.5, 16, 11)),
+        [("red", (), "circle")] * 2,
+    ),
+    "red square touching red triangle": (
+        (S("red", "square", 9, 14, 12), S("red", "triangle", 21, 14, 12)),
+        [("red", (), "square"), ("red", (), "triangle")],
+    ),
+    "two green squares stacked, corners touching": (
+        (S("green", "square", 10, 9, 10), S("green", "square", 20, 19, 10)),
+        [("green", (), "square")] * 2,
+    ),
+    # touching objects of two colours stay two one-colour objects
+    "blue circle touching yellow square": (
+        (S("blue", "circle", 9.5, 16, 11), S("yellow", "square", 20.5, 16, 11)),
+        [("blue", (), "circle"), ("yellow", (), "square")],
+    ),
+    # aspect ratio counts
+    "2:1 rectangle": ((S("green", "square", 16, 16, 16, aspect=2),), [("green", (), "rectangle")]),
+    "1:2 rectangle": ((S("green", "square", 16, 16, 14, aspect=0.5),), [("green", (), "rectangle")]),
+    "2:1 ellipse": ((S("purple", "circle", 16, 16, 16, aspect=2),), [("purple", (), "ellipse")]),
+    "1:2 ellipse, tilted": ((S("purple", "circle", 16, 16, 16, aspect=0.5, angle=10),), [("purple", (), "ellipse")]),
+    "2:1 triangle": ((S("red", "triangle", 16, 16, 16, aspect=2),), [("red", (), "other")]),
+    # tilted squares up to 15 degrees are squares
+    "square tilted 15": ((S("yellow", "square", 16, 16, 12, angle=15),), [("yellow", (), "square")]),
+    "square tilted -15": ((S("yellow", "square", 16, 16, 12, angle=-15),), [("yellow", (), "square")]),
+    # the star, a shape the model never saw
+    "three stars": (
+        (S("cyan", "star", 8, 8, 9), S("red", "star", 22, 10, 12), S("yellow", "star", 12, 23, 16)),
+        [("cyan", (), "star"), ("red", (), "star"), ("yellow", (), "star")],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hand_made_cases(case):
+    objects, expected = CASES[case]
+    assert _read(*objects) == sorted(expected)
+
+
+def test_a_mixed_object_matches_no_request():
+    found = check(R.render(R.Scene([S("blue", "square", 16, 16, 14, second_color="purple")], 40)))
+    (d,) = found
+    assert d.mixed and d.to_dict()["leaked_colors"] == ("purple",)
+    m = match(found, [("blue", "square"), ("purple", "square")])
+    assert (m["exact"], m["color_present"], m["present"], m["num_mixed"]) == (0, 0, 1, 1)
+    assert not m["exact_binding"] and not m["clean_binding"]
+    m = match(found, [("blue", "square")])  # nor a request of one of its colours
+    assert (m["exact"], m["exact_binding"], m["all_present"]) == (0, False, True)
+
+
+def test_colour_leakage_at_random_splits():
+    """One shape in two colours, at random sizes, places and split lines: one mixed detection of the right shape."""
+    rng = np.random.default_rng([CHECK_NAMESPACE, 10])
+    ok, n = 0, 0
+    for shape in R.SHAPES:
+        for _ in range(40):
+            c1, c2 = (str(c) for c in rng.choice(list(R.COLORS), 2, replace=False))
+            spec = S(
+                c1,
+                shape,
+                *rng.uniform(10, 22, 2),
+                float(rng.uniform(9, 16)),
+                second_color=c2,
+                split=float(rng.uniform(0.3, 0.7)),
+            )
+            found = [d for d in check(R.render(R.Scene([spec], int(rng.integers(20, 71))))) if not d.is_noise]
+            n += 1
+            ok += len(found) == 1 and found[0].shape == shape and {found[0].color, *found[0].leaked_colors} >= {c1, c2}
+    print(f"leaked shapes read as one mixed object: {ok}/{n}")
+    assert ok / n >= 0.97  # measured 299/300 on 900 at splits 0.25-0.75 (the miss: a tiny triangle corner)
+
+
+def test_touching_pairs_of_one_colour_at_random():
+    """Two shapes of one colour side by side, boxes touching (random sizes, vertical offsets): two objects.
+
+    Left out, as a known limit: two squares, whose straight sides meet along an edge (no neck to cut at), and
+    shapes stacked vertically, where a triangle's base sits flat on what is below it (a "house").
+    """
+    rng = np.random.default_rng([CHECK_NAMESPACE, 11])
+    ok, n = 0, 0
+    while n < 120:
+        a, b = (str(x) for x in rng.choice(R.SHAPES, 2))
+        if a == b == "square":
+            continue
+        s1, s2 = (float(v) for v in rng.uniform(9, 14, 2))
+        cy = 16 + float(rng.uniform(-2, 2))
+        off = float(rng.uniform(-1, 1)) * min(s1, s2) / 3
+        o1, o2 = S("green", a, 16 - s1 / 2, cy, s1), S("green", b, 16 + s2 / 2, cy + off, s2)
+        found = [d for d in check(R.render(R.Scene([o1, o2], 40))) if not d.is_noise]
+        n += 1
+        ok += sorted(d.shape for d in found) == sorted([a, b])
+    print(f"touching one-colour pairs read as the two shapes: {ok}/{n}")
+    assert ok / n >= 0.9
+
+
+def test_tilted_squares_and_stars_at_every_size():
+    for size in np.arange(9.0, 16.01, 1.0):
+        for angle in (-15.0, -10.0, -5.0, 5.0, 10.0, 15.0):
+            (d,) = check(R.render(R.Scene([S("blue", "square", 16.2, 15.7, float(size), angle=angle)], 50)))
+            assert d.shape == "square", (size, angle)
+        for angle in (0.0, 20.0, 36.0):
+            (d,) = check(R.render(R.Scene([S("red", "star", 15.6, 16.3, float(size), angle=angle)], 50)))
+            assert d.shape == "star", (size, angle)
+
+
+def test_star_is_told_from_the_other_shapes_at_random():
+    rng = np.random.default_rng([CHECK_NAMESPACE, 12])
+    confusion = {}
+    for shape in R.ALL_SHAPES:
+        for _ in range(60):
+            spec = S(str(rng.choice(list(R.COLORS))), shape, *rng.uniform(9, 23, 2), float(rng.uniform(9, 16)))
+            (d,) = [d for d in check(R.render(R.Scene([spec], int(rng.integers(20, 71))))) if not d.is_noise]
+            confusion[(shape, d.shape)] = confusion.get((shape, d.shape), 0) + 1
+    print(confusion)
+    for shape in R.SHAPES:
+        assert confusion.get((shape, "star"), 0) == 0  # nothing else is ever a star
+    assert confusion[("star", "star")] >= 57
+
+
+def test_aspect_ratio_at_every_size():
+    for size in np.arange(12.0, 20.01, 2.0):
+        for shape, stretched in (("square", "rectangle"), ("circle", "ellipse")):
+            for aspect in (2.0, 0.5):
+                (d,) = check(R.render(R.Scene([S("cyan", shape, 16, 16, float(size), aspect=aspect)], 30)))
+                assert d.shape == stretched, (shape, size, aspect)
+            (d,) = check(R.render(R.Scene([S("cyan", shape, 16, 16, float(size), aspect=1.15)], 30)))
+            assert d.shape == shape, (shape, size)  # a slight stretch is still the shape
+
+
+# Images of the shipped model (20 DDIM steps, no guidance) whose reading the stricter checker changed, each read
+# by eye: (prompt, the objects in it as (colour, leaked colours, shape), exact binding, extra objects).
+MODEL_IMAGES = {
+    # two overlapping yellow squares (the old checker saw one yellow circle)
+    "model_01_0.png": ("a yellow square and a red triangle", [("yellow", (), "square")] * 2, False, 0),
+    # a blue circle painted half purple, and two purple circles overlapping as a figure eight
+    "model_06_1.png": (
+        "a purple circle and a blue circle",
+        [("blue", ("purple",), "circle"), ("purple", (), "circle"), ("purple", (), "circle")],
+        False,
+        1,
+    ),
+    # a purple circle and a blue-purple circle: the old checker passed it (blue triangle + purple circle + extra)
+    "model_06_2.png": (
+        "a purple circle and a blue circle",
+        [("blue", ("purple",), "circle"), ("purple", (), "circle")],
+        False,
+        0,
+    ),
+    # a cyan square and two red squares touching (the old checker saw one red square)
+    "model_07_3.png": (
+        "a cyan square and a red square",
+        [("cyan", (), "square"), ("red", (), "square"), ("red", (), "square")],
+        True,
+        1,
+    ),
+    # a red circle, a purple square and a red-purple circle (the old checker: a red circle and a purple triangle)
+    "model_09_3.png": (
+        "a red circle and a purple square",
+        [("purple", (), "square"), ("red", (), "circle"), ("red", ("purple",), "circle")],
+        True,
+        1,
+    ),
+    # four squares, one painted purple above and yellow below, and a green circle
+    "model_21_3.png": (
+        "a yellow square, a purple square and a green circle",
+        [
+            ("green", (), "circle"),
+            ("purple", (), "square"),
+            ("purple", ("yellow",), "square"),
+            ("yellow", (), "square"),
+        ],
+        True,
+        1,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(MODEL_IMAGES))
+def test_model_images_read_by_eye(name):
+    from ait2i.shapes.bench import shapes_prompts
+
+    prompt, objects, exact, extra = MODEL_IMAGES[name]
+    found = check(Image.open(DATA / name))
+    assert sorted((d.color, d.leaked_colors, d.shape) for d in found if not d.is_noise) == sorted(objects)
+    requested = next(p.objects for p in shapes_prompts(per_category=12) if p.text == prompt)
+    m = match(found, requested)
+    assert (m["exact_binding"], m["extra"], m["clean_binding"]) == (exact, extra, exact and extra == 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import numpy as np
@@ -135,7 +136,7 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="unknown colour"):
         R.sample_scene(0, 1, colors=["pink"])
     with pytest.raises(ValueError, match="unknown shape"):
-        R.sample_scene(0, 1, shapes=["star"])
+        R.sample_scene(0, 1, shapes=["hexagon"])
     with pytest.raises(ValueError, match="one entry per object"):
         R.sample_scene(0, 2, colors=["red"])
     with pytest.raises(TypeError, match="rng"):
@@ -153,3 +154,85 @@ def test_package_keeps_the_render_submodule():
 
     assert inspect.ismodule(ait2i.shapes.render)
     assert ait2i.shapes.sample_scene is R.sample_scene
+
+
+# -- the optional drawing fields and the star leave every existing scene as it was --------------------------------
+
+
+def test_default_scenes_render_bit_identically():
+    """Digests taken before ShapeSpec had angle, aspect, second_color and split, and before the star existed."""
+    h = hashlib.sha256()
+    for i in range(300):
+        rng = np.random.default_rng([4242, i])
+        h.update(R.to_array(R.render(R.sample_scene(rng, int(rng.integers(1, 4))))).tobytes())
+    assert h.hexdigest() == "b9800a7abdcd7fed8f4f40a06fb2c599c4758ba990b344e44bff422c8b28228f"
+
+
+def test_training_mix_is_unchanged():
+    h = hashlib.sha256()
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        sc = R.sample_training_scene(rng)
+        h.update(repr([(o.color, o.shape, o.cx, o.cy, o.size) for o in sc.objects] + [sc.background]).encode())
+        h.update(R.to_array(R.render(sc)).tobytes())
+    assert h.hexdigest() == "836809e9386a6c47a803a79dbb9f6bf8637ca3333c9c550644cd09f593f84f3d"
+    first = R.sample_training_scene(2).objects[0]
+    assert (first.color, first.shape, first.cx, first.cy, first.size) == (
+        "red",
+        "circle",
+        17.94680551439897,
+        20.44516039929509,
+        10.551495652810582,
+    )
+    assert "star" not in R.SHAPES and R.ALL_SHAPES == R.SHAPES + ("star",)
+
+
+def test_explicit_defaults_draw_the_same_pixels():
+    for shape in R.SHAPES:
+        plain = R.ShapeSpec("blue", shape, 15.3, 16.7, 11.4)
+        spelled = R.ShapeSpec("blue", shape, 15.3, 16.7, 11.4, angle=0.0, aspect=1.0, second_color=None, split=0.5)
+        assert np.array_equal(R.to_array(R.render(R.Scene([plain], 33))), R.to_array(R.render(R.Scene([spelled], 33))))
+
+
+def _covered(img, bg):
+    return (np.abs(R.to_array(img).astype(int) - bg).sum(axis=-1) > 0).sum()
+
+
+def test_rotation_aspect_and_bbox():
+    sq = R.ShapeSpec("red", "square", 16, 16, 12, angle=15)
+    x0, y0, x1, y1 = sq.bbox
+    side = 12 * (np.cos(np.deg2rad(15)) + np.sin(np.deg2rad(15)))
+    assert (x1 - x0, y1 - y0) == (pytest.approx(side), pytest.approx(side))
+    # a rotated square keeps its area (the exact colour fills about 144 pixels' worth)
+    img = R.to_array(R.render(R.Scene([sq], 30))).astype(float)
+    coverage = (img[..., 0] - 30) / (R.COLORS["red"][0] - 30)
+    assert coverage.sum() == pytest.approx(144, abs=3)
+    rect = R.ShapeSpec("red", "square", 16, 16, 16, aspect=2)
+    assert rect.bbox == pytest.approx((8, 12, 24, 20))
+    tall = R.ShapeSpec("red", "circle", 16, 16, 16, aspect=0.5)
+    assert tall.bbox == pytest.approx((12, 8, 20, 24), abs=1e-3)
+    with pytest.raises(ValueError, match="aspect"):
+        R.render(R.Scene([R.ShapeSpec("red", "square", 16, 16, 8, aspect=0)], 30))
+
+
+def test_two_colour_shape():
+    spec = R.ShapeSpec("blue", "square", 16, 16, 12, second_color="purple")  # box 10..22, split at x = 16
+    px = R.to_array(R.render(R.Scene([spec], 30)))
+    assert tuple(px[16, 12]) == R.COLORS["blue"] and tuple(px[16, 19]) == R.COLORS["purple"]
+    assert {tuple(px[y, x]) for y in range(10, 22) for x in range(10, 22)} == {R.COLORS["blue"], R.COLORS["purple"]}
+    with pytest.raises(ValueError, match="unknown colour"):
+        R.render(R.Scene([R.ShapeSpec("blue", "square", 16, 16, 12, second_color="pink")], 30))
+
+
+def test_star():
+    star = R.ShapeSpec("yellow", "star", 16, 16, 14)
+    x0, y0, x1, y1 = star.bbox
+    assert (x1 - x0, y1 - y0) == (pytest.approx(14), pytest.approx(14))  # the star fills its box
+    px = R.to_array(R.render(R.Scene([star], 30)))
+    assert tuple(px[16, 16]) == R.COLORS["yellow"]
+    assert tuple(px[int(y0) + 1, 16]) != (30, 30, 30)  # the top point
+    assert tuple(px[int(y0) + 1, int(x0) + 1]) == (30, 30, 30)  # the box's corner is empty
+    square = R.render(R.Scene([R.ShapeSpec("yellow", "square", 16, 16, 14)], 30))
+    assert _covered(R.render(R.Scene([star], 30)), 30) < 0.6 * _covered(square, 30)
+    scene = R.sample_scene(3, 2, shapes=["star", "circle"])  # scenes with stars can be sampled on request
+    assert [o.shape for o in scene.objects] == ["star", "circle"]

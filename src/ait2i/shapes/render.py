@@ -13,6 +13,10 @@ Training data mix (:func:`sample_training_scene`):
 - the colour-shape pairs in :data:`HELD_OUT` never appear in training scenes (each of those colours and shapes
   still appears in other pairs), so prompts naming them test composition the model never saw;
 - captions list the objects in a random order.
+
+Outside the training mix, :class:`ShapeSpec` can also draw a five-pointed ``"star"`` (:data:`EXTRA_SHAPES`, a
+shape the shipped model never saw), rotated or stretched shapes (``angle``, ``aspect``) and one shape painted in
+two colours (``second_color``), e.g. to test the checker; at their defaults every scene renders as before.
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "cyan": (40, 210, 220),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+#: Shapes the renderer can draw that are never in the training mix (new concepts, e.g. for personalization).
+EXTRA_SHAPES: tuple[str, ...] = ("star",)
+ALL_SHAPES: tuple[str, ...] = SHAPES + EXTRA_SHAPES
+STAR_INNER = (
+    0.45  # inner-to-outer radius ratio of the five-pointed star (0.38 for a pentagram; fatter reads better at 32 px)
+)
 
 # Colour-shape pairs kept out of training (held-out compositions).
 HELD_OUT: frozenset[tuple[str, str]] = frozenset({("yellow", "triangle"), ("cyan", "circle"), ("purple", "square")})
@@ -50,19 +60,67 @@ TRAINING_MIX = (0.45, 0.45, 0.10)
 
 @dataclass
 class ShapeSpec:
-    """One shape: colour name, shape name, centre (cx, cy) and bounding side ``size``, all in pixels."""
+    """One shape: colour name, shape name, centre (cx, cy) and bounding side ``size``, all in pixels.
+
+    The optional fields draw shapes the training mix never holds (checker tests, new concepts); at their defaults
+    a shape is drawn exactly as before they existed.
+
+    Attributes:
+        angle (`float`): rotation in degrees, counter-clockwise on screen, about the centre.
+        aspect (`float`): width over height before rotation; ``size`` is then the longer side (2.0: a 2:1
+            rectangle or ellipse).
+        second_color (`str`, *optional*): paints the part of the shape right of a vertical line in this colour
+            (colour leakage: one shape in two colours).
+        split (`float`): where that line is, as a fraction of the shape's box width from its left edge.
+    """
 
     color: str
     shape: str
     cx: float
     cy: float
     size: float
+    angle: float = 0.0
+    aspect: float = 1.0
+    second_color: str | None = None
+    split: float = 0.5
+
+    @property
+    def _plain(self) -> bool:
+        return self.shape in SHAPES and self.angle == 0.0 and self.aspect == 1.0
 
     @property
     def bbox(self) -> tuple[float, float, float, float]:
         """Bounding box (x0, y0, x1, y1) in pixels (continuous coordinates)."""
-        h = self.size / 2
-        return (self.cx - h, self.cy - h, self.cx + h, self.cy + h)
+        if self._plain:
+            h = self.size / 2
+            return (self.cx - h, self.cy - h, self.cx + h, self.cy + h)
+        pts = self.outline()
+        return (float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max()))
+
+    def outline(self) -> np.ndarray:
+        """The outline as ``(N, 2)`` (x, y) points in pixels (a circle as a 180-gon), rotation and aspect applied."""
+        w, h = self.size, self.size
+        if self.aspect >= 1:
+            h = self.size / self.aspect
+        else:
+            w = self.size * self.aspect
+        if self.shape == "circle":
+            t = np.linspace(0, 2 * np.pi, 180, endpoint=False)
+            pts = np.stack([np.cos(t) / 2, np.sin(t) / 2], axis=1)
+        elif self.shape == "square":
+            pts = np.array([(-0.5, -0.5), (0.5, -0.5), (0.5, 0.5), (-0.5, 0.5)])
+        elif self.shape == "triangle":
+            pts = np.array([(0.0, -0.5), (0.5, 0.5), (-0.5, 0.5)])
+        else:  # star: five points, the first straight up, scaled to fill the unit box
+            t = -np.pi / 2 + np.arange(10) * np.pi / 5
+            r = np.where(np.arange(10) % 2 == 0, 1.0, STAR_INNER)
+            pts = np.stack([r * np.cos(t), r * np.sin(t)], axis=1)
+            lo, hi = pts.min(axis=0), pts.max(axis=0)
+            pts = (pts - (lo + hi) / 2) / (hi - lo)
+        pts = pts * np.array([w, h])
+        a = np.deg2rad(self.angle)
+        rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])  # counter-clockwise with y down
+        return pts @ rot.T + np.array([self.cx, self.cy])
 
     @property
     def phrase(self) -> str:
@@ -89,10 +147,14 @@ def _as_rng(rng: np.random.Generator | int) -> np.random.Generator:
 def _validate(spec: ShapeSpec) -> None:
     if spec.color not in COLORS:
         raise ValueError(f"unknown colour {spec.color!r}; expected one of {sorted(COLORS)}")
-    if spec.shape not in SHAPES:
-        raise ValueError(f"unknown shape {spec.shape!r}; expected one of {list(SHAPES)}")
+    if spec.shape not in ALL_SHAPES:
+        raise ValueError(f"unknown shape {spec.shape!r}; expected one of {list(ALL_SHAPES)}")
     if spec.size <= 0:
         raise ValueError(f"shape size must be positive, got {spec.size}")
+    if spec.aspect <= 0:
+        raise ValueError(f"aspect must be positive, got {spec.aspect}")
+    if spec.second_color is not None and spec.second_color not in COLORS:
+        raise ValueError(f"unknown colour {spec.second_color!r}; expected one of {sorted(COLORS)}")
 
 
 def render(scene: Scene) -> Image.Image:
@@ -111,6 +173,9 @@ def render(scene: Scene) -> Image.Image:
     draw = ImageDraw.Draw(big)
     for obj in scene.objects:
         _validate(obj)
+        if not obj._plain or obj.second_color is not None:
+            _draw_general(big, obj)
+            continue
         x0, y0, x1, y1 = (v * s for v in obj.bbox)
         fill = COLORS[obj.color]
         if obj.shape == "circle":
@@ -120,6 +185,24 @@ def render(scene: Scene) -> Image.Image:
         else:  # upward triangle: apex at the top centre, base along the bottom of the box
             draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
     return big.reduce(s)  # box filter: each output pixel is the mean of an s x s block
+
+
+def _draw_general(big: Image.Image, obj: ShapeSpec) -> None:
+    """Draws a rotated, stretched, star or two-colour shape on the supersampled canvas (binary coverage)."""
+    s = SUPERSAMPLE
+    mask = Image.new("L", big.size, 0)
+    # pixel (i, j) of the canvas is filled when its centre (i + 0.5, j + 0.5) is inside: shift by half a pixel
+    ImageDraw.Draw(mask).polygon([(x * s - 0.5, y * s - 0.5) for x, y in obj.outline()], fill=255)
+    if obj.second_color is None:
+        big.paste(COLORS[obj.color], mask=mask)
+        return
+    x0, _, x1, _ = obj.bbox
+    cut = int(round((x0 + obj.split * (x1 - x0)) * s))
+    left, right = mask.copy(), mask.copy()
+    ImageDraw.Draw(left).rectangle((cut, 0, big.size[0], big.size[1]), fill=0)
+    ImageDraw.Draw(right).rectangle((0, 0, cut - 1, big.size[1]), fill=0)
+    big.paste(COLORS[obj.color], mask=left)
+    big.paste(COLORS[obj.second_color], mask=right)
 
 
 def _boxes_clear(a: ShapeSpec, b: ShapeSpec, gap: float) -> bool:
