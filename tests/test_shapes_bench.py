@@ -68,8 +68,22 @@ def test_summary_arithmetic_on_hand_made_detections():
     assert (two["exact_binding"]["low"], two["exact_binding"]["high"]) == (lo, hi)
     assert s["single"]["exact_binding"]["value"] == 0.5
     assert s["all"]["n"] == 6 and s["all"]["exact_binding"]["count"] == 3
+    # clean binding: exact and nothing else (the exact image with an extra object does not count)
+    assert two["clean_binding"]["count"] == 1 and s["single"]["clean_binding"]["count"] == 1
+    assert s["all"]["clean_binding"]["count"] == 2
+    assert (two["clean_binding"]["low"], two["clean_binding"]["high"]) == B.wilson_interval(1, 4)
+    # a mixed object (one shape in two colours) is neither requested object
+    mixed = DetectedObject("red", "circle", (0, 0, 5, 5), 25, leaked_colors=("blue",))
+    row = _row("m", "two", [mixed, _d("blue", "square")], req)
+    assert (row["exact_binding"], row["clean_binding"], row["all_present"]) == (False, False, True)
+    # rows written before clean binding existed: derived from exact binding and extra objects
+    old = [{k: v for k, v in r.items() if k != "clean_binding"} for r in rows]
+    assert B.summarize(old) == B.summarize(rows)
     table = B.markdown_table(B.summarize(rows))
     assert "| two | m | 4 | 0.875 [" in table and "| single | m | 2 |" in table
+    assert table.splitlines()[0].endswith("| extra objects | clean binding |")
+    two_line = next(line for line in table.splitlines() if line.startswith("| two | m |"))
+    assert two_line.split("|")[-2].strip().startswith("0.250 [")  # clean binding 1/4, the last column
 
 
 # -- prompts and methods ----------------------------------------------------------------------------------------
@@ -455,6 +469,8 @@ def test_paired_differences_by_hand():
     assert e["object_recall"]["delta"] == pytest.approx(3 / 8 * 0.5)
     assert 0 <= e["exact_binding"]["low"] < 3 / 8 < e["exact_binding"]["high"] <= 1
     assert e["extra_objects"] == {"delta": 0.0, "low": 0.0, "high": 0.0, "better": 0, "worse": 0}
+    # every image has an extra object: no clean binding on either side
+    assert e["clean_binding"] == {"delta": 0.0, "low": 0.0, "high": 0.0, "better": 0, "worse": 0}
     assert B.paired_differences(rows, "none", seed=0) == d  # fixed seed: same intervals
     table = B.differences_table(d, "none")
     assert "| two | m | 8 | " in table and "+0.375 [" in table and "**" not in table.split("| two |")[1].split("|")[5]
@@ -463,6 +479,7 @@ def test_paired_differences_by_hand():
     rows2 += [_pair_row("m", f"p{i}", s, True) for i in range(3) for s in range(4)]
     d2 = B.paired_differences(rows2, "none")
     assert d2["m"]["all"]["exact_binding"] == {"delta": 1.0, "low": 1.0, "high": 1.0, "better": 12, "worse": 0}
+    assert d2["m"]["all"]["clean_binding"] == {"delta": 1.0, "low": 1.0, "high": 1.0, "better": 12, "worse": 0}
     assert "**+1.000 [+1.000, +1.000]**" in B.differences_table(d2, "none")
     with pytest.raises(ValueError, match="reference method 'ait2i' has no results"):
         B.paired_differences(rows, "ait2i")

@@ -7,7 +7,9 @@
 - **object recall**: the fraction of requested objects whose shape is found (one-to-one);
 - **all present** (1 - neglect): every requested shape is found;
 - **exact binding**: every requested object is found with its own colour and shape;
-- **extra objects**: the image holds more objects than requested.
+- **extra objects**: the image holds more objects than requested;
+- **clean binding** (the headline): every requested object is there with its own colour and shape, and nothing
+  else (exact binding and no extra object).
 
 Rates get Wilson intervals, the mean recall a percentile bootstrap; both treat images as independent. Prompt
 categories (fixed lists, :func:`shapes_prompts`): ``single``, ``two`` (distinct shapes and colours),
@@ -66,7 +68,7 @@ METHOD_SETS = {
 }
 RESULTS = "results.jsonl"
 MANIFEST = "manifest.json"
-METRICS = ("object_recall", "all_present", "exact_binding", "extra_objects")
+METRICS = ("object_recall", "all_present", "exact_binding", "extra_objects", "clean_binding")
 _PROMPT_SEED = 20_261_129  # fixes the prompt lists
 
 
@@ -397,8 +399,9 @@ def summarize(rows: Sequence[dict]) -> dict:
                 ("all_present", "all_present"),
                 ("exact_binding", "exact_binding"),
                 ("extra_objects", "has_extra"),
+                ("clean_binding", "clean_binding"),
             ):
-                k = sum(bool(r[key]) for r in rs)
+                k = sum(bool(_flag(r, key)) for r in rs)
                 lo, hi = wilson_interval(k, n)
                 entry[name] = {"value": k / n if n else 0.0, "low": lo, "high": hi, "count": k}
             out[method][cat] = entry
@@ -407,8 +410,8 @@ def summarize(rows: Sequence[dict]) -> dict:
 
 def markdown_table(summary: dict) -> str:
     """The summary as a markdown table: one row per (category, method), value [95% interval]."""
-    head = "| category | method | n | object recall | all present | exact binding | extra objects |"
-    lines = [head, "|" + "---|" * 7]
+    head = "| category | method | n | object recall | all present | exact binding | extra objects | clean binding |"
+    lines = [head, "|" + "---|" * 8]
     cats = list(dict.fromkeys(c for m in summary.values() for c in m))
     for cat in cats:
         for method, per in summary.items():
@@ -426,7 +429,15 @@ _ROW_KEYS = {
     "all_present": "all_present",
     "exact_binding": "exact_binding",
     "extra_objects": "has_extra",
+    "clean_binding": "clean_binding",
 }
+
+
+def _flag(row: dict, key: str):
+    """A row's value for ``key``; ``clean_binding`` of rows written before it existed is exact and no extra."""
+    if key == "clean_binding" and key not in row:
+        return bool(row["exact_binding"]) and not bool(row["has_extra"])
+    return row[key]
 
 
 def _cluster_bootstrap(groups: Sequence[np.ndarray], resamples: int, seed: int) -> tuple[float, float]:
@@ -487,14 +498,14 @@ def paired_differences(rows: Sequence[dict], reference: str, resamples: int = 20
             for metric, key in _ROW_KEYS.items():
                 d = {p: [] for p in prompts}
                 for a, b in ps:
-                    d[a["prompt"]].append(float(a[key]) - float(b[key]))
+                    d[a["prompt"]].append(float(_flag(a, key)) - float(_flag(b, key)))
                 groups = [np.asarray(v) for v in d.values()]
                 delta = float(np.concatenate(groups).mean()) if ps else 0.0
                 lo, hi = _cluster_bootstrap(groups, resamples, seed)
                 entry[metric] = {"delta": delta, "low": lo, "high": hi}
                 if metric != "object_recall":
-                    entry[metric]["better"] = sum(bool(a[key]) and not bool(b[key]) for a, b in ps)
-                    entry[metric]["worse"] = sum(bool(b[key]) and not bool(a[key]) for a, b in ps)
+                    entry[metric]["better"] = sum(bool(_flag(a, key)) and not bool(_flag(b, key)) for a, b in ps)
+                    entry[metric]["worse"] = sum(bool(_flag(b, key)) and not bool(_flag(a, key)) for a, b in ps)
             out[method][cat] = entry
     return out
 
@@ -503,7 +514,7 @@ def differences_table(diffs: dict, reference: str) -> str:
     """:func:`paired_differences` as markdown; a delta whose interval excludes 0 is bold."""
     deltas = " | ".join(f"Δ {m.replace('_', ' ')}" for m in METRICS)
     head = f"| category | method − {reference} | pairs | {deltas} |"
-    lines = [head, "|" + "---|" * 7]
+    lines = [head, "|" + "---|" * 8]
 
     def cell(e):
         text = f"{e['delta']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]"
