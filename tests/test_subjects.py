@@ -74,3 +74,42 @@ def test_textual_inversion_placeholder(tok):
     assert [toks[i] for i in s[0].tokens] == ["<cat-toy>", "<cat-toy>_1"]
     with pytest.raises(ValueError, match="not in the prompt"):
         resolve_subjects(tok, prompt, ["<dog-toy>"])
+
+
+def test_flat_index_list_is_one_token_per_subject_as_attend_and_excite(tok):
+    # Attend-and-Excite's token_indices=[2, 5]: two subjects, "cat" and "dog" (not one subject "cat dog")
+    s = resolve_subjects(tok, "a cat and a dog", [2, 5])
+    assert [x.tokens for x in s] == [(2,), (5,)] and [x.label for x in s] == ["cat", "dog"]
+    grouped = resolve_subjects(tok, "a photo of a surfboard and a dog", [[5, 6], [9]])
+    assert [x.tokens for x in grouped] == [(5, 6), (9,)]
+    assert [x.tokens for x in resolve_subjects(tok, "a cat and a dog", 5)] == [(5,)]
+
+
+def test_articles_determiners_and_punctuation_are_not_subject_words(tok):
+    prompt = "a cat, the red dog and this bird"
+    a, b, c = resolve_subjects(tok, prompt, ["a cat,", "the red dog", "this bird"])
+    toks = dict(prompt_tokens(tok, prompt))
+    assert [toks[i] for i in a.tokens] == ["cat</w>"] and a.attributes == ()
+    assert [toks[i] for i in b.tokens] == ["dog</w>"] and [toks[i] for i in b.attributes] == ["red</w>"]
+    assert [toks[i] for i in c.tokens] == ["bird</w>"] and c.attributes == ()
+    with pytest.raises(ValueError, match="names no word"):
+        resolve_subjects(tok, prompt, ["the ,"])
+
+
+def test_subject_beyond_truncation_says_so(tok):
+    prompt = "a cat " + "and a very long description " * 20 + "and a dog"
+    assert len(tok(prompt).input_ids) > 77
+    with pytest.raises(ValueError, match="beyond the text encoder's 77-token limit"):
+        resolve_subjects(tok, prompt, ["dog"])
+    assert resolve_subjects(tok, prompt, ["cat"])[0].tokens == (2,)
+
+
+def test_subject_box_is_validated_and_kept(tok):
+    (s,) = resolve_subjects(tok, "a cat", [Subject("cat", (2,), box=(0.1, 0.2, 0.5, 0.6))])
+    assert s.box == (0.1, 0.2, 0.5, 0.6)
+    (d,) = resolve_subjects(tok, "a cat", [{"tokens": [2], "box": [0, 0, 1, 1]}])
+    assert d.box == (0.0, 0.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="leaves the image"):
+        Subject("cat", (2,), box=(0.1, 0.2, 1.5, 0.6))
+    with pytest.raises(ValueError, match="x1 > x0"):
+        Subject("cat", (2,), box=(0.5, 0.2, 0.1, 0.6))

@@ -8,8 +8,11 @@ word that occurs more than once needs an occurrence number: ``"cat#2"`` is the s
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 #: Where CLIP's end-of-word marker sits on a BPE piece.
 _EOW = "</w>"
@@ -23,11 +26,49 @@ class Subject:
         label (`str`): how the user named it ("red car"), used in diagnostics and pictures.
         tokens (`tuple[int, ...]`): indices into the 77-token sequence of the noun's word pieces (start token = 0).
         attributes (`tuple[int, ...]`): indices of the attribute words' pieces bound to this subject.
+        box (`tuple[float, float, float, float]`, *optional*): where the subject should be, normalised
+            ``(x0, y0, x1, y1)`` in [0, 1], origin top-left; read by layout methods (``uses_boxes``).
+        data (`Mapping[str, Any]`, *optional*): any other per-subject data a third-party method reads.
     """
 
     label: str
     tokens: tuple[int, ...]
     attributes: tuple[int, ...] = ()
+    box: tuple[float, float, float, float] | None = None
+    data: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if self.box is not None:
+            object.__setattr__(self, "box", check_box(self.box, self.label))
+
+    def to_dict(self) -> dict:
+        """JSON view: label, tokens, attributes, and the box / data when given."""
+        out = {"label": self.label, "tokens": list(self.tokens), "attributes": list(self.attributes)}
+        if self.box is not None:
+            out["box"] = list(self.box)
+        if self.data:
+            out["data"] = dict(self.data)
+        return out
+
+
+def check_box(box, label: str = "subject") -> tuple[float, float, float, float]:
+    """Validate a normalised ``(x0, y0, x1, y1)`` box (origin top-left) and return it as floats.
+
+    Raises:
+        ValueError: not four finite numbers in [0, 1], or ``x1 <= x0`` / ``y1 <= y0``.
+    """
+    try:
+        vals = tuple(float(v) for v in box)
+    except (TypeError, ValueError):
+        raise ValueError(f"{label}: a box is four numbers (x0, y0, x1, y1) in [0, 1], got {box!r}") from None
+    if len(vals) != 4 or not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"{label}: a box is four finite numbers (x0, y0, x1, y1) in [0, 1], got {box!r}")
+    x0, y0, x1, y1 = vals
+    if not all(0.0 <= v <= 1.0 for v in vals):
+        raise ValueError(f"{label}: box {vals} leaves the image; coordinates are fractions in [0, 1], top-left origin")
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"{label}: box {vals} is empty; give (x0, y0, x1, y1) with x1 > x0 and y1 > y0")
+    return vals
 
 
 @dataclass(frozen=True)
@@ -81,14 +122,29 @@ def _placeholder_vectors(tokenizer, word: str) -> list[str]:
     return out
 
 
-def _prompt_words(tokenizer, prompt: str) -> list[_Word]:
-    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+def _prompt_words(tokenizer, prompt: str, truncate: bool = True) -> list[_Word]:
+    if truncate:
+        ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    else:
+        ids = tokenizer(prompt, truncation=False).input_ids
     pieces = tokenizer.convert_ids_to_tokens(ids)[1:-1]  # drop start / end tokens
     return _words(tokenizer, pieces, first_index=1)
 
 
+#: Words that are never part of a subject: articles and determiners (a phrase "a cat" names the cat).
+DETERMINERS = frozenset(
+    "a an the this that these those some any each every either neither another such no my your his her its our "
+    "their".split()
+)
+
+
+def _is_subject_word(w: _Word) -> bool:
+    """Articles, determiners and punctuation ("a", "the", ",") are not words of a subject."""
+    return w.text not in DETERMINERS and any(ch.isalnum() for ch in w.text)
+
+
 def _phrase_words(tokenizer, phrase: str) -> list[_Word]:
-    return _words(tokenizer, tokenizer.tokenize(phrase), first_index=0)
+    return [w for w in _words(tokenizer, tokenizer.tokenize(phrase), first_index=0) if _is_subject_word(w)]
 
 
 _OCCURRENCE = re.compile(r"^(.*?)#(\d+)$")
@@ -100,7 +156,8 @@ def _resolve_phrase(tokenizer, prompt: str, words: list[_Word], spec: str) -> Su
     want = _phrase_words(tokenizer, phrase)
     if not want:
         raise ValueError(
-            f"empty subject {spec!r}; name a word of the prompt. Tokens: {format_tokens(tokenizer, prompt)}"
+            f"subject {spec!r} names no word (articles, determiners and punctuation are not subject words); name "
+            f"a word of the prompt. Tokens: {format_tokens(tokenizer, prompt)}"
         )
     keys = [w.pieces for w in want]
     n = len(keys)
@@ -121,6 +178,13 @@ def _resolve_phrase(tokenizer, prompt: str, words: list[_Word], spec: str) -> Su
             if ok:
                 matches.append([*picked, words[k]])
     if not matches:
+        full = [w.pieces for w in _prompt_words(tokenizer, prompt, truncate=False)]
+        if len(full) > len(words) and keys[-1] in full[len(words) :]:
+            raise ValueError(
+                f"subject {phrase!r} lies beyond the text encoder's {tokenizer.model_max_length}-token limit: the "
+                f"prompt is truncated after {words[-1].text!r} (token {words[-1].indices[-1]}), so the model never "
+                "sees it. Shorten the prompt or move the subject earlier."
+            )
         raise ValueError(
             f"subject {phrase!r} is not in the prompt {prompt!r}. Its tokens are: {format_tokens(tokenizer, prompt)}. "
             "Name words of the prompt, or pass token indices (see `ait2i tokens`)."
@@ -171,8 +235,11 @@ def resolve_subjects(tokenizer, prompt: str, subjects) -> list[Subject]:
     Args:
         tokenizer: the pipeline's CLIP tokenizer (placeholders of loaded textual inversions included).
         prompt (`str`): the prompt as the text encoder sees it (after textual-inversion expansion).
-        subjects (`list`): each item a phrase (``"red car"``, ``"cat#2"``), a list of token indices (the noun's
-            pieces), a dict ``{"tokens": [...], "attributes": [...], "label": ...}`` or a :class:`Subject`.
+        subjects (`list`): each item a phrase (``"red car"``, ``"cat#2"``; articles, determiners and punctuation
+            are not subject words), a token index (``[2, 5]`` is two subjects of one token each, as
+            Attend-and-Excite's ``token_indices``), a list of token indices (one subject's noun pieces:
+            ``[[2, 3], [5]]``), a dict ``{"tokens": [...], "attributes": [...], "label": ..., "box": ...}`` or a
+            :class:`Subject`.
 
     Returns:
         `list[Subject]`, in the order given.
@@ -181,9 +248,7 @@ def resolve_subjects(tokenizer, prompt: str, subjects) -> list[Subject]:
         ValueError: no subject, an unknown or ambiguous word, an index out of range or on the start/end token,
             two subjects sharing a noun token.
     """
-    if isinstance(subjects, (str, Subject)) or (
-        isinstance(subjects, (list, tuple)) and subjects and all(isinstance(s, int) for s in subjects)
-    ):
+    if isinstance(subjects, (str, Subject, dict, int)):
         subjects = [subjects]
     if not subjects:
         raise ValueError(
@@ -199,6 +264,8 @@ def resolve_subjects(tokenizer, prompt: str, subjects) -> list[Subject]:
                 spec.label,
                 _check_indices(tokenizer, prompt, spec.tokens, eot, spec.label),
                 _check_indices(tokenizer, prompt, spec.attributes, eot, spec.label) if spec.attributes else (),
+                spec.box,
+                spec.data,
             )
         elif isinstance(spec, str):
             s = _resolve_phrase(tokenizer, prompt, words, spec)
@@ -206,7 +273,13 @@ def resolve_subjects(tokenizer, prompt: str, subjects) -> list[Subject]:
             toks = _check_indices(tokenizer, prompt, spec.get("tokens", ()), eot, "subject")
             attrs = spec.get("attributes", ())
             attrs = _check_indices(tokenizer, prompt, attrs, eot, "subject attributes") if attrs else ()
-            s = Subject(spec.get("label") or _label(tokenizer, prompt, toks), toks, attrs)
+            unknown = sorted(set(spec) - {"tokens", "attributes", "label", "box", "data"})
+            if unknown:
+                raise ValueError(
+                    f"subject {spec!r}: unknown key(s) {unknown}; use tokens, attributes, label, box, data"
+                )
+            label = spec.get("label") or _label(tokenizer, prompt, toks)
+            s = Subject(label, toks, attrs, spec.get("box"), spec.get("data") or {})
         elif isinstance(spec, (list, tuple)):
             toks = _check_indices(tokenizer, prompt, list(spec), eot, f"subject {list(spec)}")
             s = Subject(_label(tokenizer, prompt, toks), toks)
