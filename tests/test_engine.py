@@ -57,21 +57,24 @@ def test_resolution_never_produced(pipe):
         ait2i.generate(pipe, "a cat", ["cat"], AIT2IConfig(attn_res=8), num_inference_steps=2)
 
 
-def test_pipeline_without_step_callback():
-    class Old:
-        unet = tokenizer = scheduler = None
+def test_pipeline_without_step_callback(pipe):
+    from diffusers import StableDiffusionPipeline
 
-        def encode_prompt(self):
-            pass
-
-        def prepare_latents(self):
-            pass
-
+    class Old(StableDiffusionPipeline):  # a Stable Diffusion pipeline of a diffusers without the step callback
         def __call__(self, prompt, callback=None):
             pass
 
+    old = Old(**pipe.components, requires_safety_checker=False)
     with pytest.raises(TypeError, match="callback_on_step_end"):
-        ait2i.generate(Old(), "a cat", ["cat"])
+        ait2i.generate(old, "a cat", ["cat"])
+
+
+def test_unsupported_pipeline_is_refused_with_the_supported_list():
+    class Other:
+        pass
+
+    with pytest.raises(TypeError, match=r"Other is not supported; supported pipelines: .*StableDiffusionPipeline"):
+        ait2i.generate(Other(), "a cat", ["cat"])
 
 
 def test_bad_subject_and_method(pipe):

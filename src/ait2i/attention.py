@@ -1,4 +1,4 @@
-"""Cross-attention capture by attention processors (DESIGN §2).
+"""Cross-attention capture by attention processors (docs/method.md, section 1).
 
 :func:`capture_attention` installs a :class:`CaptureProcessor` with ``set_attn_processor`` on the cross-attention
 layers (``attn2``) of a ``UNet2DConditionModel`` that run at the requested resolution, keyed by module path. The
@@ -13,6 +13,7 @@ backward pass is computed.
 
 from __future__ import annotations
 
+import inspect
 import math
 from contextlib import contextmanager
 
@@ -67,46 +68,85 @@ class AttentionStore:
 class CaptureProcessor:
     """Records the cross-attention probabilities of one layer while its store records; else defers to ``original``.
 
-    The recording path is the explicit ``softmax(QK^T/sqrt(d)) V`` of diffusers' ``AttnProcessor`` (the probabilities
-    are needed); the non-recording path is the layer's original processor (typically fused SDPA).
+    The processor is called exactly as the layer's original processor would be: the same positional and keyword
+    arguments reach ``original`` (sliced attention, legacy processors with a positional signature, processors with
+    extra ``cross_attention_kwargs``), and ``inspect.signature(processor.__call__)`` is the original's, so that
+    ``Attention.forward`` passes it the same keyword arguments. While recording, the probabilities
+    ``softmax(QK^T/sqrt(d))`` are computed from the layer's projections; the output is computed from them
+    directly when the original is diffusers' plain ``AttnProcessor``/``AttnProcessor2_0`` (the same arithmetic as
+    the Attend-and-Excite reference), and by the original processor otherwise (so that what it adds, e.g. extra
+    keyword arguments, still applies).
     """
 
     def __init__(self, store: AttentionStore, name: str, original):
         self.store = store
         self.name = name
         self.original = original
+        try:
+            signature = inspect.signature(original.__call__)
+        except (TypeError, ValueError):
+            signature = None
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kw):
+        def call(attn, hidden_states, *args, **kwargs):
+            return self._call(attn, hidden_states, *args, **kwargs)
+
+        if signature is not None:
+            call.__signature__ = signature
+        self.__call__ = call  # what Attention.forward inspects; the instance is called through type(self).__call__
+
+    def __call__(self, attn, hidden_states, *args, **kwargs):
+        return self._call(attn, hidden_states, *args, **kwargs)
+
+    def _call(self, attn, hidden_states, *args, **kwargs):
+        encoder_hidden_states = kwargs.get("encoder_hidden_states", args[0] if args else None)
         if not self.store.recording or encoder_hidden_states is None:
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kw)
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        batch, seq_len, _ = encoder_hidden_states.shape
-        attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)  # (B, Q, C)
-        if attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)  # (B, L, C)
-        value = attn.to_v(encoder_hidden_states)
-        query, key, value = (attn.head_to_batch_dim(x) for x in (query, key, value))  # (B*heads, ., C/heads)
-        probs = attn.get_attention_scores(query, key, attention_mask)  # (B*heads, Q, L)
-        out = torch.bmm(probs, value)
-        out = attn.batch_to_head_dim(out)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            out = out + residual
-        out = out / attn.rescale_output_factor
+            return self.original(attn, hidden_states, *args, **kwargs)
+        attention_mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        temb = kwargs.get("temb", args[2] if len(args) > 2 else None)
+        plain = type(self.original).__name__ in _PLAIN and not (set(kwargs) - _PLAIN_KWARGS) and len(args) <= 3
+        probs, out = _probabilities(attn, hidden_states, encoder_hidden_states, attention_mask, temb, plain)
+        if out is None:
+            out = self.original(attn, hidden_states, *args, **kwargs)
         self.store.add(self.name, probs, attn.heads)  # may end the forward pass (StopForward)
         return out
+
+
+_PLAIN = {"AttnProcessor", "AttnProcessor2_0"}
+_PLAIN_KWARGS = {"encoder_hidden_states", "attention_mask", "temb"}
+
+
+def _probabilities(attn, hidden_states, encoder_hidden_states, attention_mask, temb, with_output: bool):
+    """``(B * heads, Q, L)`` probabilities of a cross-attention call, and its output when ``with_output``.
+
+    The steps are those of diffusers' ``AttnProcessor`` (spatial norm, 4-D inputs, group norm, ``norm_cross``).
+    """
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    input_ndim = hidden_states.ndim
+    if input_ndim == 4:
+        batch, channel, height, width = hidden_states.shape
+        hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+    batch, seq_len, _ = encoder_hidden_states.shape
+    attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    query = attn.to_q(hidden_states)  # (B, Q, C)
+    if attn.norm_cross:
+        encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+    key = attn.to_k(encoder_hidden_states)  # (B, L, C)
+    query, key = attn.head_to_batch_dim(query), attn.head_to_batch_dim(key)  # (B*heads, ., C/heads)
+    probs = attn.get_attention_scores(query, key, attention_mask)  # (B*heads, Q, L)
+    if not with_output:
+        return probs, None
+    value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+    out = attn.batch_to_head_dim(torch.bmm(probs, value))
+    out = attn.to_out[1](attn.to_out[0](out))
+    if input_ndim == 4:
+        out = out.transpose(-1, -2).reshape(batch, channel, height, width)
+    if attn.residual_connection:
+        out = out + residual
+    return probs, out / attn.rescale_output_factor
 
 
 def _place(name: str) -> str | None:

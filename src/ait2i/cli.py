@@ -23,7 +23,6 @@ import sys
 import warnings
 from pathlib import Path
 
-METHODS = ("ait2i", "ait2i-paper", "attend-and-excite", "none")
 SHIPPED_MODEL = "shapesworld"  # what --model defaults to, as recorded in the metadata
 
 
@@ -200,7 +199,8 @@ def load_model(model: str | None, dtype: str = "float32", scheduler: str = "defa
     Args:
         model (`str`, *optional*): a local diffusers folder or a hub id (safetensors weights only).
         dtype (`str`, *optional*, defaults to `"float32"`): ``"float32"`` or ``"float16"``.
-        scheduler (`str`, *optional*, defaults to `"default"`): ``"ddim"``, ``"pndm"`` or ``"default"`` (the
+        scheduler (`str`, *optional*, defaults to `"default"`): a short name of
+            ``ait2i.hosts.schedulers.SCHEDULER_NAMES`` (``"ddim"``, ``"euler"``, ...) or ``"default"`` (the
             model's own).
     """
     import torch
@@ -237,11 +237,9 @@ def load_model(model: str | None, dtype: str = "float32", scheduler: str = "defa
         except Exception as e:  # noqa: BLE001 - network, missing files, wrong format: one clear message
             raise ValueError(_load_error(model, e)) from None
     if scheduler != "default":
-        from diffusers import DDIMScheduler, PNDMScheduler
+        from .hosts.schedulers import scheduler_from_name
 
-        cls = {"ddim": DDIMScheduler, "pndm": PNDMScheduler}[scheduler]
-        extra = {"skip_prk_steps": True} if scheduler == "pndm" else {}
-        pipe.scheduler = cls.from_config(pipe.scheduler.config, **extra)
+        pipe.scheduler = scheduler_from_name(scheduler, pipe.scheduler.config)
     return pipe
 
 
@@ -363,7 +361,7 @@ def cmd_generate(args) -> int:
     }
     for k, (seed, img, path) in enumerate(zip(plan.seeds, images, plan.paths)):
         d, sample = diags[k]
-        subject_tokens = [dataclasses.asdict(s) for s in d.subjects]
+        subject_tokens = [s.to_dict() for s in d.subjects]
         save_png(img, path, dict(params, seed=seed, subject_tokens=subject_tokens))
         print(f"wrote {path}")
         if args.attention:
@@ -400,6 +398,8 @@ def _fail(msg: str) -> int:
 # -- entry point ----------------------------------------------------------------------------------------------------
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from . import __version__
+    from .hosts.schedulers import SCHEDULER_NAMES
+    from .methods import available_methods
 
     parser = argparse.ArgumentParser(
         prog="ait2i",
@@ -421,7 +421,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         help='subjects to guide: words of the prompt ("red car": attribute + noun; "cat#2": 2nd "cat") '
         "or token indices (5 or 5,6); see `ait2i tokens PROMPT`",
     )
-    g.add_argument("--method", default="ait2i", choices=METHODS, help="guidance method (default: ait2i)")
+    g.add_argument(
+        "--method",
+        default="ait2i",
+        choices=available_methods(),
+        help="guidance method, any registered one (default: ait2i)",
+    )
     g.add_argument(
         "--set",
         action="append",
@@ -443,7 +448,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     g.add_argument(
         "--scheduler",
         default="default",
-        choices=("default", "ddim", "pndm"),
+        choices=("default", *SCHEDULER_NAMES),
         help="replace the model's scheduler (default: keep it)",
     )
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")

@@ -1,7 +1,9 @@
-"""Method configurations: one dataclass per method, validated on construction, and the named presets.
+"""Method configurations: one dataclass per method, validated on construction (the presets live in ``methods``).
 
 Every method shares the guidance schedule of :class:`GuidanceConfig` (which steps are guided, the step size,
-iterative refinement, where attention is read); the loss-specific fields live in the subclasses. Windows are
+iterative refinement, where attention is read) and implements the method protocol of :mod:`ait2i.methods`: a
+``loss(raw, subjects, eot_index)`` on one capture of the cross-attention maps. The loss-specific fields live in the
+subclasses. Windows are
 given either as absolute step indices (``int``, the reference implementations' semantics: "the first 25 steps",
 "refine at steps 0, 10, 20" whatever the step count) or as a fraction of the steps (``float`` in (0, 1]).
 """
@@ -11,6 +13,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    import torch
 
 METRICS = ("euclidean", "cosine")
 PLACES = ("down", "mid", "up")
@@ -19,10 +25,10 @@ SOFTMAX_SPANS = ("all", "prompt")
 
 @dataclass
 class GuidanceConfig:
-    """The latent-update schedule shared by every method (DESIGN §5)."""
+    """The latent-update schedule shared by every method (docs/method.md, section 4 and "Hosts and methods")."""
 
-    #: Side of the cross-attention maps that guidance reads (16 = 16x16, SD 1.x/2.x at 512 px; 32 for SDXL at
-    #: 1024 px). ``None`` picks ``ceil(width / 32)``, the Attend-and-Excite rule.
+    #: Side of the cross-attention maps that guidance reads (16 = 16x16, SD 1.x/2.x at 512 px; a 1024 px image
+    #: would read 32). ``None`` picks ``ceil(width / 32)``, the Attend-and-Excite rule.
     attn_res: int | None = 16
     #: UNet parts whose cross-attention layers at ``attn_res`` are averaged (over layers and heads).
     from_where: tuple[str, ...] = ("up", "down", "mid")
@@ -47,6 +53,11 @@ class GuidanceConfig:
     smooth_sigma: float = 0.5
 
     name: str = field(default="guidance", repr=False)
+
+    #: The method changes the latents (``False`` only for ``"none"``, which at most records maps).
+    guides: ClassVar[bool] = True
+    #: The method reads per-subject boxes (``Subject.box``); a box given to a method that does not is an error.
+    uses_boxes: ClassVar[bool] = False
 
     def __post_init__(self):
         if self.attn_res is not None and (not isinstance(self.attn_res, int) or self.attn_res < 1):
@@ -93,6 +104,24 @@ class GuidanceConfig:
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 
+    # -- the method protocol ----------------------------------------------------------------------------------
+    def loss(
+        self, raw: torch.Tensor, subjects, eot_index: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """The method's loss on one capture.
+
+        Args:
+            raw (`torch.Tensor` of shape `(B, H, W, L)`): mean over the read layers and heads of the
+                cross-attention probabilities, float32, with gradient to the latents.
+            subjects (`list[Subject]`): the guided subjects (tokens, attributes, optional box).
+            eot_index (`int`): index of the prompt's end token.
+
+        Returns:
+            `(loss (B,), terms {name: (B,)}, max_att (B, G))`: the loss per sample (what the gradient step
+            lowers), its terms for the diagnostics, and each subject's maximum attention (refinement criterion).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement loss(raw, subjects, eot_index)")
+
 
 @dataclass
 class AttendExciteConfig(GuidanceConfig):
@@ -104,10 +133,18 @@ class AttendExciteConfig(GuidanceConfig):
     refinement: dict[int | float, float] | None = field(default_factory=lambda: {0: 0.05, 10: 0.5, 20: 0.8})
     name: str = field(default="attend-and-excite", repr=False)
 
+    def loss(self, raw, subjects, eot_index):
+        from .losses import attend_excite_objective
+
+        return attend_excite_objective(raw, subjects, self, eot_index)
+
 
 @dataclass
 class AIT2IConfig(GuidanceConfig):
-    """AI-T2I (Cao et al., 2026): aggregation + attribute binding + isolation (+ presence), DESIGN §4."""
+    """AI-T2I (Cao et al., 2026): aggregation + attribute binding + isolation (+ presence).
+
+    Formulas: docs/method.md, section 3.
+    """
 
     from_where: tuple[str, ...] = ("up", "down")
     #: Our default guides the first half of the steps whatever their number (25 of 50, as the authors' code);
@@ -147,13 +184,32 @@ class AIT2IConfig(GuidanceConfig):
         if self.region_radius <= 0 or self.attribute_radius <= 0:
             raise ValueError("region_radius and attribute_radius must be > 0")
 
+    def loss(self, raw, subjects, eot_index):
+        from .losses import ait2i_objective
+
+        return ait2i_objective(raw, subjects, self, eot_index)
+
 
 @dataclass
 class NoGuidanceConfig(GuidanceConfig):
-    """Vanilla sampling: the host pipeline runs untouched."""
+    """Vanilla sampling: the host pipeline runs untouched (maps may still be recorded for pictures)."""
 
     max_guided_steps: int | float = 0
     name: str = field(default="none", repr=False)
+    guides: ClassVar[bool] = False
+
+    def guided_steps(self, num_steps: int) -> int:
+        return 0
+
+    def refinement_thresholds(self, num_steps: int) -> dict[int, float]:
+        return {}
+
+    def loss(self, raw, subjects, eot_index):
+        """No loss (zeros); the subjects' maximum attention, for the diagnostics."""
+        from .losses import check_subjects, subject_max_attention
+
+        raw = check_subjects(raw, subjects, self.softmax_span, eot_index)
+        return raw.new_zeros(raw.shape[0]), {}, subject_max_attention(raw, subjects, self, eot_index)
 
 
 def _check_window(what: str, v) -> None:
@@ -169,27 +225,8 @@ def _resolve(v: int | float, num_steps: int) -> int:
     return v if isinstance(v, int) else int(round(v * num_steps))
 
 
-PRESETS = {
-    # The authors' released configuration, kept whatever our defaults become.
-    "ait2i-paper": lambda: AIT2IConfig(
-        name="ait2i-paper",
-        max_guided_steps=25,
-        isolation_metric="euclidean",
-        aggregation_metric="euclidean",
-        attribute_metric="euclidean",
-    ),
-    # Our default: the paper preset with the first half of the steps guided and cosine aggregation, as the
-    # ShapesWorld ablation chose (docs/method.md).
-    "ait2i": lambda: AIT2IConfig(),
-    "attend-and-excite": lambda: AttendExciteConfig(),
-    "none": lambda: NoGuidanceConfig(),
-}
-
-
 def get_config(method) -> GuidanceConfig:
-    """Resolve a method name (see :data:`PRESETS`) or pass a config object through."""
-    if isinstance(method, GuidanceConfig):
-        return method
-    if isinstance(method, str) and method in PRESETS:
-        return PRESETS[method]()
-    raise ValueError(f"unknown method {method!r}; expected one of {sorted(PRESETS)} or a GuidanceConfig")
+    """Resolve a registered method name or pass a config object through (see :func:`ait2i.methods.get_method`)."""
+    from .methods import get_method
+
+    return get_method(method)

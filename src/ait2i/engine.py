@@ -1,4 +1,4 @@
-"""The latent-update engine shared by every method and every host (DESIGN §5).
+"""The latent-update engine shared by every method and every host (docs/method.md, section 4 and "Hosts and methods").
 
 Given ``attend(z, t, rows) -> raw maps (B, h, w, L)`` (a conditional forward pass of the denoiser that fills an
 attention store, with gradient), a method config and the scheduler's timesteps, :meth:`GuidanceEngine.step`
@@ -8,7 +8,8 @@ returns the latents updated for step ``i``:
 
 with optional iterative refinement at chosen steps (repeat the update until every subject's maximum attention
 reaches the threshold), skipping (and recording) any sample whose loss or gradient is not finite. The engine knows
-no pipeline: adapters (``ait2i.pipelines``) call it from the host's step callback.
+no pipeline and no method: host adapters (``ait2i.hosts``) call it before each step of their loop with the
+denoiser's input ``z`` (the scale-free model input), and it asks the method (``ait2i.methods``) for the loss.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import losses
-from .config import GuidanceConfig, NoGuidanceConfig
+from .config import GuidanceConfig
 from .subjects import Subject
 
 AttendFn = Callable[[torch.Tensor, object, torch.Tensor | None], torch.Tensor]
@@ -57,7 +57,7 @@ class Diagnostics:
         return {
             "method": self.method,
             "config": {k: _jsonable(v) for k, v in asdict(self.config).items()},
-            "subjects": [asdict(s) for s in self.subjects],
+            "subjects": [s.to_dict() for s in self.subjects],
             "steps": [asdict(r) for r in self.steps],
             "notes": list(self.notes),
             "recorded_map_steps": sorted(self.maps),
@@ -81,7 +81,7 @@ class GuidanceEngine:
     """Applies a method's latent updates step by step and records diagnostics.
 
     Args:
-        config (`GuidanceConfig`): the method (``AIT2IConfig``, ``AttendExciteConfig``, ``NoGuidanceConfig``).
+        config (`GuidanceConfig`): the method, any registered one (``ait2i.methods``).
         subjects (`list[Subject]`): the guided subjects.
         attend (`callable`): ``attend(z, t, rows)`` runs the conditional denoiser on ``z`` (rows ``rows`` of the
             batch, or all when ``None``) with attention recording and returns the raw maps ``(b, h, w, L)``.
@@ -104,8 +104,8 @@ class GuidanceEngine:
         self.attend = attend
         self.eot = eot_index
         self.num_steps = num_steps
-        self.guided = 0 if isinstance(config, NoGuidanceConfig) else config.guided_steps(num_steps)
-        self.thresholds = {} if isinstance(config, NoGuidanceConfig) else config.refinement_thresholds(num_steps)
+        self.guided = config.guided_steps(num_steps) if config.guides else 0
+        self.thresholds = config.refinement_thresholds(num_steps) if config.guides else {}
         self.step_sizes = config.step_sizes(num_steps)
         self.record = set(record_maps)
         self.diagnostics = Diagnostics(config.name, config, self.subjects)
@@ -118,12 +118,7 @@ class GuidanceEngine:
 
     def _loss(self, z: torch.Tensor, t, rows: torch.Tensor | None):
         raw = self.attend(z, t, rows)  # (b, h, w, L) float32
-        if isinstance(self.cfg, NoGuidanceConfig):  # recording only: no loss, the maxima for the diagnostics
-            ane = losses.ane_view(raw, self.eot, self.cfg.softmax_span)
-            groups = [list(s.tokens) for s in self.subjects]
-            max_att = losses.max_attention(ane, groups, self.cfg.smooth_kernel, self.cfg.smooth_sigma)
-            return raw, torch.zeros(raw.shape[0]), {}, max_att
-        loss, terms, max_att = losses.compute_loss(raw, self.subjects, self.cfg, self.eot)
+        loss, terms, max_att = self.cfg.loss(raw, self.subjects, self.eot)
         return raw, loss, terms, max_att
 
     def _update(self, z: torch.Tensor, loss: torch.Tensor, eta: float):

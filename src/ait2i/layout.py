@@ -1,4 +1,4 @@
-"""Layout control: boxes per subject and the box-guided losses (DESIGN §6, Layout).
+"""Layout control: boxes per subject and the box-guided losses (docs/method.md, "Hosts and methods").
 
 Three families of pure losses on subject maps ``S_g`` (``(B, G, H, W)``, non-negative) and one box per subject:
 

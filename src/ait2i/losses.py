@@ -3,7 +3,7 @@
 Every function here is a pure function of float32 tensors: it knows nothing of UNets, pipelines or tokenizers. Maps
 are non-negative attention maps laid out ``(..., H, W)``; coordinates are ``(x, y)`` in cell units (``x`` = column,
 ``y`` = row, cell centres at integers). The formulas, their defaults and every open choice are written down in
-``docs/method.md``; DESIGN §4 is the specification.
+``docs/method.md``, which is the specification.
 
 Two views of one captured attention tensor ``raw`` (``(B, H, W, L)``, the mean over heads and layers of
 ``softmax(QK^T / sqrt(d))``) are used:
@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from .config import AIT2IConfig, AttendExciteConfig, GuidanceConfig
+if TYPE_CHECKING:
+    from .config import AIT2IConfig, GuidanceConfig
+
 
 __all__ = [
     "aggregation_loss",
@@ -32,7 +35,11 @@ __all__ = [
     "attend_excite_loss",
     "attribute_loss",
     "centroid",
+    "ait2i_objective",
+    "attend_excite_objective",
+    "check_subjects",
     "compute_loss",
+    "subject_max_attention",
     "disc_mask",
     "gaussian_kernel",
     "gaussian_smooth",
@@ -436,34 +443,19 @@ def isolation_loss(subject_maps: torch.Tensor, metric: str = "euclidean") -> tor
 # ----------------------------------------------------------------------------------------------------------------
 # The loss the engine calls
 # ----------------------------------------------------------------------------------------------------------------
-def compute_loss(
-    raw: torch.Tensor, subjects: Sequence, cfg: GuidanceConfig, eot_index: int
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """The guidance loss of a method config on one capture of the cross-attention maps.
+def check_subjects(raw: torch.Tensor, subjects: Sequence, softmax_span: str, eot_index: int) -> torch.Tensor:
+    """Validate a capture and its subjects for a loss; return ``raw`` as float32.
 
-    `AttendExciteConfig`: ``L = max_g max(0, 1 - max Â_g)``, terms ``{"attend_excite"}``. `AIT2IConfig`:
-    ``L = w_iso L_iso + w_agg L_agg + w_pres L_pres + w_attr L_attr``, terms ``{"isolation", "aggregation",
-    "attribute", "presence"}`` (unweighted), radii scaled by ``H / 16``. ``Â_g`` (presence, max attention) is the
-    mean of the subject's noun-token maps in the :func:`ane_view` (span ``cfg.softmax_span``), smoothed.
-
-    Args:
-        raw (`torch.Tensor` of shape `(B, H, W, L)`): mean over heads and layers of ``softmax(QK^T / sqrt d)``.
-        subjects (`list`): objects with ``.label``, ``.tokens`` (noun pieces) and ``.attributes`` (token indices).
-        cfg (`GuidanceConfig`): an `AIT2IConfig` or an `AttendExciteConfig`.
-        eot_index (`int`): index of the prompt's end-of-text token.
-
-    Returns:
-        `(loss (B,), terms dict[str, (B,)], max_att (B, G))`, all float32.
+    Raises:
+        ValueError: ``raw`` is not ``(B, H, W, L)``, no subject, or a noun/attribute index outside the prompt's
+            tokens (start, end and padding tokens excluded).
     """
-    if not isinstance(cfg, (AIT2IConfig, AttendExciteConfig)):
-        raise TypeError(f"compute_loss needs an AIT2IConfig or AttendExciteConfig, got {type(cfg).__name__}")
     if not isinstance(raw, torch.Tensor) or raw.ndim != 4:
         raise ValueError(f"raw must be a (B, H, W, L) tensor, got {getattr(raw, 'shape', type(raw))}")
     if len(subjects) == 0:
         raise ValueError("no subject given: name at least one subject of the prompt")
-    raw = raw.float()
     length = raw.shape[-1]
-    hi = length - 2 if cfg.softmax_span == "all" else eot_index - 1
+    hi = length - 2 if softmax_span == "all" else eot_index - 1
     for s in subjects:
         bad = [t for t in (*s.tokens, *s.attributes) if not _is_index(t) or not 1 <= t <= hi]
         if not s.tokens or bad:
@@ -471,17 +463,39 @@ def compute_loss(
                 f"subject {s.label!r}: token indices {bad or '(none)'} invalid; nouns and attributes must be prompt "
                 f"tokens in [1, {hi}] (start, end and padding tokens excluded)"
             )
-    groups = [list(s.tokens) for s in subjects]
+    return raw.float()
+
+
+def subject_max_attention(raw: torch.Tensor, subjects: Sequence, cfg: GuidanceConfig, eot_index: int) -> torch.Tensor:
+    """``(B, G)`` maximum of each subject's smoothed Attend-and-Excite map; NaN rows where the capture is not finite."""
     ane = ane_view(raw, eot_index, cfg.softmax_span)  # (B, H, W, L)
-    max_att = max_attention(ane, groups, cfg.smooth_kernel, cfg.smooth_sigma)  # (B, G)
-    max_att = _nan_if_nonfinite(max_att, raw)  # (B, G) a NaN anywhere in the capture stays visible
+    max_att = max_attention(ane, [list(s.tokens) for s in subjects], cfg.smooth_kernel, cfg.smooth_sigma)  # (B, G)
+    return _nan_if_nonfinite(max_att, raw)
 
-    if isinstance(cfg, AttendExciteConfig):
-        loss = _nan_if_nonfinite(attend_excite_loss(max_att), raw)
-        return loss, {"attend_excite": loss}, max_att
 
+def attend_excite_objective(
+    raw: torch.Tensor, subjects: Sequence, cfg: GuidanceConfig, eot_index: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """Attend-and-Excite on one capture: ``L = max_g max(0, 1 - max Â_g)``, terms ``{"attend_excite"}``."""
+    raw = check_subjects(raw, subjects, cfg.softmax_span, eot_index)
+    max_att = subject_max_attention(raw, subjects, cfg, eot_index)
+    loss = _nan_if_nonfinite(attend_excite_loss(max_att), raw)
+    return loss, {"attend_excite": loss}, max_att
+
+
+def ait2i_objective(
+    raw: torch.Tensor, subjects: Sequence, cfg: AIT2IConfig, eot_index: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """AI-T2I on one capture: ``L = w_iso L_iso + w_agg L_agg + w_pres L_pres + w_attr L_attr``.
+
+    Terms ``{"isolation", "aggregation", "attribute", "presence"}`` (unweighted), radii scaled by ``H / 16``.
+    ``Â_g`` (presence, max attention) is the mean of the subject's noun-token maps in the :func:`ane_view` (span
+    ``cfg.softmax_span``), smoothed.
+    """
+    raw = check_subjects(raw, subjects, cfg.softmax_span, eot_index)
+    max_att = subject_max_attention(raw, subjects, cfg, eot_index)
     scale = raw.shape[1] / REFERENCE_RES
-    subject_maps = group_maps(raw, groups)  # (B, G, H, W)
+    subject_maps = group_maps(raw, [list(s.tokens) for s in subjects])  # (B, G, H, W)
     owners = [g for g, s in enumerate(subjects) for _ in s.attributes]
     attr_tokens = [a for s in subjects for a in s.attributes]
     attr_maps = raw[..., attr_tokens].permute(0, 3, 1, 2)  # (B, K, H, W)
@@ -507,6 +521,30 @@ def compute_loss(
         + cfg.w_attribute * terms["attribute"]
     )
     return loss, terms, max_att
+
+
+def compute_loss(
+    raw: torch.Tensor, subjects: Sequence, cfg: GuidanceConfig, eot_index: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """The guidance loss of a method on one capture of the cross-attention maps: ``cfg.loss(raw, subjects, eot)``.
+
+    Args:
+        raw (`torch.Tensor` of shape `(B, H, W, L)`): mean over heads and layers of ``softmax(QK^T / sqrt d)``.
+        subjects (`list`): objects with ``.label``, ``.tokens`` (noun pieces) and ``.attributes`` (token indices).
+        cfg (`GuidanceConfig`): a guiding method (``cfg.guides``), e.g. `AIT2IConfig` or `AttendExciteConfig`.
+        eot_index (`int`): index of the prompt's end-of-text token.
+
+    Returns:
+        `(loss (B,), terms dict[str, (B,)], max_att (B, G))`, all float32.
+
+    Raises:
+        TypeError: ``cfg`` is a method without a loss (``"none"``).
+    """
+    if not getattr(cfg, "guides", False):
+        raise TypeError(
+            f"compute_loss needs a guiding method (e.g. AIT2IConfig, AttendExciteConfig); {cfg.name!r} has no loss"
+        )
+    return cfg.loss(raw, subjects, eot_index)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Subjects: which tokens of the prompt each guided subject owns (DESIGN §3).
+"""Subjects: which tokens of the prompt each guided subject owns (docs/method.md, "Hosts and methods").
 
 A subject is a noun (every word piece of it, e.g. CLIP's "surf" + "board") and, optionally, attribute words bound
 to it ("red" in "a red car"). Users name subjects as phrases of the prompt (``"red car"``: the last word is the

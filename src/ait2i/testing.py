@@ -29,15 +29,53 @@ def clip_tokenizer(model_max_length: int = 77):
 
 
 def make_scheduler(name: str = "ddim"):
-    """DDIM or PNDM with Stable Diffusion 1.x's scheduler settings."""
-    from diffusers import DDIMScheduler, PNDMScheduler
+    """A supported scheduler by short name (``ait2i.hosts.schedulers.SCHEDULER_NAMES``), SD 1.x settings."""
+    from diffusers import DDIMScheduler
+
+    from .hosts.schedulers import scheduler_from_name
 
     common = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
-    if name == "ddim":
-        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    if name == "pndm":
-        return PNDMScheduler(**common, skip_prk_steps=True, steps_offset=1)
-    raise ValueError(f"unknown scheduler {name!r}; expected 'ddim' or 'pndm'")
+    ddim = DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return ddim if name == "ddim" else scheduler_from_name(name, ddim.config)
+
+
+def tiny_unet(seed: int = 0, cross_attention_dim: int = 32, in_channels: int = 4):
+    """A random tiny ``UNet2DConditionModel`` (32x32 latents, cross-attention at 16x16)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        norm_num_groups=2,
+    )
+
+
+def tiny_controlnet(seed: int = 0, cross_attention_dim: int = 32):
+    """A random tiny ``ControlNetModel`` matching :func:`tiny_unet` (control images 64x64)."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    net = ControlNetModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        in_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        conditioning_embedding_out_channels=(16, 32),
+        norm_num_groups=2,
+    )
+    with torch.no_grad():  # a fresh ControlNet's zero convolutions ignore the control image: make them count
+        zero = [net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
+        for p in (p for m in zero for p in m.parameters()):
+            p.normal_(0, 0.5)
+    return net
 
 
 def tiny_sd_components(scheduler: str = "ddim", seed: int = 0, cross_attention_dim: int = 32) -> dict:
@@ -45,21 +83,10 @@ def tiny_sd_components(scheduler: str = "ddim", seed: int = 0, cross_attention_d
 
     Cross-attention runs at 16x16 (down block 1, mid block, up block 0), as 16x16 is read at 512 px in SD 1.x.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=cross_attention_dim,
-        norm_num_groups=2,
-    )
+    unet = tiny_unet(seed, cross_attention_dim)
     torch.manual_seed(seed)
     vae = AutoencoderKL(
         block_out_channels=[32, 64],
@@ -96,11 +123,31 @@ def tiny_sd_components(scheduler: str = "ddim", seed: int = 0, cross_attention_d
     }
 
 
-def tiny_sd_pipeline(scheduler: str = "ddim", seed: int = 0):
-    """A ``StableDiffusionPipeline`` on :func:`tiny_sd_components`, on the CPU, progress bar off."""
-    from diffusers import StableDiffusionPipeline
+#: Tiny pipeline kinds of :func:`tiny_sd_pipeline` -> diffusers class.
+PIPELINES = {
+    "text2img": "StableDiffusionPipeline",
+    "img2img": "StableDiffusionImg2ImgPipeline",
+    "inpaint": "StableDiffusionInpaintPipeline",
+    "inpaint9": "StableDiffusionInpaintPipeline",
+    "controlnet": "StableDiffusionControlNetPipeline",
+}
 
-    pipe = StableDiffusionPipeline(**tiny_sd_components(scheduler, seed), requires_safety_checker=False)
+
+def tiny_sd_pipeline(scheduler: str = "ddim", seed: int = 0, kind: str = "text2img"):
+    """A Stable Diffusion pipeline of ``kind`` (:data:`PIPELINES`) on tiny random components, CPU, no progress bar.
+
+    ``"inpaint9"`` has the 9-channel UNet of inpainting checkpoints, ``"inpaint"`` a plain 4-channel one.
+    """
+    import diffusers
+
+    comps = tiny_sd_components(scheduler, seed)
+    if kind == "inpaint9":
+        comps["unet"] = tiny_unet(seed, in_channels=9)
+    if kind == "controlnet":
+        comps["controlnet"] = tiny_controlnet(seed)
+    if kind not in PIPELINES:
+        raise ValueError(f"unknown pipeline kind {kind!r}; expected one of {sorted(PIPELINES)}")
+    pipe = getattr(diffusers, PIPELINES[kind])(**comps, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

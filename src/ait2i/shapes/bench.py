@@ -13,8 +13,9 @@
 
 Rates get Wilson intervals, the mean recall a percentile bootstrap; both treat images as independent. Prompt
 categories (fixed lists, :func:`shapes_prompts`): ``single``, ``two`` (distinct shapes and colours),
-``same_shape`` (binding is all colour), ``held_out`` (two objects, one a colour-shape pair kept out of training)
-and ``three``.
+``same_shape`` (binding is all colour), ``held_out`` (two objects, one a colour-shape pair kept out of training),
+``three``, ``three_same_shape`` (one shape in three colours) and ``three_held_out`` (a held-out pair joined by two
+seen pairs).
 
 Work runs seed batch by seed batch, categories interleaved, so a run cut short covers every category and
 method with fewer seeds. The run is resumable: one JSON line per (method, prompt, seed) is appended to
@@ -759,7 +760,7 @@ def run_benchmark(
     import torch
 
     if generate_fn is None:
-        from ..pipelines import generate as generate_fn
+        from ..guided import generate as generate_fn
     run = _prepare_run(
         methods,
         seeds,

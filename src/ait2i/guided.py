@@ -1,0 +1,112 @@
+"""``ait2i.generate``: steer an unmodified diffusers pipeline with a registered method.
+
+It picks the host adapter for the pipeline (refusing unsupported pipelines, schedulers and arguments before
+anything runs), resolves the subjects on the host's tokenizer, builds the engine once the host knows the loop,
+runs the pipeline, and returns the pipeline's output extended with the diagnostics (a declared dataclass, see
+:func:`guided_output_class`). One pipeline object runs one guided call at a time (a lock per pipeline).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import threading
+import weakref
+
+from .engine import Diagnostics, GuidanceEngine
+from .hosts import host_for
+from .methods import box_methods, get_method
+from .subjects import resolve_subjects
+
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def pipeline_lock(pipe) -> threading.Lock:
+    """The lock that serialises guided calls on one pipeline object (its processors and methods are swapped)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(pipe)
+        if lock is None:
+            lock = _LOCKS[pipe] = threading.Lock()
+        return lock
+
+
+@functools.cache
+def guided_output_class(output_class: type) -> type:
+    """The pipeline's output dataclass extended with a ``diagnostics`` field (declared, cached per class).
+
+    ``GuidedStableDiffusionPipelineOutput(images=..., nsfw_content_detected=..., diagnostics=...)`` is a
+    ``StableDiffusionPipelineOutput``: everything that reads the pipeline's output keeps working.
+    """
+    return dataclasses.make_dataclass(
+        f"Guided{output_class.__name__}",
+        [("diagnostics", Diagnostics | None, dataclasses.field(default=None))],
+        bases=(output_class,),
+        namespace={"__doc__": f"{output_class.__name__} with the guidance ``diagnostics`` of the call."},
+    )
+
+
+def _with_diagnostics(out, diagnostics: Diagnostics, return_dict: bool):
+    if not return_dict:  # the pipeline's tuple, then the diagnostics
+        return (*out, diagnostics)
+    if not dataclasses.is_dataclass(out):
+        raise TypeError(f"the pipeline returned {type(out).__name__}, not a dataclass output")
+    values = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+    return guided_output_class(type(out))(**values, diagnostics=diagnostics)
+
+
+def generate(pipe, prompt: str, subjects=None, method="ait2i", *, record_maps=(), **pipeline_kwargs):
+    """Generate with AI-T2I (or any registered method) steering an unmodified diffusers pipeline.
+
+    Args:
+        pipe: a supported diffusers pipeline (``ait2i.hosts.supported_pipelines()``); left as it was.
+        prompt (`str`): one prompt (use ``num_images_per_prompt`` and a list of generators for several seeds).
+        subjects (`list`): phrases of the prompt (``["red car", "bench"]``), token indices (``[2, 5]``: one token
+            per subject, as Attend-and-Excite's ``token_indices``; ``[[2, 3], [5]]``: grouped), dicts or
+            :class:`~ait2i.subjects.Subject` objects (which may carry a box). Required unless ``method="none"``.
+        method (`str` or `GuidanceConfig`, *optional*, defaults to `"ait2i"`): a registered method name
+            (``ait2i.available_methods()``) or a config object.
+        record_maps (`Sequence[int]`, *optional*): steps whose subject attention maps are kept in
+            ``output.diagnostics.maps`` (for pictures).
+        **pipeline_kwargs: passed to the pipeline (``generator``, ``num_inference_steps``, ``guidance_scale``,
+            ``height``, ``width``, ``negative_prompt``, ``cross_attention_kwargs``, ``callback_on_step_end``
+            (functions and diffusers' ``PipelineCallback`` objects), ``return_dict``, ...).
+
+    Returns:
+        With ``return_dict=True`` (default): the pipeline's output class extended with ``diagnostics``
+        (:class:`~ait2i.engine.Diagnostics`). With ``return_dict=False``: the pipeline's tuple followed by the
+        diagnostics, e.g. ``(images, nsfw_content_detected, diagnostics)``.
+
+    Raises:
+        TypeError: an unsupported pipeline, scheduler or UNet (the message lists what is supported).
+        ValueError: bad subjects, an argument that cannot be guided, a box for a method that reads no boxes.
+    """
+    cfg = get_method(method)
+    if not isinstance(prompt, str):
+        raise ValueError(
+            "prompt must be one string; pass several seeds with num_images_per_prompt and a list of generators"
+        )
+    if "prompt" in pipeline_kwargs:
+        raise ValueError("give the prompt as generate's second argument, not as a keyword")
+    host = host_for(pipe)(pipe, prompt, pipeline_kwargs)  # refuses what it cannot guide, before anything runs
+    record_maps = tuple(int(s) for s in record_maps)
+    text = host.text
+    resolved = resolve_subjects(host.tokenizer, text, subjects) if (subjects or cfg.guides) else []
+    boxed = [s.label for s in resolved if s.box is not None]
+    if boxed and not cfg.uses_boxes:
+        raise ValueError(
+            f"subjects {boxed} have boxes, but method {cfg.name!r} does not read boxes; methods that do: "
+            f"{box_methods() or 'none registered'}"
+        )
+    return_dict = pipeline_kwargs.get("return_dict", True)
+    if not cfg.guides and not record_maps:  # nothing to do during the loop: the pipeline as it is
+        out = pipe(prompt, **pipeline_kwargs)
+        return _with_diagnostics(out, Diagnostics(cfg.name, cfg, resolved, notes=list(host.notes)), return_dict)
+    eot = host.eot_index
+
+    def make_engine(attend, num_steps: int) -> GuidanceEngine:
+        return GuidanceEngine(cfg, resolved, attend, eot, num_steps, record_maps)
+
+    with pipeline_lock(pipe):
+        out, engine = host.run(cfg, make_engine)
+    return _with_diagnostics(out, engine.diagnostics, return_dict)

@@ -1,0 +1,335 @@
+"""The host interface: how the engine drives one family of diffusers pipelines (docs/method.md, "Hosts and methods").
+
+A host adapter knows, for its pipelines,
+
+- the **text side**: the tokenizer the subjects resolve on, the prompt as the text encoder sees it, its end token;
+- the **denoising side**: the conditional embeddings, the timesteps the loop will run, the start latents (the
+  pipeline's own draws), and how to run the guided conditional forward pass with everything the denoiser sees
+  (ControlNet residuals, mask channels, ...), with cross-attention recorded;
+- and how to **run** the pipeline so that the engine updates the latents before every guided step.
+
+:class:`Host` is that interface (what ``generate`` calls). :class:`CallbackHost` implements it for pipelines with
+``callback_on_step_end``: it runs the user's pipeline object unmodified, and for the duration of the call only
+
+1. wraps the pipeline's own ``encode_prompt`` and ``prepare_latents`` (and family-specific preparation methods) on
+   the instance, to keep what they return: the conditional embeddings exactly as the denoiser gets them (LoRA
+   scale, ``clip_skip``, textual inversion included), the loop's timesteps, and the start latents, to which it
+   applies the step-0 update before the loop begins;
+2. installs attention-capture processors on the selected cross-attention layers;
+3. updates the latents of step ``i + 1`` from ``callback_on_step_end`` at the end of step ``i`` (after the user's
+   own callback, if any, so the update is computed on the latents the denoiser will see).
+
+Everything is restored when the call ends, also by an exception. A family is a subclass that names its pipeline
+classes and overrides the few methods where it differs (see ``sd.py``, ``controlnet.py``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any, ClassVar
+
+import torch
+
+from ..attention import StopForward, capture_attention, select_layers
+from ..subjects import end_token_index
+from .schedulers import check_scheduler, evaluations_per_step, input_scale
+
+#: ``make_engine(attend, num_steps) -> GuidanceEngine``: the host builds the engine once it knows the loop.
+EngineFactory = Callable[[Callable, int], Any]
+
+
+class Host:
+    """Adapter interface of one pipeline family.
+
+    Class attributes:
+        pipelines (`tuple[str, ...]`): names of the pipeline classes this adapter drives (subclasses of them too).
+        refused (`dict[str, str]`): call arguments that cannot be guided right, with the reason (refused up front).
+    """
+
+    pipelines: ClassVar[tuple[str, ...]] = ()
+    refused: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, pipe, prompt: str, kwargs: dict):
+        self.pipe = pipe
+        self.prompt = prompt
+        self.kwargs = dict(kwargs)
+        self.notes: list[str] = []
+        self.check()
+
+    def check(self) -> None:
+        """Refuse, before anything runs, what this host cannot guide right (raise `ValueError`/`TypeError`)."""
+        for key, why in self.refused.items():
+            if self.kwargs.get(key) is not None:
+                raise ValueError(f"{type(self.pipe).__name__}: `{key}` is not supported with guidance ({why})")
+
+    # -- text side --------------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        """The tokenizer whose token indices the subjects and the attention maps use."""
+        raise NotImplementedError
+
+    @property
+    def text(self) -> str:
+        """The prompt as the text encoder sees it."""
+        return self.prompt
+
+    @property
+    def eot_index(self) -> int:
+        """Index of the prompt's end token in the encoder's sequence."""
+        return end_token_index(self.tokenizer, self.text)
+
+    # -- running ----------------------------------------------------------------------------------------------
+    def run(self, cfg, make_engine: EngineFactory):
+        """Run the pipeline with guidance by method ``cfg``; return ``(pipeline output, engine)``."""
+        raise NotImplementedError
+
+
+@contextmanager
+def intercept(obj, name: str, wrapper: Callable) -> Iterator[None]:
+    """Shadow the method ``obj.name`` on the instance by ``wrapper(original, *args, **kwargs)``; always restore."""
+    had = name in obj.__dict__
+    previous = obj.__dict__.get(name)
+    original = getattr(obj, name)
+    obj.__dict__[name] = lambda *a, **k: wrapper(original, *a, **k)
+    try:
+        yield
+    finally:
+        if had:
+            obj.__dict__[name] = previous
+        else:
+            obj.__dict__.pop(name, None)
+
+
+def _callback_inputs(user_cb, user_inputs) -> list[str]:
+    """The tensor inputs the pipeline must hand our callback: the user's (or their callback object's) + latents."""
+    from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+    if isinstance(user_cb, (PipelineCallback, MultiPipelineCallbacks)):
+        user_inputs = user_cb.tensor_inputs  # what the pipeline itself would use for such an object
+    return list(dict.fromkeys([*(user_inputs or ["latents"]), "latents"]))
+
+
+class CallbackHost(Host):
+    """A host for UNet pipelines with ``callback_on_step_end`` (Stable Diffusion 1.x/2.x text-to-image).
+
+    Subclasses override :meth:`denoise` (the guided conditional pass), :meth:`_start_latents` and
+    :meth:`_with_start_latents` (where ``prepare_latents`` puts the start latents), and :meth:`preparations`
+    (more pipeline methods whose results the guided pass needs).
+    """
+
+    pipelines = ()  # abstract: the family modules name their pipelines
+    refused = {
+        "ip_adapter_image": "IP-Adapter image conditioning is not passed to the guided pass yet",
+        "ip_adapter_image_embeds": "IP-Adapter image conditioning is not passed to the guided pass yet",
+        "prompt_embeds": "subjects are words of the prompt: give the prompt as text",
+        "callback": "deprecated by diffusers; use callback_on_step_end",
+        "callback_steps": "deprecated by diffusers; use callback_on_step_end",
+    }
+
+    def check(self) -> None:
+        super().check()
+        pipe = self.pipe
+        missing = [
+            a for a in ("unet", "tokenizer", "scheduler", "encode_prompt", "prepare_latents") if not hasattr(pipe, a)
+        ]
+        if missing:
+            raise TypeError(f"{type(pipe).__name__} has no {', '.join(missing)}; it is not a Stable Diffusion pipeline")
+        if "callback_on_step_end" not in inspect.signature(pipe.__call__).parameters:
+            raise TypeError(
+                f"{type(pipe).__name__}.__call__ has no `callback_on_step_end`, which ait2i drives the denoising "
+                "loop through; upgrade diffusers (>= 0.30)"
+            )
+        if getattr(pipe.unet.config, "time_cond_proj_dim", None) is not None:
+            raise TypeError(
+                "UNets with a guidance-scale embedding (time_cond_proj_dim: LCM-distilled models) are not supported"
+            )
+        if getattr(pipe.unet.config, "addition_embed_type", None) is not None:
+            raise TypeError(
+                f"this UNet takes added conditions ({pipe.unet.config.addition_embed_type}), which "
+                f"{type(pipe).__name__} does not pass; not supported"
+            )
+        n = self.kwargs.get("num_images_per_prompt", 1) or 1
+        gen = self.kwargs.get("generator")
+        if isinstance(gen, list) and len(gen) != n:
+            raise ValueError(f"{len(gen)} generators for num_images_per_prompt={n}; give one per image")
+        latents = self.kwargs.get("latents")
+        if latents is not None and not torch.isfinite(latents).all():
+            raise ValueError("latents contain NaN or inf")
+
+    @property
+    def tokenizer(self):
+        return self.pipe.tokenizer
+
+    @property
+    def text(self) -> str:
+        convert = getattr(self.pipe, "maybe_convert_prompt", None)  # multi-vector textual-inversion placeholders
+        return convert(self.prompt, self.pipe.tokenizer) if convert is not None else self.prompt
+
+    # -- family hooks -----------------------------------------------------------------------------------------
+    def _cond_from_encode(self, result) -> torch.Tensor:
+        """The conditional embeddings from ``encode_prompt``'s result (before classifier-free concatenation)."""
+        return result[0]
+
+    def _start_latents(self, result) -> torch.Tensor:
+        """The start latents from ``prepare_latents``'s result."""
+        return result
+
+    def _with_start_latents(self, result, latents: torch.Tensor):
+        """``prepare_latents``'s result with the start latents replaced."""
+        return latents
+
+    def preparations(self) -> dict[str, Callable]:
+        """More pipeline methods to wrap: ``{name: handler(result)}``, each handler keeps what it needs.
+
+        ``get_timesteps`` (image-to-image pipelines: the loop's timesteps after ``strength``) is kept by default.
+        """
+        return {"get_timesteps": self._keep_timesteps}
+
+    def ready_after(self) -> str:
+        """The pipeline method after which the guided pass has all it needs (step 0 is updated then)."""
+        return "prepare_latents"
+
+    def _keep_timesteps(self, result) -> None:
+        self._loop_timesteps = result[0]
+
+    def denoise(self, u: torch.Tensor, t, step: int, rows: torch.Tensor | None, cond: torch.Tensor) -> None:
+        """The guided conditional forward pass on the model input ``u`` (rows ``rows`` of the batch)."""
+        extra = {}
+        if self.kwargs.get("cross_attention_kwargs"):
+            extra["cross_attention_kwargs"] = self.kwargs["cross_attention_kwargs"]
+        self.pipe.unet(u, t, encoder_hidden_states=cond, **extra)
+
+    def on_callback_outputs(self, outputs: dict) -> None:
+        """Follow what the user's callback changed (e.g. ``prompt_embeds``) so the guided pass sees it too."""
+        emb = outputs.get("prompt_embeds")
+        if isinstance(emb, torch.Tensor) and self.cond is not None:
+            b = self.cond.shape[0]
+            if emb.shape[0] == 2 * b:
+                self.cond = emb[b:]
+            elif emb.shape[0] == b:
+                self.cond = emb
+
+    # -- the run ----------------------------------------------------------------------------------------------
+    def run(self, cfg, make_engine: EngineFactory):
+        pipe, kw = self.pipe, dict(self.kwargs)
+        self.notes += [n for n in [check_scheduler(pipe.scheduler)] if n]  # before anything runs
+        self._cfg = cfg
+        self._loop_timesteps = None
+        self.cond: torch.Tensor | None = None
+        self.engine = None
+        self._stack = ExitStack()
+        user_cb = kw.pop("callback_on_step_end", None)
+        inputs = _callback_inputs(user_cb, kw.pop("callback_on_step_end_tensor_inputs", None))
+
+        def on_encode(original, *a, **k):
+            result = original(*a, **k)
+            self.cond = self._cond_from_encode(result).detach()
+            return result
+
+        def on_prepare_latents(original, *a, **k):
+            result = original(*a, **k)
+            z = self._start_latents(result)
+            if self.ready_after() == "prepare_latents":
+                self._begin(make_engine, z)
+                return self._with_start_latents(result, self._update(0, z))
+            # The guided pass needs something the pipeline prepares later: own the start latents now and update
+            # them in place once it is there (the pipeline's loop holds this very tensor).
+            self._z0 = z.clone()
+            return self._with_start_latents(result, self._z0)
+
+        def when_ready(original, *a, **k):
+            result = original(*a, **k)
+            self._begin(make_engine, self._z0)
+            self._z0.copy_(self._update(0, self._z0))
+            return result
+
+        def on_step_end(p, i, t, callback_kwargs):
+            out = {}
+            if user_cb is not None:
+                out = dict(user_cb(p, i, t, callback_kwargs) or {})
+                self.on_callback_outputs(out)
+            latents = out.get("latents", callback_kwargs["latents"])
+            if i + 1 < len(self.loop):
+                latents = self._update(i + 1, latents)
+            out["latents"] = latents
+            return out
+
+        with self._stack:
+            self._stack.enter_context(intercept(pipe, "encode_prompt", on_encode))
+            self._stack.enter_context(intercept(pipe, "prepare_latents", on_prepare_latents))
+            for name, keep in self.preparations().items():
+                if hasattr(pipe, name):
+                    self._stack.enter_context(intercept(pipe, name, _keeper(keep)))
+            if self.ready_after() != "prepare_latents":
+                self._stack.enter_context(intercept(pipe, self.ready_after(), when_ready))
+            out = pipe(self.prompt, callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=inputs, **kw)
+        if self.engine is None:
+            raise RuntimeError(f"{type(pipe).__name__} never prepared its latents through prepare_latents")
+        return out, self.engine
+
+    def _begin(self, make_engine: EngineFactory, z: torch.Tensor) -> None:
+        """Before the loop: the loop's timesteps, the attention layers at this size, the engine."""
+        pipe = self.pipe
+        if self.cond is None:
+            raise RuntimeError(f"{type(pipe).__name__} prepared latents before encoding the prompt")
+        loop = self._loop_timesteps if self._loop_timesteps is not None else pipe.scheduler.timesteps
+        self.loop = list(loop)
+        self.per_step = evaluations_per_step(pipe.scheduler)
+        # Loop index -> engine step (second-order samplers: only first evaluations start a step).
+        self.steps = {j: j // self.per_step for j in range(0, len(self.loop), self.per_step)}
+        latent_hw = tuple(z.shape[-2:])
+        scale = pipe.vae_scale_factor
+        res = self._attn_res(latent_hw[0] * scale, latent_hw[1] * scale)
+        cfg = self._cfg
+        layers = select_layers(pipe.unet, latent_hw, res, cfg.from_where)
+        self._store = self._stack.enter_context(capture_attention(pipe.unet, layers, res))
+        self.engine = make_engine(self._attend, len(self.steps))
+        self.engine.diagnostics.notes.extend(self.notes)
+
+    def _attn_res(self, height: int, width: int) -> tuple[int, int]:
+        if self._cfg.attn_res is None:
+            return math.ceil(height / 32), math.ceil(width / 32)
+        return self._cfg.attn_res, self._cfg.attn_res
+
+    def _attend(self, u: torch.Tensor, t, rows: torch.Tensor | None) -> torch.Tensor:
+        cond = self.cond if rows is None else self.cond[rows]
+        self._store.start()
+        try:
+            self.denoise(u, t, self._loop_index, rows, cond)
+        except StopForward:
+            pass
+        finally:
+            self._store.stop()
+        return self._store.maps()
+
+    def _update(self, j: int, z: torch.Tensor) -> torch.Tensor:
+        """Latents for loop index ``j``: updated in the model-input space if ``j`` starts a guided step."""
+        if j not in self.steps:
+            if self.per_step == 2 and not self.pipe.scheduler.state_in_first_order:
+                return z
+            raise RuntimeError(f"{type(self.pipe.scheduler).__name__}: loop index {j} is out of step")
+        if self.per_step == 2 and not self.pipe.scheduler.state_in_first_order:
+            raise RuntimeError(f"{type(self.pipe.scheduler).__name__}: loop index {j} is not a first evaluation")
+        k = self.steps[j]
+        if not self.engine.needs_step(k):
+            return z
+        t = self.loop[j]
+        self._loop_index = j
+        c = input_scale(self.pipe.scheduler, t, z)
+        if c == 1.0:
+            return self.engine.step(k, t, z)
+        u = (z.float() * c).to(z.dtype)
+        delta = self.engine.step(k, t, u).float() - u.float()  # exactly 0 where nothing moved (recording, skips)
+        return (z.float() + delta / c).to(z.dtype) if bool(delta.any()) else z
+
+
+def _keeper(keep: Callable) -> Callable:
+    def wrapper(original, *a, **k):
+        result = original(*a, **k)
+        keep(result)
+        return result
+
+    return wrapper

@@ -1,0 +1,76 @@
+"""ControlNet host (``StableDiffusionControlNetPipeline``, one ControlNet or several).
+
+The guided pass runs the ControlNet on the guided latents, exactly as the pipeline's loop does for the conditional
+half of its batch: the prepared control image(s) (kept from the pipeline's ``prepare_image``), the conditioning
+scale times the ``control_guidance_start``/``control_guidance_end`` window of that step, guess mode (also when the
+ControlNet's config sets ``global_pool_conditions``); its residuals enter the UNet. Two control images therefore
+give two different losses.
+"""
+
+from __future__ import annotations
+
+from .base import CallbackHost
+
+
+class ControlNetHost(CallbackHost):
+    """``StableDiffusionControlNetPipeline``."""
+
+    pipelines = ("StableDiffusionControlNetPipeline",)
+
+    def preparations(self):
+        self._images = []
+        return {**super().preparations(), "prepare_image": self._images.append}
+
+    @property
+    def _nets(self) -> list:
+        cn = self.pipe.controlnet
+        return list(cn.nets) if hasattr(cn, "nets") else [cn]
+
+    def _guess_mode(self) -> bool:
+        return bool(self.kwargs.get("guess_mode", False) or self._nets[0].config.global_pool_conditions)
+
+    def _window(self) -> tuple[list[float], list[float]]:
+        start = self.kwargs.get("control_guidance_start", 0.0)
+        end = self.kwargs.get("control_guidance_end", 1.0)
+        if not isinstance(start, list) and isinstance(end, list):
+            start = [start] * len(end)
+        elif isinstance(start, list) and not isinstance(end, list):
+            end = [end] * len(start)
+        elif not isinstance(start, list):
+            start, end = [start] * len(self._nets), [end] * len(self._nets)
+        return start, end
+
+    def conditioning_scale(self, loop_index: int):
+        """The ControlNet conditioning scale at loop index ``loop_index`` (one float, or one per ControlNet)."""
+        n = len(self.loop)
+        keep = [1.0 - float(loop_index / n < s or (loop_index + 1) / n > e) for s, e in zip(*self._window())]
+        scale = self.kwargs.get("controlnet_conditioning_scale", 1.0)
+        if len(self._nets) > 1:
+            scales = scale if isinstance(scale, list) else [scale] * len(self._nets)
+            return [c * k for c, k in zip(scales, keep)]
+        return (scale[0] if isinstance(scale, list) else scale) * keep[0]
+
+    def denoise(self, u, t, step, rows, cond) -> None:
+        b = self.cond.shape[0]
+        images = [img[-b:] if rows is None else img[-b:][rows] for img in self._images]  # conditional half
+        image = images if len(self._nets) > 1 else images[0]
+        down, mid = self.pipe.controlnet(
+            u,
+            t,
+            encoder_hidden_states=cond,
+            controlnet_cond=image,
+            conditioning_scale=self.conditioning_scale(step),
+            guess_mode=self._guess_mode(),
+            return_dict=False,
+        )
+        extra = {}
+        if self.kwargs.get("cross_attention_kwargs"):
+            extra["cross_attention_kwargs"] = self.kwargs["cross_attention_kwargs"]
+        self.pipe.unet(
+            u,
+            t,
+            encoder_hidden_states=cond,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            **extra,
+        )
