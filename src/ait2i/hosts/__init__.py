@@ -1,58 +1,28 @@
-"""Host adapters, one per pipeline family, and the registry that picks one for a pipeline.
+"""Host adapters, one module per pipeline family, and the registry that picks one for a pipeline.
 
 ``host_for(pipe)`` returns the adapter class that drives ``pipe``; an unsupported pipeline is a `TypeError` naming
-the supported ones, before anything runs. A new family is a new adapter registered with :func:`register_host`.
+the supported ones, before anything runs. A family module defines its adapter classes and registers them with
+``@register_host``; every module of this package is imported here, so a new family is a new file.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from .base import CallbackHost, Host, intercept
-from .controlnet import ControlNetHost
+from .registry import _HOSTS, host_for, register_host, supported_pipelines  # noqa: F401 - _HOSTS for tests
 from .schedulers import SUPPORTED_SCHEDULERS, check_scheduler
-from .sd import StableDiffusionHost, StableDiffusionImg2ImgHost, StableDiffusionInpaintHost
 
-_HOSTS: list[type[Host]] = []
-
-
-def register_host(host: type[Host]) -> type[Host]:
-    """Register a host adapter class (usable as a decorator); later registrations are tried first."""
-    if not (isinstance(host, type) and issubclass(host, Host)) or not host.pipelines:
-        raise TypeError(f"{host!r} is not a Host subclass naming its pipelines")
-    _HOSTS.insert(0, host)
-    return host
-
-
-def supported_pipelines() -> list[str]:
-    """Names of every pipeline class some registered host drives."""
-    return sorted({name for h in _HOSTS for name in h.pipelines})
-
-
-def host_for(pipe) -> type[Host]:
-    """The adapter class that drives ``pipe``.
-
-    Raises:
-        TypeError: no registered adapter drives this pipeline class; the message lists the supported ones.
-    """
-    cls = type(pipe)
-    # The most specific class first: a host of a subclass wins over a host of its base class.
-    for klass in cls.__mro__:
-        for host in _HOSTS:
-            if klass.__name__ in host.pipelines:
-                return host
-    raise TypeError(f"{cls.__name__} is not supported; supported pipelines: {', '.join(supported_pipelines())}")
-
-
-for _h in (StableDiffusionHost, StableDiffusionImg2ImgHost, StableDiffusionInpaintHost, ControlNetHost):
-    register_host(_h)
+_INFRASTRUCTURE = {"base", "registry", "schedulers"}
+for _m in pkgutil.iter_modules(__path__):
+    if _m.name not in _INFRASTRUCTURE:
+        importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = [
     "SUPPORTED_SCHEDULERS",
     "CallbackHost",
-    "ControlNetHost",
     "Host",
-    "StableDiffusionHost",
-    "StableDiffusionImg2ImgHost",
-    "StableDiffusionInpaintHost",
     "check_scheduler",
     "host_for",
     "intercept",

@@ -280,14 +280,21 @@ class CallbackHost(Host):
         self.per_step = evaluations_per_step(pipe.scheduler)
         # Loop index -> engine step (second-order samplers: only first evaluations start a step).
         self.steps = {j: j // self.per_step for j in range(0, len(self.loop), self.per_step)}
-        latent_hw = tuple(z.shape[-2:])
-        scale = pipe.vae_scale_factor
-        res = self._attn_res(latent_hw[0] * scale, latent_hw[1] * scale)
-        cfg = self._cfg
-        layers = select_layers(pipe.unet, latent_hw, res, cfg.from_where)
-        self._store = self._stack.enter_context(capture_attention(pipe.unet, layers, res))
+        self._store = self._stack.enter_context(self.capture(z))
         self.engine = make_engine(self._attend, len(self.steps))
         self.engine.diagnostics.notes.extend(self.notes)
+
+    def capture(self, z: torch.Tensor):
+        """Context manager installing attention capture for start latents ``z``; yields the store.
+
+        The store is started and stopped around :meth:`denoise` and returns ``(b, h, w, L)`` maps. Default: the
+        UNet's cross-attention layers at ``cfg.attn_res`` in ``cfg.from_where``.
+        """
+        latent_hw = tuple(z.shape[-2:])
+        scale = self.pipe.vae_scale_factor
+        res = self._attn_res(latent_hw[0] * scale, latent_hw[1] * scale)
+        layers = select_layers(self.pipe.unet, latent_hw, res, self._cfg.from_where)
+        return capture_attention(self.pipe.unet, layers, res)
 
     def _attn_res(self, height: int, width: int) -> tuple[int, int]:
         if self._cfg.attn_res is None:

@@ -10,8 +10,10 @@ give two different losses.
 from __future__ import annotations
 
 from .base import CallbackHost
+from .registry import register_host
 
 
+@register_host
 class ControlNetHost(CallbackHost):
     """``StableDiffusionControlNetPipeline``."""
 

@@ -16,20 +16,24 @@ from __future__ import annotations
 import torch
 
 from .base import CallbackHost
+from .registry import register_host
 
 
+@register_host
 class StableDiffusionHost(CallbackHost):
     """``StableDiffusionPipeline`` (SD 1.x / 2.x text-to-image)."""
 
     pipelines = ("StableDiffusionPipeline",)
 
 
+@register_host
 class StableDiffusionImg2ImgHost(CallbackHost):
     """``StableDiffusionImg2ImgPipeline``: the loop runs the last ``strength`` of the schedule."""
 
     pipelines = ("StableDiffusionImg2ImgPipeline",)
 
 
+@register_host
 class StableDiffusionInpaintHost(CallbackHost):
     """``StableDiffusionInpaintPipeline``: 4-channel (blending) and 9-channel (mask channels) UNets."""
 
