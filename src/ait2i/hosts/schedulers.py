@@ -37,6 +37,7 @@ SUPPORTED_SCHEDULERS: dict[str, str] = {
     ),
     "DPMSolverMultistepScheduler": "",
     "DEISMultistepScheduler": "",
+    "FlowMatchEulerDiscreteScheduler": "",  # no scale_model_input (c = 1); step starts from the given latents
     "UniPCMultistepScheduler": (
         "UniPC's corrector rebuilds each step's latents from the previous step's sample and the data prediction "
         "at the updated latents: an update acts through that prediction, weaker than with DDIM"

@@ -1,0 +1,230 @@
+"""The SD3 host (``StableDiffusion3Pipeline``) on a tiny random pipeline built from configs, and on the ShapesWorld
+MM-DiT when its exported folder is shipped.
+
+Random tiny models have near-uniform attention, so the tiny tests check correctness (guidance off = the stock
+pipeline bit for bit, guided runs record finite losses and move the latents, state restored, refusals); the effect
+of guidance (the loss goes down) is checked on the trained ShapesWorld MM-DiT.
+"""
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import ait2i
+from ait2i import AIT2IConfig
+from ait2i.hosts.sd3 import StableDiffusion3Host, joint_text_probabilities
+
+pytestmark = pytest.mark.slow
+
+PROMPT, SUBJECTS = "a red car and a blue bench", ["red car", "blue bench"]
+KW = dict(num_inference_steps=4, output_type="latent", height=64, width=64)
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def tiny_sd3_pipeline(seed: int = 0, with_t5: bool = False):
+    """A random tiny ``StableDiffusion3Pipeline``: two CLIP encoders (width 16), a 2-block MM-DiT on 32x32 latents
+    (patch 2: a 16x16 token grid), a 1-block ``AutoencoderKL`` (scale factor 2) with ``shift_factor``; optionally a
+    tiny T5 encoder (with the CLIP tokenizer standing in for T5's)."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from ait2i.testing import clip_tokenizer
+
+    torch.manual_seed(seed)
+
+    def clip():
+        cfg = CLIPTextConfig(
+            vocab_size=49408, hidden_size=16, intermediate_size=32, projection_dim=16, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+            pad_token_id=49407,
+        )  # fmt: skip
+        return CLIPTextModelWithProjection(cfg)
+
+    transformer = SD3Transformer2DModel(
+        sample_size=32, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
+        pos_embed_max_size=16, qk_norm="rms_norm",
+    )  # fmt: skip
+    with torch.no_grad():  # a non-trivial output and modulation (diffusers' init zeroes nothing, but be sure)
+        for p in transformer.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 8), layers_per_block=1,
+        latent_channels=4, norm_num_groups=4, sample_size=32, scaling_factor=1.5, shift_factor=0.1,
+    )  # fmt: skip
+    t5 = t5_tok = None
+    if with_t5:
+        from transformers import T5Config, T5EncoderModel
+
+        t5 = T5EncoderModel(T5Config(vocab_size=49408, d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).eval()
+        t5_tok = clip_tokenizer(model_max_length=512)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        text_encoder=clip(), tokenizer=clip_tokenizer(), text_encoder_2=clip(), tokenizer_2=clip_tokenizer(),
+        text_encoder_3=t5, tokenizer_3=t5_tok,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_sd3_pipeline()
+
+
+def _no_leftovers(pipe, before):
+    assert dict(pipe.transformer.attn_processors) == before
+    assert not {"encode_prompt", "prepare_latents", "progress_bar"} & set(vars(pipe))
+
+
+def test_host_is_picked_for_sd3(pipe):
+    assert ait2i.hosts.host_for(pipe) is StableDiffusion3Host
+    assert "StableDiffusion3Pipeline" in ait2i.hosts.supported_pipelines()
+
+
+def test_none_with_maps_equals_stock(pipe):
+    stock = pipe(PROMPT, generator=_gen(), **KW).images
+    before = dict(pipe.transformer.attn_processors)
+    rec = ait2i.generate(pipe, PROMPT, SUBJECTS, "none", record_maps=(0, 3), generator=_gen(), **KW)
+    assert torch.equal(rec.images, stock)
+    assert sorted(rec.diagnostics.maps) == [0, 3]
+    assert rec.diagnostics.maps[0].shape == (1, 2, 16, 16)  # (B, G, h, w) on the 16x16 token grid
+    _no_leftovers(pipe, before)
+
+
+@pytest.mark.parametrize("method", ["ait2i", "ait2i-paper", "attend-and-excite"])
+def test_methods_run_record_finite_losses_and_move_the_latents(pipe, method):
+    before = dict(pipe.transformer.attn_processors)
+    base = ait2i.get_method(method)
+    refine = {0: 0.99} if base.refinement else {}
+    cfg = dataclasses.replace(base, max_guided_steps=1.0, refinement=refine, max_refinement_steps=2)
+    zero = dataclasses.replace(base, max_guided_steps=1.0, refinement={}, scale_factor=0.0)
+    out = ait2i.generate(pipe, PROMPT, SUBJECTS, cfg, generator=_gen(), **KW)
+    still = ait2i.generate(pipe, PROMPT, SUBJECTS, zero, generator=_gen(), **KW)
+    steps = out.diagnostics.steps
+    assert [r.step for r in steps] == [0, 1, 2, 3]
+    assert all(r.guided for r in steps) and all(math.isfinite(v) for r in steps for v in r.loss)
+    assert not torch.equal(out.images, still.images)
+    assert torch.equal(still.images, pipe(PROMPT, generator=_gen(), **KW).images)  # step size 0 = stock
+    _no_leftovers(pipe, before)
+
+
+def test_guided_timesteps_are_the_loops(pipe):
+    out = ait2i.generate(pipe, PROMPT, SUBJECTS, AIT2IConfig(max_guided_steps=1.0), generator=_gen(), **KW)
+    pipe.scheduler.set_timesteps(4)
+    assert [r.timestep for r in out.diagnostics.steps] == [int(t) for t in pipe.scheduler.timesteps]
+
+
+def test_capture_is_the_softmax_over_clip_keys_and_stops_after_the_last_read_block(pipe):
+    tr = pipe.transformer
+    seen = []
+    hooks = [b.register_forward_pre_hook(lambda m, a, k, i=i: seen.append(i), with_kwargs=True)
+             for i, b in enumerate(tr.transformer_blocks)]  # fmt: skip
+    try:
+        out = ait2i.generate(pipe, PROMPT, SUBJECTS, "none", record_maps=(0,), num_inference_steps=1,
+                             output_type="latent", height=64, width=64, guidance_scale=1.0)  # fmt: skip
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == [0, 0, 1]  # the guided pass reads block 0 (the first half of 2) and stops; then the loop
+    maps = out.diagnostics.maps[0]
+    assert torch.isfinite(maps).all() and (maps > 0).all()
+    # the probabilities are a softmax over the 77 CLIP keys; "text" and "joint" put less mass on them
+    attn = tr.transformer_blocks[0].attn
+    x, ctx = torch.randn(1, 256, 16), torch.randn(1, 77 + 256, 16)
+    clip = joint_text_probabilities(attn, x, ctx, 77, "clip")
+    assert clip.shape == (2, 256, 77)
+    torch.testing.assert_close(clip.sum(-1), torch.ones(2, 256))
+    text, joint = (joint_text_probabilities(attn, x, ctx, 77, n).sum(-1) for n in ("text", "joint"))
+    assert (joint < text).all() and (text < 1).all()
+
+
+def test_user_callback_and_joint_attention_kwargs(pipe):
+    from diffusers.callbacks import PipelineCallback
+
+    class Seen(PipelineCallback):
+        tensor_inputs = ["latents", "pooled_prompt_embeds"]
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            self.keys = sorted(callback_kwargs)
+            return {}
+
+    seen = Seen()
+    out = ait2i.generate(pipe, PROMPT, SUBJECTS, AIT2IConfig(max_guided_steps=1.0), callback_on_step_end=seen,
+                         joint_attention_kwargs={"scale": 1.0}, generator=_gen(), **KW)  # fmt: skip
+    assert seen.keys == ["latents", "pooled_prompt_embeds"] and len(out.diagnostics.steps) == 4
+
+
+def test_attn_res_pools_the_token_grid(pipe):
+    out = ait2i.generate(pipe, PROMPT, SUBJECTS, AIT2IConfig(attn_res=8), record_maps=(0,), generator=_gen(), **KW)
+    assert out.diagnostics.maps[0].shape == (1, 2, 8, 8)
+    with pytest.raises(ValueError, match="token grid is 16x16"):
+        ait2i.generate(pipe, PROMPT, SUBJECTS, AIT2IConfig(attn_res=5), generator=_gen(), **KW)
+
+
+def test_refusals(pipe):
+    with pytest.raises(ValueError, match="`prompt_2` differs from the prompt"):
+        ait2i.generate(pipe, PROMPT, SUBJECTS, prompt_2="a green car and a blue bench", **KW)
+    with pytest.raises(ValueError, match="prompt_embeds"):
+        ait2i.generate(pipe, PROMPT, SUBJECTS, prompt_embeds=torch.zeros(1, 333, 32), **KW)
+    with pytest.raises(ValueError, match="pooled_prompt_embeds"):
+        ait2i.generate(pipe, PROMPT, SUBJECTS, pooled_prompt_embeds=torch.zeros(1, 32), **KW)
+    # the same words are fine; prompt_3 without T5 is ignored by the pipeline
+    ok = ait2i.generate(pipe, PROMPT, SUBJECTS, prompt_2=PROMPT, prompt_3="anything", generator=_gen(), **KW)
+    assert ok.diagnostics.steps
+    from diffusers import EulerDiscreteScheduler
+
+    saved = pipe.scheduler
+    try:
+        pipe.scheduler = EulerDiscreteScheduler()
+        with pytest.raises(TypeError, match="EulerDiscreteScheduler is not supported with StableDiffusion3Pipeline"):
+            ait2i.generate(pipe, PROMPT, SUBJECTS, **KW)
+    finally:
+        pipe.scheduler = saved
+
+
+def test_with_t5_encoder():
+    pipe = tiny_sd3_pipeline(with_t5=True)
+    stock = pipe(PROMPT, generator=_gen(), **KW).images
+    rec = ait2i.generate(pipe, PROMPT, SUBJECTS, "none", record_maps=(0,), generator=_gen(), **KW)
+    assert torch.equal(rec.images, stock)
+    out = ait2i.generate(pipe, PROMPT, SUBJECTS, AIT2IConfig(max_guided_steps=1.0), generator=_gen(), **KW)
+    assert all(math.isfinite(v) for r in out.diagnostics.steps for v in r.loss)
+    with pytest.raises(ValueError, match="`prompt_3` differs"):
+        ait2i.generate(pipe, PROMPT, SUBJECTS, prompt_3="a photo", **KW)
+
+
+# -- the trained ShapesWorld MM-DiT ---------------------------------------------------------------------------------
+SHAPES_MMDIT = Path(ait2i.__file__).parent / "shapes" / "pretrained_mmdit"
+
+
+@pytest.mark.skipif(
+    not (SHAPES_MMDIT / "model_index.json").is_file(),
+    reason=f"the ShapesWorld MM-DiT is not shipped yet ({SHAPES_MMDIT} has no model_index.json)",
+)
+def test_guidance_lowers_the_loss_on_the_shapesworld_mmdit():
+    from ait2i.shapes.model import load_sd3_pipeline
+
+    pipe = load_sd3_pipeline(SHAPES_MMDIT)
+    prompt, subjects = "a red circle and a blue square", ["red circle", "blue square"]
+    kw = dict(num_inference_steps=10, output_type="latent", guidance_scale=4.0)
+    losses = {}
+    for eta in (0.0, 20.0):
+        totals = []
+        for seed in range(3):
+            out = ait2i.generate(pipe, prompt, subjects, AIT2IConfig(scale_factor=eta), generator=_gen(seed), **kw)
+            totals.append(sum(r.loss[0] for r in out.diagnostics.steps[1:]))
+        losses[eta] = sum(totals)
+    assert losses[20.0] < losses[0.0]
