@@ -106,10 +106,12 @@ def test_subject_beyond_truncation_says_so(tok):
 
 def test_subject_box_is_validated_and_kept(tok):
     (s,) = resolve_subjects(tok, "a cat", [Subject("cat", (2,), box=(0.1, 0.2, 0.5, 0.6))])
-    assert s.box == (0.1, 0.2, 0.5, 0.6)
+    assert s.box.as_tuple() == (0.1, 0.2, 0.5, 0.6)
     (d,) = resolve_subjects(tok, "a cat", [{"tokens": [2], "box": [0, 0, 1, 1]}])
-    assert d.box == (0.0, 0.0, 1.0, 1.0)
-    with pytest.raises(ValueError, match="leaves the image"):
+    assert d.box.as_tuple() == (0.0, 0.0, 1.0, 1.0) and d.to_dict()["box"] == [0.0, 0.0, 1.0, 1.0]
+    a, b = resolve_subjects(tok, "a red car and a dog", ["red car@0.05,0.1,0.45,0.5", "dog"])
+    assert a.tokens == (3,) and a.attributes == (2,) and a.box.as_tuple() == (0.05, 0.1, 0.45, 0.5) and b.box is None
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
         Subject("cat", (2,), box=(0.1, 0.2, 1.5, 0.6))
-    with pytest.raises(ValueError, match="x1 > x0"):
+    with pytest.raises(ValueError, match="x1=0.1 must be greater than x0=0.5"):
         Subject("cat", (2,), box=(0.5, 0.2, 0.1, 0.6))

@@ -86,8 +86,12 @@ class GuidanceConfig:
 
     # -- schedule ---------------------------------------------------------------------------------------------
     def guided_steps(self, num_steps: int) -> int:
-        """Number of leading steps that get an update, for a scheduler with ``num_steps`` timesteps."""
-        return _resolve(self.max_guided_steps, num_steps)
+        """Number of leading steps that get an update, for a scheduler with ``num_steps`` timesteps.
+
+        A positive fraction guides at least one step (0.2 of 2 steps is 1, not 0: never a quiet no-op).
+        """
+        n = _resolve(self.max_guided_steps, num_steps)
+        return max(n, 1) if isinstance(self.max_guided_steps, float) and self.max_guided_steps > 0 else n
 
     def refinement_thresholds(self, num_steps: int) -> dict[int, float]:
         """``{absolute step index: threshold}`` for a scheduler with ``num_steps`` timesteps."""

@@ -15,6 +15,7 @@ import weakref
 
 from .engine import Diagnostics, GuidanceEngine
 from .hosts import host_for
+from .layout_methods import box_notes
 from .methods import box_methods, get_method
 from .subjects import resolve_subjects
 
@@ -98,10 +99,11 @@ def generate(pipe, prompt: str, subjects=None, method="ait2i", *, record_maps=()
             f"subjects {boxed} have boxes, but method {cfg.name!r} does not read boxes; methods that do: "
             f"{box_methods() or 'none registered'}"
         )
+    notes = box_notes(resolved) if boxed else []
     return_dict = pipeline_kwargs.get("return_dict", True)
     if not cfg.guides and not record_maps:  # nothing to do during the loop: the pipeline as it is
         out = pipe(prompt, **pipeline_kwargs)
-        return _with_diagnostics(out, Diagnostics(cfg.name, cfg, resolved, notes=list(host.notes)), return_dict)
+        return _with_diagnostics(out, Diagnostics(cfg.name, cfg, resolved, notes=host.notes + notes), return_dict)
     eot = host.eot_index
 
     def make_engine(attend, num_steps: int) -> GuidanceEngine:
@@ -109,4 +111,5 @@ def generate(pipe, prompt: str, subjects=None, method="ait2i", *, record_maps=()
 
     with pipeline_lock(pipe):
         out, engine = host.run(cfg, make_engine)
+    engine.diagnostics.notes.extend(notes)
     return _with_diagnostics(out, engine.diagnostics, return_dict)

@@ -120,3 +120,10 @@ register_method(
 register_method("ait2i", AIT2IConfig)
 register_method("attend-and-excite", AttendExciteConfig)
 register_method("none", NoGuidanceConfig)
+
+# Layout methods (every subject carries a box): AI-T2I with boxes and the two baselines.
+from .layout_methods import AIT2ILayoutConfig, BoxDiffConfig, LayoutGuidanceConfig  # noqa: E402
+
+register_method("ait2i-layout", AIT2ILayoutConfig)
+register_method("layout-guidance", LayoutGuidanceConfig)
+register_method("boxdiff", BoxDiffConfig)

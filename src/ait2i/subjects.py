@@ -8,7 +8,6 @@ word that occurs more than once needs an occurrence number: ``"cat#2"`` is the s
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,49 +25,32 @@ class Subject:
         label (`str`): how the user named it ("red car"), used in diagnostics and pictures.
         tokens (`tuple[int, ...]`): indices into the 77-token sequence of the noun's word pieces (start token = 0).
         attributes (`tuple[int, ...]`): indices of the attribute words' pieces bound to this subject.
-        box (`tuple[float, float, float, float]`, *optional*): where the subject should be, normalised
-            ``(x0, y0, x1, y1)`` in [0, 1], origin top-left; read by layout methods (``uses_boxes``).
+        box (`Box`, *optional*): where the subject should be, normalised ``(x0, y0, x1, y1)`` in [0, 1], origin
+            top-left (a 4-sequence or ``"x0,y0,x1,y1"`` is converted and validated, see
+            :func:`ait2i.layout.parse_box`); read by layout methods (``uses_boxes``).
         data (`Mapping[str, Any]`, *optional*): any other per-subject data a third-party method reads.
     """
 
     label: str
     tokens: tuple[int, ...]
     attributes: tuple[int, ...] = ()
-    box: tuple[float, float, float, float] | None = None
+    box: Any = None
     data: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         if self.box is not None:
-            object.__setattr__(self, "box", check_box(self.box, self.label))
+            from .layout import parse_box
+
+            object.__setattr__(self, "box", parse_box(self.box))
 
     def to_dict(self) -> dict:
         """JSON view: label, tokens, attributes, and the box / data when given."""
         out = {"label": self.label, "tokens": list(self.tokens), "attributes": list(self.attributes)}
         if self.box is not None:
-            out["box"] = list(self.box)
+            out["box"] = list(self.box.as_tuple())
         if self.data:
             out["data"] = dict(self.data)
         return out
-
-
-def check_box(box, label: str = "subject") -> tuple[float, float, float, float]:
-    """Validate a normalised ``(x0, y0, x1, y1)`` box (origin top-left) and return it as floats.
-
-    Raises:
-        ValueError: not four finite numbers in [0, 1], or ``x1 <= x0`` / ``y1 <= y0``.
-    """
-    try:
-        vals = tuple(float(v) for v in box)
-    except (TypeError, ValueError):
-        raise ValueError(f"{label}: a box is four numbers (x0, y0, x1, y1) in [0, 1], got {box!r}") from None
-    if len(vals) != 4 or not all(math.isfinite(v) for v in vals):
-        raise ValueError(f"{label}: a box is four finite numbers (x0, y0, x1, y1) in [0, 1], got {box!r}")
-    x0, y0, x1, y1 = vals
-    if not all(0.0 <= v <= 1.0 for v in vals):
-        raise ValueError(f"{label}: box {vals} leaves the image; coordinates are fractions in [0, 1], top-left origin")
-    if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"{label}: box {vals} is empty; give (x0, y0, x1, y1) with x1 > x0 and y1 > y0")
-    return vals
 
 
 @dataclass(frozen=True)
@@ -236,10 +218,10 @@ def resolve_subjects(tokenizer, prompt: str, subjects) -> list[Subject]:
         tokenizer: the pipeline's CLIP tokenizer (placeholders of loaded textual inversions included).
         prompt (`str`): the prompt as the text encoder sees it (after textual-inversion expansion).
         subjects (`list`): each item a phrase (``"red car"``, ``"cat#2"``; articles, determiners and punctuation
-            are not subject words), a token index (``[2, 5]`` is two subjects of one token each, as
-            Attend-and-Excite's ``token_indices``), a list of token indices (one subject's noun pieces:
-            ``[[2, 3], [5]]``), a dict ``{"tokens": [...], "attributes": [...], "label": ..., "box": ...}`` or a
-            :class:`Subject`.
+            are not subject words; ``"red car@0.1,0.2,0.5,0.6"`` adds a box), a token index (``[2, 5]`` is two
+            subjects of one token each, as Attend-and-Excite's ``token_indices``), a list of token indices (one
+            subject's noun pieces: ``[[2, 3], [5]]``), a dict ``{"tokens": [...], "attributes": [...], "label":
+            ..., "box": ...}`` or a :class:`Subject`.
 
     Returns:
         `list[Subject]`, in the order given.
@@ -268,7 +250,12 @@ def resolve_subjects(tokenizer, prompt: str, subjects) -> list[Subject]:
                 spec.data,
             )
         elif isinstance(spec, str):
-            s = _resolve_phrase(tokenizer, prompt, words, spec)
+            from .layout import split_box_spec
+
+            phrase, box = split_box_spec(spec)
+            s = _resolve_phrase(tokenizer, prompt, words, phrase)
+            if box is not None:
+                s = Subject(s.label, s.tokens, s.attributes, box)
         elif isinstance(spec, dict):
             toks = _check_indices(tokenizer, prompt, spec.get("tokens", ()), eot, "subject")
             attrs = spec.get("attributes", ())
