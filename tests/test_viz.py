@@ -223,3 +223,25 @@ def test_atomic_path_gives_the_mode_of_a_plain_file(tmp_path):
         assert target.stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def test_boxes_are_drawn_on_every_subject_panel():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    from ait2i.layout import Box
+    from ait2i.viz import _draw_grid
+
+    fig = Figure()
+    img = np.zeros((32, 32, 3), dtype=np.uint8)
+    boxes = [Box(0.0, 0.0, 0.5, 0.5), Box(0.5, 0.5, 1.0, 1.0)]
+    _draw_grid(fig, img, [(0, torch.rand(2, 8, 8))], ["a", "b"], boxes=boxes)
+    for c, ax in enumerate(fig.axes):
+        rects = [p for p in ax.patches if isinstance(p, Rectangle)]
+        assert len(rects) == 2  # its own box and the other subject's
+        own = max(rects, key=lambda p: p.get_linewidth())
+        x, y = own.get_xy()
+        assert (x, y, own.get_width()) == (16 * c - 0.5, 16 * c - 0.5, 16.0)  # top-left origin, pixel units

@@ -234,11 +234,12 @@ def save_attention(
         raise ValueError(f"sample {sample} out of range; the maps hold {batch} sample(s)")
     rows = {s: maps[s][sample] for s in keys}  # {step: (G, h, w)}
     labels = [s.label for s in diagnostics.subjects]
+    boxes = [getattr(s, "box", None) for s in diagnostics.subjects]
     g = len(labels)
 
     fig = _figure(figsize=(max(2.2 * g, 10.0), 2.2 * len(keys) + 3.8), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[2.2 * len(keys), 3.4])
-    _draw_grid(top, _image_array(image), list(rows.items()), labels)
+    _draw_grid(top, _image_array(image), list(rows.items()), labels, boxes=boxes)
     loss_plot(diagnostics, sample=sample, figure=bottom)
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
@@ -253,17 +254,40 @@ def _draw_grid(
     labels: list[str],
     alpha: float = 0.55,
     cmap: str = "jet",
+    boxes: Sequence | None = None,
 ) -> None:
-    """Draw the attention grid (rows = ``(step, (G, h, w) maps)``, columns = subjects) into a (sub)figure."""
+    """Draw the attention grid (rows = ``(step, (G, h, w) maps)``, columns = subjects) into a (sub)figure.
+
+    ``boxes`` (one ``ait2i.layout.Box`` or ``None`` per subject): each column draws its subject's box solid and the
+    other subjects' boxes dotted, over the image and the map.
+    """
     size = img.shape[:2]
+    boxes = list(boxes) if boxes is not None else [None] * len(labels)
     axes = fig.subplots(len(rows), len(labels), squeeze=False)
     for r, (step, row) in enumerate(rows):
         for c, label in enumerate(labels):
             ax = axes[r][c]
             ax.imshow(img)
             ax.imshow(_upsample(row[c], size), cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0)
+            for k, box in enumerate(boxes):
+                if box is not None:
+                    _draw_box(ax, box, size, own=k == c)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{label} (max {float(row[c].max()):.3g})", fontsize=8)
             if c == 0:
                 ax.set_ylabel(f"step {step}", fontsize=9)
+
+
+def _draw_box(ax, box, size: tuple[int, int], own: bool) -> None:
+    """A normalised ``(x0, y0, x1, y1)`` box (top-left origin) on an image axis of ``size = (H, W)`` pixels."""
+    from matplotlib.patches import Rectangle
+
+    h, w = size
+    x0, y0, x1, y1 = box.as_tuple()
+    ax.add_patch(
+        Rectangle(
+            (x0 * w - 0.5, y0 * h - 0.5), (x1 - x0) * w, (y1 - y0) * h, fill=False, edgecolor="white",
+            linewidth=1.6 if own else 0.8, linestyle="-" if own else ":",
+        )
+    )  # fmt: skip
