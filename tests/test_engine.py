@@ -57,16 +57,24 @@ def test_resolution_never_produced(pipe):
         ait2i.generate(pipe, "a cat", ["cat"], AIT2IConfig(attn_res=8), num_inference_steps=2)
 
 
-def test_pipeline_without_step_callback(pipe):
+def test_subclass_that_overrides_call_is_refused(pipe):
     from diffusers import StableDiffusionPipeline
 
-    class Old(StableDiffusionPipeline):  # a Stable Diffusion pipeline of a diffusers without the step callback
+    class Old(StableDiffusionPipeline):  # e.g. an old-style pipeline without callback_on_step_end
         def __call__(self, prompt, callback=None):
             pass
 
     old = Old(**pipe.components, requires_safety_checker=False)
-    with pytest.raises(TypeError, match="callback_on_step_end"):
+    with pytest.raises(TypeError, match="Old subclasses StableDiffusionPipeline but overrides __call__"):
         ait2i.generate(old, "a cat", ["cat"])
+
+    class Plain(StableDiffusionPipeline):  # a subclass that keeps the loop is driven as its base
+        pass
+
+    plain = Plain(**pipe.components, requires_safety_checker=False)
+    plain.set_progress_bar_config(disable=True)
+    out = ait2i.generate(plain, "a cat", ["cat"], num_inference_steps=2, output_type="latent")
+    assert out.diagnostics.steps
 
 
 def test_unsupported_pipeline_is_refused_with_the_supported_list():

@@ -197,7 +197,7 @@ def test_two_control_images_give_two_losses():
 
 @pytest.mark.parametrize(
     "name",
-    ["StableDiffusionXLPipeline", "StableDiffusion3Pipeline", "StableDiffusionControlNetImg2ImgPipeline"],
+    ["PixArtSigmaPipeline", "KandinskyV22Pipeline", "StableDiffusionControlNetImg2ImgPipeline"],
 )
 def test_unsupported_pipelines_are_refused_up_front(name):
     fake = type(name, (), {})()
@@ -400,3 +400,109 @@ def test_box_for_a_method_that_reads_no_boxes_is_refused():
     boxed = ait2i.Subject("car", (3,), box=(0.0, 0.0, 0.5, 0.5))
     with pytest.raises(ValueError, match="does not read boxes"):
         ait2i.generate(pipe, PROMPT, [boxed, "blue bench"], num_inference_steps=2)
+
+
+# -- review fixes: concurrency, ControlNet edge cases, output ---------------------------------------------------
+def test_reentry_from_a_callback_raises_instead_of_deadlocking():
+    pipe = tiny_sd_pipeline()
+
+    def nested(p, i, t, kw):
+        ait2i.generate(p, PROMPT, SUBJECTS, num_inference_steps=2, output_type="latent")
+        return {}
+
+    with pytest.raises(RuntimeError, match="already running"):
+        ait2i.generate(pipe, PROMPT, SUBJECTS, num_inference_steps=2, output_type="latent", callback_on_step_end=nested)
+    _no_leftovers(pipe, dict(pipe.unet.attn_processors))
+    ait2i.generate(pipe, PROMPT, SUBJECTS, num_inference_steps=2, output_type="latent")  # the lock was released
+
+
+def test_pipelines_sharing_a_unet_in_two_threads_and_unguided_calls_stay_stock():
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    pipe = tiny_sd_pipeline()
+    other = StableDiffusionImg2ImgPipeline(**pipe.components)  # the usual way: same UNet object
+    other.set_progress_bar_config(disable=True)
+    before = dict(pipe.unet.attn_processors)
+    kw = dict(num_inference_steps=3, output_type="latent")
+    stock = pipe(PROMPT, generator=_gen(5), **kw).images
+    expected = ait2i.generate(pipe, PROMPT, SUBJECTS, generator=_gen(0), **kw).images
+    expected_other = ait2i.generate(other, PROMPT, SUBJECTS, image=_image(), generator=_gen(1), **kw).images
+    results, errors = {}, []
+
+    def work(name, fn):
+        try:
+            results[name] = fn()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    jobs = {
+        "guided": lambda: ait2i.generate(pipe, PROMPT, SUBJECTS, generator=_gen(0), **kw).images,
+        "other": lambda: ait2i.generate(other, PROMPT, SUBJECTS, image=_image(), generator=_gen(1), **kw).images,
+        "none": lambda: ait2i.generate(pipe, PROMPT, SUBJECTS, "none", generator=_gen(5), **kw).images,
+    }
+    threads = [threading.Thread(target=work, args=item) for item in jobs.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert torch.equal(results["guided"], expected) and torch.equal(results["other"], expected_other)
+    assert torch.equal(results["none"], stock)
+    _no_leftovers(pipe, before)
+    _no_leftovers(other, before)
+
+
+def test_multicontrolnet_with_one_net_and_a_control_image_changed_by_the_callback():
+    from diffusers import MultiControlNetModel
+
+    pipe = tiny_sd_pipeline(kind="controlnet")
+    pipe.controlnet = MultiControlNetModel([pipe.controlnet])
+    kw = dict(num_inference_steps=3, output_type="latent", image=[_image(1)])
+    stock = pipe(PROMPT, generator=_gen(0), **kw).images
+    rec = ait2i.generate(pipe, PROMPT, SUBJECTS, "none", record_maps=(0,), generator=_gen(0), **kw)
+    assert torch.equal(rec.images, stock)
+
+    single = tiny_sd_pipeline(kind="controlnet")
+    calls = _controlnet_calls(single)
+
+    def swap(p, i, t, kw):
+        return {"image": torch.zeros_like(kw["image"])}
+
+    ait2i.generate(single, PROMPT, SUBJECTS, AIT2IConfig(max_guided_steps=1.0), num_inference_steps=3,
+                   output_type="latent", image=_image(1), callback_on_step_end=swap,
+                   callback_on_step_end_tensor_inputs=["latents", "image"])  # fmt: skip
+    # after step 0 the pipeline denoises with the zero image; so must the guided pass (calls 3, 4, 5, ...)
+    assert all(float(img.abs().max()) == 0.0 for _, img, _, _ in calls[2:])
+
+
+def test_record_maps_outside_the_run_is_an_error():
+    pipe = tiny_sd_pipeline(kind="img2img")
+    with pytest.raises(ValueError, match=r"record_maps \[5\]: this run has 2 steps"):
+        ait2i.generate(pipe, PROMPT, SUBJECTS, "none", record_maps=(5,), num_inference_steps=4, strength=0.5,
+                       image=_image(), output_type="latent")  # fmt: skip
+
+
+def test_output_pickles():
+    import pickle
+
+    out = ait2i.generate(tiny_sd_pipeline(), PROMPT, SUBJECTS, num_inference_steps=2, output_type="np")
+    back = pickle.loads(pickle.dumps(out))
+    assert type(back) is type(out) and np.array_equal(back.images, out.images)
+    assert back.diagnostics.steps[0].loss == out.diagnostics.steps[0].loss
+
+
+def test_a_broken_method_plugin_is_reported_when_asked_for(monkeypatch):
+    from ait2i import methods
+
+    class EP:
+        name, value = "broken", "nowhere:factory"
+
+        def load(self):
+            raise ImportError("no module named nowhere")
+
+    monkeypatch.setattr(methods, "_entry_points_loaded", False)
+    monkeypatch.setattr(methods, "_entry_point_errors", {})
+    monkeypatch.setattr(methods.metadata, "entry_points", lambda group: [EP()])
+    assert "ait2i" in ait2i.available_methods()  # the others still load
+    with pytest.raises(ValueError, match="failed to load from its package.*no module named nowhere"):
+        ait2i.get_method("broken")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -34,18 +35,25 @@ class AttentionStore:
     def __init__(self, res: tuple[int, int], layers: list[str]):
         self.res = res  # (h, w) of the maps
         self.layers = list(layers)
-        self.recording = False
+        self._recording = False
+        self._owner: int | None = None  # the thread whose guided pass records (others share the model, unrecorded)
         self.stop_early = True
         self._sum: torch.Tensor | None = None  # (B, Q, L)
         self._count = 0
         self._seen: set[str] = set()
 
+    @property
+    def recording(self) -> bool:
+        """Recording, and called from the thread that started it."""
+        return self._recording and threading.get_ident() == self._owner
+
     def start(self) -> None:
         self._sum, self._count, self._seen = None, 0, set()
-        self.recording = True
+        self._owner = threading.get_ident()
+        self._recording = True
 
     def stop(self) -> None:
-        self.recording = False
+        self._recording = False
 
     def add(self, name: str, probs: torch.Tensor, heads: int) -> None:
         """Accumulate ``probs`` of shape ``(B * heads, Q, L)`` from layer ``name``."""

@@ -8,6 +8,7 @@ runs the pipeline, and returns the pipeline's output extended with the diagnosti
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import threading
@@ -19,17 +20,57 @@ from .layout_methods import box_notes
 from .methods import box_methods, get_method
 from .subjects import resolve_subjects
 
-_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
+
+class _Guard:
+    """A lock that knows its holder: a second call from the holding thread is an error, not a deadlock."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.owner: int | None = None
 
 
-def pipeline_lock(pipe) -> threading.Lock:
-    """The lock that serialises guided calls on one pipeline object (its processors and methods are swapped)."""
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(pipe)
-        if lock is None:
-            lock = _LOCKS[pipe] = threading.Lock()
-        return lock
+_GUARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_GUARDS_LOCK = threading.Lock()
+
+
+def _guarded_objects(pipe) -> list:
+    """What a guided call changes: the pipeline's methods, its denoiser's processors (shared across pipelines
+    built from the same components) and its ControlNet."""
+    objs = [pipe, *(getattr(pipe, a, None) for a in ("unet", "transformer", "controlnet"))]
+    return sorted({id(o): o for o in objs if o is not None}.values(), key=id)  # one global order: no deadlock
+
+
+@contextlib.contextmanager
+def pipeline_lock(pipe):
+    """Serialise guided calls that share a pipeline or its denoiser; re-entry from the same thread raises."""
+    me = threading.get_ident()
+    guards = []
+    with _GUARDS_LOCK:
+        for obj in _guarded_objects(pipe):
+            guard = _GUARDS.get(obj)
+            if guard is None:
+                guard = _GUARDS[obj] = _Guard()
+            if guard.owner == me:
+                raise RuntimeError(
+                    f"ait2i.generate is already running on this {type(obj).__name__} in this thread (called from "
+                    "a callback?); a guided call cannot start inside another on the same model"
+                )
+            guards.append(guard)
+    taken = []
+    try:
+        for guard in guards:
+            guard.lock.acquire()
+            guard.owner = me
+            taken.append(guard)
+        yield
+    finally:
+        for guard in reversed(taken):
+            guard.owner = None
+            guard.lock.release()
+
+
+def _rebuild(output_class: type, values: dict):
+    return guided_output_class(output_class)(**values)
 
 
 @functools.cache
@@ -39,12 +80,21 @@ def guided_output_class(output_class: type) -> type:
     ``GuidedStableDiffusionPipelineOutput(images=..., nsfw_content_detected=..., diagnostics=...)`` is a
     ``StableDiffusionPipelineOutput``: everything that reads the pipeline's output keeps working.
     """
-    return dataclasses.make_dataclass(
+
+    def __reduce__(self):  # picklable (torch.save, multiprocessing) although the class is made at run time
+        return _rebuild, (output_class, {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+    cls = dataclasses.make_dataclass(
         f"Guided{output_class.__name__}",
         [("diagnostics", Diagnostics | None, dataclasses.field(default=None))],
         bases=(output_class,),
-        namespace={"__doc__": f"{output_class.__name__} with the guidance ``diagnostics`` of the call."},
+        namespace={
+            "__doc__": f"{output_class.__name__} with the guidance ``diagnostics`` of the call.",
+            "__reduce__": __reduce__,
+        },
     )
+    cls.__module__ = __name__
+    return cls
 
 
 def _with_diagnostics(out, diagnostics: Diagnostics, return_dict: bool):
@@ -102,11 +152,15 @@ def generate(pipe, prompt: str, subjects=None, method="ait2i", *, record_maps=()
     notes = box_notes(resolved) if boxed else []
     return_dict = pipeline_kwargs.get("return_dict", True)
     if not cfg.guides and not record_maps:  # nothing to do during the loop: the pipeline as it is
-        out = pipe(prompt, **pipeline_kwargs)
+        with pipeline_lock(pipe):  # not inside another thread's guided call on the same model
+            out = pipe(prompt, **pipeline_kwargs)
         return _with_diagnostics(out, Diagnostics(cfg.name, cfg, resolved, notes=host.notes + notes), return_dict)
     eot = host.eot_index
 
     def make_engine(attend, num_steps: int) -> GuidanceEngine:
+        beyond = [s for s in record_maps if not 0 <= s < num_steps]
+        if beyond:
+            raise ValueError(f"record_maps {beyond}: this run has {num_steps} steps (0..{num_steps - 1})")
         return GuidanceEngine(cfg, resolved, attend, eot, num_steps, record_maps)
 
     with pipeline_lock(pipe):

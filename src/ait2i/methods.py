@@ -24,6 +24,7 @@ factory"``), which is read the first time a name is looked up::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from importlib import metadata
 
@@ -64,14 +65,23 @@ def register_method(name: str, factory: Callable[[], GuidanceConfig] | None = No
     return factory
 
 
+_entry_point_errors: dict[str, str] = {}
+
+
 def _load_entry_points() -> None:
+    """Register the installed packages' methods once; a broken one is reported when its name is asked for."""
     global _entry_points_loaded
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in _REGISTRY:
+        if ep.name in _REGISTRY:
+            warnings.warn(f"entry point {ep.value!r} would replace the method {ep.name!r}; ignored", stacklevel=3)
+            continue
+        try:
             register_method(ep.name, ep.load())
+        except Exception as e:  # noqa: BLE001 - any plugin fault is reported on use, not at every lookup
+            _entry_point_errors[ep.name] = f"{ep.value}: {type(e).__name__}: {e}"
 
 
 def available_methods() -> list[str]:
@@ -92,6 +102,8 @@ def get_method(method) -> GuidanceConfig:
         _load_entry_points()
         if method in _REGISTRY:
             return _REGISTRY[method]()
+        if method in _entry_point_errors:
+            raise ValueError(f"method {method!r} failed to load from its package ({_entry_point_errors[method]})")
     raise ValueError(f"unknown method {method!r}; expected one of {available_methods()} or a GuidanceConfig")
 
 

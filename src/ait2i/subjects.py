@@ -177,6 +177,12 @@ def _resolve_phrase(tokenizer, prompt: str, words: list[_Word], spec: str) -> Su
             f"{phrase!r}#1 ... #{len(matches)}. Tokens: {format_tokens(tokenizer, prompt)}"
         )
     if occurrence is not None and not 1 <= occurrence <= len(matches):
+        full = [w.pieces for w in _prompt_words(tokenizer, prompt, truncate=False)]
+        if len(full) > len(words) and keys[-1] in full[len(words) :]:
+            raise ValueError(
+                f"subject {spec!r}: occurrence {occurrence} of {phrase!r} lies beyond the text encoder's "
+                f"{tokenizer.model_max_length}-token limit, so the model never sees it. Shorten the prompt."
+            )
         raise ValueError(
             f"subject {spec!r}: occurrence {occurrence} asked, but {phrase!r} occurs {len(matches)} time(s) in "
             f"{prompt!r}. Tokens: {format_tokens(tokenizer, prompt)}"

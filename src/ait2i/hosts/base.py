@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any, ClassVar
@@ -35,7 +36,7 @@ import torch
 
 from ..attention import StopForward, capture_attention, select_layers
 from ..subjects import end_token_index
-from .schedulers import check_scheduler, evaluations_per_step, input_scale
+from .schedulers import check_scheduler, evaluations_per_step, input_scale, starts_step
 
 #: ``make_engine(attend, num_steps) -> GuidanceEngine``: the host builds the engine once it knows the loop.
 EngineFactory = Callable[[Callable, int], Any]
@@ -89,11 +90,21 @@ class Host:
 
 @contextmanager
 def intercept(obj, name: str, wrapper: Callable) -> Iterator[None]:
-    """Shadow the method ``obj.name`` on the instance by ``wrapper(original, *args, **kwargs)``; always restore."""
+    """Shadow the method ``obj.name`` on the instance by ``wrapper(original, *args, **kwargs)``; always restore.
+
+    Only calls from the thread that installed it go through ``wrapper``; any other thread gets the original.
+    """
     had = name in obj.__dict__
     previous = obj.__dict__.get(name)
     original = getattr(obj, name)
-    obj.__dict__[name] = lambda *a, **k: wrapper(original, *a, **k)
+    owner = threading.get_ident()
+
+    def call(*a, **k):
+        if threading.get_ident() != owner:
+            return original(*a, **k)
+        return wrapper(original, *a, **k)
+
+    obj.__dict__[name] = call
     try:
         yield
     finally:
@@ -197,10 +208,21 @@ class CallbackHost(Host):
 
     def denoise(self, u: torch.Tensor, t, step: int, rows: torch.Tensor | None, cond: torch.Tensor) -> None:
         """The guided conditional forward pass on the model input ``u`` (rows ``rows`` of the batch)."""
-        extra = {}
+        self.unet(u, t, cond)
+
+    def unet(self, u: torch.Tensor, t, cond: torch.Tensor, **inputs) -> None:
+        """The UNet on ``u`` with the call's ``cross_attention_kwargs`` (LoRA scale, processor arguments)."""
         if self.kwargs.get("cross_attention_kwargs"):
-            extra["cross_attention_kwargs"] = self.kwargs["cross_attention_kwargs"]
-        self.pipe.unet(u, t, encoder_hidden_states=cond, **extra)
+            inputs["cross_attention_kwargs"] = self.kwargs["cross_attention_kwargs"]
+        self.pipe.unet(u, t, encoder_hidden_states=cond, **inputs)
+
+    def cond_rows(self, x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """The conditional half of a tensor the pipeline prepared for its (possibly doubled) batch, rows ``rows``.
+
+        Under classifier-free guidance the pipeline's batch is ``[unconditional ; conditional]``: the last ``B``.
+        """
+        x = x[-self.cond.shape[0] :]
+        return x if rows is None else x[rows]
 
     def on_callback_outputs(self, outputs: dict) -> None:
         """Follow what the user's callback changed (e.g. ``prompt_embeds``) so the guided pass sees it too."""
@@ -212,10 +234,14 @@ class CallbackHost(Host):
             elif emb.shape[0] == b:
                 self.cond = emb
 
+    def reset(self) -> None:
+        """Per-call state of a family (called at the start of :meth:`run`)."""
+
     # -- the run ----------------------------------------------------------------------------------------------
     def run(self, cfg, make_engine: EngineFactory):
         pipe, kw = self.pipe, dict(self.kwargs)
         self.notes += [n for n in [check_scheduler(pipe.scheduler)] if n]  # before anything runs
+        self.reset()
         self._cfg = cfg
         self._loop_timesteps = None
         self.cond: torch.Tensor | None = None
@@ -314,12 +340,10 @@ class CallbackHost(Host):
 
     def _update(self, j: int, z: torch.Tensor) -> torch.Tensor:
         """Latents for loop index ``j``: updated in the model-input space if ``j`` starts a guided step."""
-        if j not in self.steps:
-            if self.per_step == 2 and not self.pipe.scheduler.state_in_first_order:
-                return z
+        if (j in self.steps) != starts_step(self.pipe.scheduler):
             raise RuntimeError(f"{type(self.pipe.scheduler).__name__}: loop index {j} is out of step")
-        if self.per_step == 2 and not self.pipe.scheduler.state_in_first_order:
-            raise RuntimeError(f"{type(self.pipe.scheduler).__name__}: loop index {j} is not a first evaluation")
+        if j not in self.steps:  # a second evaluation of a second-order step: the step started earlier
+            return z
         k = self.steps[j]
         if not self.engine.needs_step(k):
             return z

@@ -19,14 +19,27 @@ class ControlNetHost(CallbackHost):
 
     pipelines = ("StableDiffusionControlNetPipeline",)
 
+    def reset(self) -> None:
+        self._images: list = []  # the prepared control image(s), in the pipeline's order
+
     def preparations(self):
-        self._images = []
-        return {**super().preparations(), "prepare_image": self._images.append}
+        return {**super().preparations(), "prepare_image": lambda image: self._images.append(image)}
+
+    def on_callback_outputs(self, outputs: dict) -> None:
+        super().on_callback_outputs(outputs)
+        image = outputs.get("image")
+        if image is not None:  # the pipeline's loop uses a control image the callback returns
+            self._images = list(image) if isinstance(image, (list, tuple)) else [image]
+
+    @property
+    def _multi(self) -> bool:
+        """A ``MultiControlNetModel`` (lists of images and scales), even with a single net."""
+        return hasattr(self.pipe.controlnet, "nets")
 
     @property
     def _nets(self) -> list:
         cn = self.pipe.controlnet
-        return list(cn.nets) if hasattr(cn, "nets") else [cn]
+        return list(cn.nets) if self._multi else [cn]
 
     def _guess_mode(self) -> bool:
         return bool(self.kwargs.get("guess_mode", False) or self._nets[0].config.global_pool_conditions)
@@ -47,15 +60,14 @@ class ControlNetHost(CallbackHost):
         n = len(self.loop)
         keep = [1.0 - float(loop_index / n < s or (loop_index + 1) / n > e) for s, e in zip(*self._window())]
         scale = self.kwargs.get("controlnet_conditioning_scale", 1.0)
-        if len(self._nets) > 1:
+        if self._multi:
             scales = scale if isinstance(scale, list) else [scale] * len(self._nets)
             return [c * k for c, k in zip(scales, keep)]
         return (scale[0] if isinstance(scale, list) else scale) * keep[0]
 
     def denoise(self, u, t, step, rows, cond) -> None:
-        b = self.cond.shape[0]
-        images = [img[-b:] if rows is None else img[-b:][rows] for img in self._images]  # conditional half
-        image = images if len(self._nets) > 1 else images[0]
+        images = [self.cond_rows(img, rows) for img in self._images]
+        image = images if self._multi else images[0]
         down, mid = self.pipe.controlnet(
             u,
             t,
@@ -65,14 +77,4 @@ class ControlNetHost(CallbackHost):
             guess_mode=self._guess_mode(),
             return_dict=False,
         )
-        extra = {}
-        if self.kwargs.get("cross_attention_kwargs"):
-            extra["cross_attention_kwargs"] = self.kwargs["cross_attention_kwargs"]
-        self.pipe.unet(
-            u,
-            t,
-            encoder_hidden_states=cond,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-            **extra,
-        )
+        self.unet(u, t, cond, down_block_additional_residuals=down, mid_block_additional_residual=mid)

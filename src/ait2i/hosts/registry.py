@@ -31,5 +31,11 @@ def host_for(pipe) -> type[Host]:
     for klass in cls.__mro__:
         for host in _HOSTS:
             if klass.__name__ in host.pipelines:
+                if any("__call__" in vars(k) for k in cls.__mro__[: cls.__mro__.index(klass)]):
+                    raise TypeError(
+                        f"{cls.__name__} subclasses {klass.__name__} but overrides __call__, so its denoising loop "
+                        f"may differ from the one {host.__name__} drives; not supported. Supported pipelines: "
+                        f"{', '.join(supported_pipelines())}"
+                    )
                 return host
     raise TypeError(f"{cls.__name__} is not supported; supported pipelines: {', '.join(supported_pipelines())}")

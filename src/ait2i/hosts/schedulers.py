@@ -109,6 +109,11 @@ def evaluations_per_step(scheduler) -> int:
     return 2 if hasattr(type(scheduler), "state_in_first_order") else 1
 
 
+def starts_step(scheduler) -> bool:
+    """Whether the scheduler's next model evaluation starts a step (always, except second evaluations)."""
+    return evaluations_per_step(scheduler) == 1 or bool(scheduler.state_in_first_order)
+
+
 def input_scale(scheduler, t, like) -> float:
     """``c`` with ``scale_model_input(z, t) == c * z`` for the scheduler's current step (1.0 when unscaled)."""
     import torch

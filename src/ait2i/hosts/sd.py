@@ -62,9 +62,6 @@ class StableDiffusionInpaintHost(CallbackHost):
 
     def denoise(self, u, t, step, rows, cond) -> None:
         if self.pipe.unet.config.in_channels == 9:
-            b = self.cond.shape[0]
-            mask, masked = self._mask[-b:], self._masked[-b:]
-            if rows is not None:
-                mask, masked = mask[rows], masked[rows]
+            mask, masked = self.cond_rows(self._mask, rows), self.cond_rows(self._masked, rows)
             u = torch.cat([u, mask.to(u.dtype), masked.to(u.dtype)], dim=1)
-        super().denoise(u, t, step, rows, cond)
+        self.unet(u, t, cond)
