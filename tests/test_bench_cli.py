@@ -27,7 +27,7 @@ def test_bench_registers_all_subcommands():
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))
-    for sub in ("fetch", "generate", "score", "compare", "shapes"):
+    for sub in ("fetch", "generate", "score", "compare", "shapes", "verify-chunks"):
         with pytest.raises(SystemExit) as e:
             parser.parse_args(["bench", sub, "--help"])
         assert e.value.code == 0
@@ -50,48 +50,35 @@ def saved_models(tmp_path_factory):
 @pytest.mark.slow
 def test_generate_resume_score_compare_commands(saved_models, tmp_path, capsys):
     torch.set_num_threads(1)
-    common = [
-        "--suite",
-        "ane:objects",
-        "--limit",
-        "2",
-        "--seeds",
-        "0-1",
-        "--model",
-        str(saved_models / "sd"),
-        "--steps",
-        "2",
-        "--quiet",
-    ]
+    common = ["--suite", "ane:objects", "--limit", "2", "--seeds", "0-1", "--model", str(saved_models / "sd")]
+    common += ["--steps", "2", "--quiet"]
     out_a, out_b = tmp_path / "none", tmp_path / "ait2i"
-    assert bench(["generate", *common, "--method", "none", "--out", str(out_a)]) == 0
+    assert bench(["generate", *common, "--methods", "none", "--out", str(out_a)]) == 0
     assert "4 assigned, 0 already done, 4 generated" in capsys.readouterr().out
-    assert bench(["generate", *common, "--method", "none", "--out", str(out_a)]) == 0  # resumes: nothing to do
+    assert bench(["generate", *common, "--methods", "none", "--out", str(out_a)]) == 0  # resumes: nothing to do
     assert "4 already done, 0 generated" in capsys.readouterr().out
-    assert bench(["generate", *common, "--method", "ait2i", "--out", str(out_a)]) == 2  # other method: refused
-    assert "different run" in capsys.readouterr().err
-    assert bench(["generate", *common, "--method", "none", "--set", "scale_factor=3", "--out", str(out_a)]) == 2
-    assert "scale_factor" in capsys.readouterr().err  # same method, other config: refused too
-    assert bench(["generate", *common, "--method", "none", "--set", "bogus=1", "--out", str(tmp_path / "z")]) == 2
-    assert "has no field" in capsys.readouterr().err and not (tmp_path / "z").exists()
-    assert bench(["generate", *common, "--method", "ait2i", "--out", str(out_b), "--batch-size", "1"]) == 0
+    assert bench(["generate", *common, "--methods", "ait2i", "--set", "scale_factor=3", "--out", str(out_a)]) == 0
+    capsys.readouterr()
+    assert bench(["generate", *common, "--methods", "ait2i", "--out", str(out_a)]) == 2  # same label, other config
+    assert "scale_factor" in capsys.readouterr().err
+    assert bench(["generate", *common, "--methods", "ait2i:bogus=1", "--out", str(tmp_path / "z")]) == 2
+    assert "no setting 'bogus'" in capsys.readouterr().err and not (tmp_path / "z").exists()
+    assert bench(["generate", *common, "--methods", "ait2i", "--out", str(out_b), "--batch-size", "1"]) == 0
     capsys.readouterr()
 
     clip = ["--clip-model", str(saved_models / "clip"), "--quiet", "--device", "cpu"]
     assert bench(["score", str(out_a), "--metrics", "clip", *clip]) == 0
     assert "clip_min_object" in capsys.readouterr().out
+    scores = json.loads((out_a / "scores.json").read_text())
+    assert set(scores["summary"]["paired"]) == {"ait2i"} and len(scores["per_image"]) == 8
     assert bench(["score", str(out_b), "--metrics", "clip", *clip]) == 0
-    scores = json.loads((out_b / "scores.json").read_text())
-    assert scores["method"] == "ait2i" and len(scores["per_image"]) == 4
-    assert scores["results"]["clip_full"]["overall"]["n_prompts"] == 2
     capsys.readouterr()
     assert bench(["compare", str(out_a), str(out_b), "--out", str(tmp_path / "cmp.md")]) == 0
     table = (tmp_path / "cmp.md").read_text()
-    assert "none (none)" in table and "ait2i (ait2i)" in table
+    assert "none (none)" in table and "ait2i (ait2i)" in table and "Protocol `ane`" in table
 
-    (out_b / "a blue clock and a blue apple" / "1.png").unlink()
+    next(out_b.rglob("1.png")).unlink()
     assert bench(["score", str(out_b), "--metrics", "clip", *clip]) == 2
-    err = capsys.readouterr().err
-    assert "1 of 4 planned images are missing" in err and "a blue clock and a blue apple/1.png" in err
+    assert "1 of 4 planned images are missing" in capsys.readouterr().err
     assert bench(["score", str(out_b), "--metrics", "clip,vqa", *clip]) == 2
     assert "do not apply" in capsys.readouterr().err

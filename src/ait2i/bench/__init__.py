@@ -1,10 +1,11 @@
-"""Public benchmarks for real checkpoints: the Attend-and-Excite prompts and T2I-CompBench++.
+"""Benchmarks: one runner for the public benchmarks (AnE, T2I-CompBench++) and ShapesWorld.
 
-``suites`` (prompts, subjects, file layout), ``generation`` (sharded, resumable image generation), ``metrics``
-(CLIP, BLIP captioning, BLIP-VQA, CLIPScore, an open-vocabulary detector), ``scoring`` (score a run folder,
-compare runs) and ``cli`` (the ``ait2i bench`` command). See ``docs/benchmarks.md``.
+``suites`` (items: prompts, subjects, per-item data; file layouts), ``runner`` (plan -> shard -> lock -> resume
+-> manifest -> images -> rows), ``scorers`` (CLIP, BLIP captions, BLIP-VQA, CLIPScore, detection, the ShapesWorld
+checker), ``stats`` (the two-level bootstrap), ``report`` (tables, compare) and ``cli`` (``ait2i bench``). See
+``docs/benchmarks.md``.
 """
 
-from .suites import BenchPrompt, Suite, load_suite, parse_seeds
+from .suites import Item, Suite, load_suite, parse_seeds
 
-__all__ = ["BenchPrompt", "Suite", "load_suite", "parse_seeds"]
+__all__ = ["Item", "Suite", "load_suite", "parse_seeds"]

@@ -1,26 +1,86 @@
-"""``ait2i bench``: fetch prompts, generate, score and compare the public benchmarks; run the ShapesWorld bench.
+"""``ait2i bench``: fetch prompts, generate, score and compare benchmark runs; the ShapesWorld benchmark.
 
 ait2i bench fetch t2i-compbench
-ait2i bench generate --suite ane --method ait2i --model CompVis/stable-diffusion-v1-4 --seeds 0-63 --out runs/ane
+ait2i bench generate --suite ane --methods ait2i --model CompVis/stable-diffusion-v1-4 --out runs/ane
 accelerate launch --num_processes 8 -m ait2i.bench generate --suite ane ...   # 8 GPUs, no overlap
 ait2i bench generate ... --shard 3/16                                         # Slurm array task 3 of 16
-ait2i bench score runs/ane --metrics clip,blip
+ait2i bench score runs/ane                                                    # the suite's published metrics
 ait2i bench compare runs/ane-none runs/ane-ait2i
+ait2i bench shapes --methods default --seeds 0-31 --out runs/shapes           # generate + check + summary
+ait2i bench verify-chunks                                                     # spaCy table of T2I-CompBench
+
+Bad input ends with one "ait2i: error: ..." line and exit code 2; nothing is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+GEN_SKIP = {"func", "command", "bench_command", "shard", "workers", "threads", "quiet", "_parser", "grid"}
+
+
+def _generation_args(g: argparse.ArgumentParser, shapes: bool) -> None:
+    g.add_argument(
+        "--methods",
+        "--method",
+        dest="methods",
+        default="default" if shapes else "ait2i",
+        help="comma-separated methods and variants: none,attend-and-excite,ait2i:w_isolation=0 or the sets "
+        "'default' and 'ablation' (see ait2i.bench.specs)",
+    )
+    g.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="setting for every guided method that has it, e.g. --set max_guided_steps=0.5 (repeatable)",
+    )
+    g.add_argument(
+        "--model",
+        default=None,
+        help="diffusers model id or local folder (safetensors)"
+        + ("; default: the shipped ShapesWorld model" if shapes else ""),
+    )
+    g.add_argument("--protocol", default=None, help="compbench, ane or shapes (default: the suite's)")
+    g.add_argument("--seeds", default=None, help="seeds per prompt (default: the protocol's)")
+    g.add_argument("--out", required=not shapes, default="runs/shapes" if shapes else None, help="output folder")
+    g.add_argument(
+        "--limit",
+        type=int,
+        default=8 if shapes else None,
+        metavar="N",
+        help="only the first N prompts of each category" + (" (default 8 of 12)" if shapes else ""),
+    )
+    g.add_argument("--shard", default=None, metavar="I/N", help="take (method, prompt) units I, I+N, ... (0-based)")
+    g.add_argument("--workers", type=int, default=1, help="processes sharing the work on this machine (default 1)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    g.add_argument("--batch-size", type=int, default=None, help="seeds per pipeline call (default: all of a prompt)")
+    g.add_argument(
+        "--force", action="store_true", help="regenerate this run's images (and accept a folder of another run)"
+    )
+    g.add_argument("--scheduler", default=None, help="override the protocol's scheduler (recorded)")
+    g.add_argument("--dtype", default=None, choices=("float16", "float32"), help="override the protocol's dtype")
+    g.add_argument("--steps", type=int, default=None, help="override the protocol's steps (recorded)")
+    g.add_argument("--guidance-scale", type=float, default=None, help="override the protocol's CFG scale (recorded)")
+    g.add_argument("--height", type=int, default=None)
+    g.add_argument("--width", type=int, default=None)
+    g.add_argument("--generator-device", default=None, choices=("cpu", "cuda"), help="where seeded noise is drawn")
+    g.add_argument("--device", default=None, help="default: cuda if available")
+    g.add_argument("--data-dir", default=None, help="folder of the fetched T2I-CompBench files")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(_parser=g)
 
 
 def add_parser(subparsers) -> None:
     """Register the ``bench`` command and its sub-commands on an ``argparse`` sub-parser collection."""
     bench = subparsers.add_parser(
         "bench",
-        help="public benchmarks (AnE, T2I-CompBench++) and the ShapesWorld benchmark",
-        description=__doc__.replace("``", ""),
+        help="benchmarks: AnE, T2I-CompBench++, ShapesWorld",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = bench.add_subparsers(dest="bench_command", metavar="SUBCOMMAND")
@@ -33,87 +93,50 @@ def add_parser(subparsers) -> None:
     f.add_argument("--force", action="store_true", help="download again even if valid copies exist")
     f.set_defaults(func=cmd_fetch)
 
-    g = sub.add_parser("generate", help="generate one PNG per (prompt, seed); sharded and resumable")
-    g.add_argument(
-        "--suite", required=True, help="ane, ane:animals, ane:animals_objects, ane:objects, or t2i-compbench:<category>"
-    )
-    g.add_argument("--method", default="ait2i", help="ait2i, ait2i-paper, attend-and-excite or none")
-    g.add_argument(
-        "--set",
-        action="append",
-        metavar="FIELD=VALUE",
-        help="override a method config field, e.g. --set scale_factor=30 (repeatable; recorded in the manifest)",
-    )
-    g.add_argument("--model", required=True, help="diffusers model id or local folder (safetensors)")
-    g.add_argument("--seeds", default=None, help="e.g. 0-63 (AnE default) or 42-51 (T2I-CompBench default)")
-    g.add_argument("--out", required=True, help="output folder")
-    g.add_argument(
-        "--limit", type=int, default=None, metavar="N", help="only the first N prompts of each category (smoke tests)"
-    )
-    g.add_argument("--shard", default=None, metavar="I/N", help="take work items I, I+N, ... (0-based I)")
-    g.add_argument("--batch-size", type=int, default=4, help="seeds per pipeline call (default: 4)")
-    g.add_argument("--force", action="store_true", help="write into a folder made by a different run")
-    g.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
-    g.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default: 7.5)")
-    g.add_argument("--height", type=int, default=None)
-    g.add_argument("--width", type=int, default=None)
-    g.add_argument(
-        "--dtype",
-        default=None,
-        choices=("float16", "bfloat16", "float32"),
-        help="default: float16 on CUDA, float32 on CPU",
-    )
-    g.add_argument("--device", default=None, help="default: the launcher's device, else cuda if available")
-    g.add_argument(
-        "--generator-device",
-        default="cpu",
-        choices=("cpu", "cuda"),
-        help="where seeded noise is drawn: cpu (portable, default) or cuda (as the AnE scripts)",
-    )
-    g.add_argument("--data-dir", default=None, help="folder of the fetched T2I-CompBench files")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = sub.add_parser("generate", help="generate one PNG per (method, prompt, seed); sharded and resumable")
+    g.add_argument("--suite", required=True, help="ane[:<set>], t2i-compbench:<category> or shapes[:<categories>]")
+    _generation_args(g, shapes=False)
     g.set_defaults(func=cmd_generate)
 
-    s = sub.add_parser("score", help="score a run folder with the published metrics")
+    s = sub.add_parser("score", help="score a run folder (checks every PNG's parameters against the manifest)")
     s.add_argument("run_dir")
     s.add_argument(
         "--metrics",
         default=None,
-        help="comma list of clip,blip,vqa,clipscore,detect (default: the suite's published metrics)",
+        help="comma list of clip,blip,vqa,clipscore,detect,shapes (default: the suite's published metrics)",
     )
     s.add_argument("--allow-missing", action="store_true", help="score the images present, list the missing")
+    s.add_argument("--reference", default=None, help="method the others are compared with (default: the first)")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--detect-threshold", type=float, default=0.1)
     s.add_argument("--data-dir", default=None, help="folder of the fetched T2I-CompBench files")
     s.add_argument("--device", default=None)
     for m in ("clip", "blip", "vqa", "clipscore", "detect"):
-        s.add_argument(f"--{m}-model", default=None, help=f"model id for {m} (default: see docs/benchmarks.md)")
+        s.add_argument(f"--{m}-model", default=None, help=f"checkpoint for {m} (default: see docs/benchmarks.md)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_score)
 
     c = sub.add_parser("compare", help="put several scored runs side by side (markdown)")
     c.add_argument("run_dirs", nargs="+")
     c.add_argument("--out", default=None, help="also write the table to this file")
+    c.add_argument("--allow-mismatch", action="store_true", help="compare runs of different protocols/seeds/limits")
     c.set_defaults(func=cmd_compare)
 
-    sh = sub.add_parser("shapes", help="the ShapesWorld benchmark on the shipped model (ground-truth checker)")
-    try:
-        from ..shapes import bench as shapes_bench
+    sh = sub.add_parser("shapes", help="the ShapesWorld benchmark: generate, check every image, summarise")
+    sh.add_argument("--categories", default=None, help="comma-separated subset of the ShapesWorld categories")
+    sh.add_argument("--reference", default=None, help="method the others are compared with (default: the first)")
+    sh.add_argument("--summarize-only", action="store_true", help="generate nothing; summarise what the folder holds")
+    sh.add_argument("--grid", default=None, metavar="PNG", help="also draw the first prompt of each category")
+    _generation_args(sh, shapes=True)
+    sh.set_defaults(func=cmd_shapes)
 
-        shapes_bench.add_arguments(sh)
-        sh.set_defaults(func=shapes_bench.run)
-    except Exception as e:  # noqa: BLE001 - the other sub-commands stay usable
-        msg = f"ait2i bench shapes is unavailable ({type(e).__name__}: {e})"
-        sh.add_argument("rest", nargs=argparse.REMAINDER)
-        sh.set_defaults(func=lambda a: _fail(msg))
-
-
-def _fail(msg: str) -> int:
-    raise ValueError(msg)
+    v = sub.add_parser("verify-chunks", help="recompute the shipped T2I-CompBench noun-chunk table with spaCy")
+    v.add_argument("--data-dir", default=None, help="folder of the fetched T2I-CompBench files")
+    v.set_defaults(func=cmd_verify_chunks)
 
 
 def cmd_fetch(args) -> int:
-    from . import compbench
+    from .suites import compbench
 
     try:
         dest = compbench.fetch(args.dest, base_url=args.base_url or compbench.BASE_URL, force=args.force)
@@ -123,115 +146,237 @@ def cmd_fetch(args) -> int:
     return 0
 
 
-def cmd_generate(args) -> int:
-    import torch
-
-    from ..config import get_config
-    from .generation import (
-        build_manifest,
-        check_manifest,
-        launcher_rank,
-        load_pipeline,
-        parse_shard,
-        run_generation,
-    )
-    from .suites import DEFAULT_SEEDS, load_suite, parse_seeds
+def plan(args, suite_spec: str):
+    """The :class:`~ait2i.bench.runner.Run` of a ``generate``/``shapes`` command line (checked, nothing loaded)."""
+    from .runner import Run, model_identity, resolve_protocol
+    from .specs import parse_methods
+    from .suites import load_suite, parse_seeds
 
     try:
-        suite = load_suite(args.suite, args.data_dir).head(args.limit)
+        suite = load_suite(suite_spec, args.data_dir).head(args.limit)
     except OSError as e:
         raise ValueError(str(e)) from None
-    seeds = parse_seeds(args.seeds) if args.seeds else DEFAULT_SEEDS[suite.family]
-    from ..cli import method_config, parse_overrides
-
-    cfg = method_config(args.method, parse_overrides(args.set)) if args.set else get_config(args.method)
-    shard, nshards = parse_shard(args.shard)
-    rank, world, device = launcher_rank()
-    rank, world = shard * world + rank, nshards * world
-    device = args.device or device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype or ("float16" if str(device).startswith("cuda") else "float32")
-    sampling = {
+    methods = parse_methods(args.methods, ",".join(args.set) if args.set else None)
+    over = {
+        "scheduler": args.scheduler,
+        "dtype": args.dtype,
         "num_inference_steps": args.steps,
         "guidance_scale": args.guidance_scale,
         "height": args.height,
         "width": args.width,
-        "dtype": dtype,
         "generator_device": args.generator_device,
     }
-    # Refuse a folder of another run before the (slow) model load; nothing is written until the model loads.
-    check_manifest(Path(args.out), build_manifest(suite, seeds, args.model, cfg, **sampling), args.force)
-    pipe = load_pipeline(args.model, dtype, device)
-    rep = run_generation(
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    protocol = resolve_protocol(args.protocol or suite.protocol, device, **over)
+    from .runner import PROTOCOLS
+
+    seeds = parse_seeds(args.seeds or PROTOCOLS[protocol["name"]].seeds)
+    if args.model is not None and not Path(args.model).exists() and (args.model.startswith((".", "/", "~"))):
+        raise ValueError(f"could not load the model {args.model!r}: no such folder")
+    return Run(suite, methods, seeds, protocol, model_identity(args.model), Path(args.out), args.data_dir), device
+
+
+def _generate(args, run, device, scorers=None) -> None:
+    from .runner import check_manifest, generate, launcher_rank, load_pipeline, parse_shard
+
+    if args.workers > 1 and args.shard is None:
+        _run_workers(args)
+        return
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    check_manifest(run.out, run.manifest(), args.force)  # refuse before the slow model load
+    shard, nshards = parse_shard(args.shard)
+    rank, world = launcher_rank()
+    rank, world = shard * world + rank, nshards * world
+    pipe = load_pipeline(args.model, run.protocol, device)
+    rep = generate(
         pipe,
-        suite,
-        seeds,
-        args.out,
-        method=cfg,
-        model=args.model,
+        run,
         rank=rank,
         world=world,
         batch_size=args.batch_size,
         force=args.force,
         progress=not args.quiet,
-        **sampling,
+        scorers=scorers,
     )
     rate = len(rep.generated) / rep.seconds if rep.seconds > 0 else 0.0
     print(
-        f"[{rank}/{world}] {suite.name}: {rep.assigned} assigned, {rep.skipped} already done, "
-        f"{len(rep.generated)} generated ({rate:.2f} img/s), {len(rep.regenerated)} corrupt regenerated"
+        f"[{rank}/{world}] {run.suite.name}: {rep.assigned} assigned, {rep.skipped} already done, "
+        f"{len(rep.generated)} generated ({rate:.2f} img/s), {len(rep.regenerated)} unreadable regenerated"
     )
+
+
+def worker_argv(args, i: int, n: int, threads: int) -> list[str]:
+    """The command line of worker ``i`` of ``n``: this command's settings, its shard, no progress bar."""
+    p = args._parser
+    argv = [sys.executable, "-m", "ait2i.bench", args.bench_command]
+    for a in p._actions:
+        if not a.option_strings or a.dest in GEN_SKIP or a.dest == "help":
+            continue
+        v = getattr(args, a.dest, None)
+        if v is None or v is False:
+            continue
+        if v is True:
+            argv.append(a.option_strings[0])
+        elif isinstance(v, list):
+            for x in v:
+                argv += [a.option_strings[0], str(x)]
+        else:
+            argv += [a.option_strings[0], str(v)]
+    if getattr(args, "suite", None):
+        argv += ["--suite", args.suite]
+    return argv + ["--shard", f"{i}/{n}", "--threads", str(threads), "--quiet"]
+
+
+def _run_workers(args) -> None:
+    n = args.workers
+    threads = args.threads or max(1, (os.cpu_count() or 1) // n)
+    logs = [tempfile.TemporaryFile() for _ in range(n)]
+    procs = [
+        subprocess.Popen(worker_argv(args, i, n, threads), stdout=logs[i], stderr=subprocess.STDOUT) for i in range(n)
+    ]
+    try:
+        for p in procs:
+            p.wait()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    for i, p in enumerate(procs):
+        logs[i].seek(0)
+        text = logs[i].read().decode(errors="replace").strip()
+        if p.returncode != 0:
+            raise RuntimeError(
+                f"worker {i}/{n} exited with status {p.returncode}; the folder keeps every finished "
+                "image (rerun the same command to resume). Its last lines:\n" + "\n".join(text.splitlines()[-15:])
+            )
+        print("\n".join(ln for ln in text.splitlines() if "assigned" in ln))
+
+
+def cmd_generate(args) -> int:
+    run, device = plan(args, args.suite)
+    _generate(args, run, device)
     return 0
 
 
 def cmd_score(args) -> int:
-    from .scoring import markdown, score_run
+    from .report import markdown, write_scores
+    from .runner import read_manifest, run_from_manifest, score
+    from .scorers import load_scorers
 
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-    names = {
+    out = Path(args.run_dir)
+    manifest = read_manifest(out)
+    suite = run_from_manifest(out, args.data_dir).suite
+    names = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else list(suite.scorers)
+    if not names:
+        raise ValueError(
+            f"no implemented metric reproduces {suite.name}'s published score; ask for --metrics "
+            f"{','.join(suite.applicable)} for an indicative number"
+        )
+    wrong = [m for m in names if m not in suite.applicable]
+    if wrong:
+        raise ValueError(f"metric(s) {wrong} do not apply to {suite.name}; use {', '.join(suite.applicable)}")
+    models = {
         m: getattr(args, f"{m}_model")
         for m in ("clip", "blip", "vqa", "clipscore", "detect")
         if getattr(args, f"{m}_model")
     }
-    try:
-        out = score_run(
-            args.run_dir,
-            metrics,
-            data_dir=args.data_dir,
-            allow_missing=args.allow_missing,
-            batch_size=args.batch_size,
-            detect_threshold=args.detect_threshold,
-            progress=not args.quiet,
-            model_names=names,
-            device=args.device,
-        )
-    except OSError as e:
-        raise ValueError(str(e)) from None
-    print(markdown([out]))
+    scorers = load_scorers(names, args.device, models, data_dir=args.data_dir, detect_threshold=args.detect_threshold)
+    rows = score(
+        out,
+        scorers,
+        data_dir=args.data_dir,
+        allow_missing=args.allow_missing,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    planned = len(run_from_manifest(out, args.data_dir).units()) * len(manifest["seeds"])
+    missing = ["?"] * (planned - len(rows))
+    print(markdown(write_scores(out, rows, manifest, scorers, missing, args.reference)))
     return 0
 
 
 def cmd_compare(args) -> int:
-    from .scoring import compare_runs
+    from .report import compare
 
-    table = compare_runs(args.run_dirs)
+    table = compare(args.run_dirs, args.allow_mismatch)
     if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(table)
+        from .runner import write_atomic
+
+        write_atomic(Path(args.out), table)
     print(table)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ait2i.bench ...`` (what ``accelerate launch``/``torchrun`` run): same as ``ait2i bench ...``."""
-    import os
+def cmd_shapes(args) -> int:
+    """Generate (resumable, sharded), check every image as it is made, summarise with paired differences."""
+    from .report import markdown, write_scores
+    from .runner import load_rows, read_manifest, run_from_manifest
+    from .scorers import ShapesScorer
 
+    spec = "shapes" + (
+        ":" + "+".join(c.strip() for c in args.categories.split(",") if c.strip()) if args.categories else ""
+    )
+    run, device = plan(args, spec)
+    if args.reference and args.reference not in [m for m, _ in run.methods]:
+        raise ValueError(f"reference {args.reference!r} is not among the methods {[m for m, _ in run.methods]}")
+    scorers = {"shapes": ShapesScorer()}
+    if not args.summarize_only:
+        _generate(args, run, device, scorers)
+    if args.shard is not None:
+        return 0
+    wanted = {(lab, it.prompt, s) for lab, _, it in run.units() for s in run.seeds}
+    rows = {}
+    for r in load_rows(run.out):  # the latest row of each image
+        rows[(r["method"], r["prompt"], r["seed"])] = r
+    rows = [r for k, r in rows.items() if k in wanted]
+    if not rows:
+        raise ValueError(f"{run.out} holds no checked images of this run yet")
+    manifest = read_manifest(run.out)
+    full = run_from_manifest(run.out)
+    missing = [k for k in wanted if k not in {(r["method"], r["prompt"], r["seed"]) for r in rows}]
+    del full
+    print(markdown(write_scores(run.out, rows, manifest, scorers, missing, args.reference)))
+    if args.grid:
+        from ..shapes.bench import save_grid
+
+        save_grid(run.out, args.grid, methods=[m for m, _ in run.methods], seeds=list(run.seeds)[:8])
+        print(f"grid: {args.grid}")
+    return 0
+
+
+def cmd_verify_chunks(args) -> int:
+    from .chunks import verify
+    from .suites.compbench_chunks import PROVENANCE
+
+    try:
+        diffs = verify(args.data_dir)
+    except OSError as e:
+        raise ValueError(str(e)) from None
+    print(f"shipped table: {PROVENANCE}")
+    for d in diffs:
+        print(d)
+    print(f"{len(diffs)} prompt(s) differ from the installed spaCy")
+    return 1 if diffs else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ait2i.bench ...`` (what ``accelerate launch``/``torchrun`` run): same as ``ait2i bench ...``.
+    One error policy: bad input is one ``ait2i: error:`` line and exit code 2, a failed worker exit code 1."""
     parser = argparse.ArgumentParser(prog="ait2i")
     add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RuntimeError) as e:
         if os.environ.get("AIT2I_DEBUG"):
             raise
         print(f"ait2i: error: {e}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(e, RuntimeError) else 2

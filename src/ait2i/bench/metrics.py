@@ -364,18 +364,20 @@ def spatial_score(detections: dict[str, list[tuple]], obj1: str, obj2: str, rela
 
 
 def parse_counts(prompt: str, plural_to_singular: dict[str, str] | None = None) -> list[tuple[int, str]]:
-    """``"three lamps and two trains"`` -> ``[(3, "lamp"), (2, "train")]`` (number words, then a noun)."""
-    from .phrases import noun_phrases
+    """``"three lamps and two trains"`` -> ``[(3, "lamp"), (2, "train")]``: the noun chunks (spaCy, see
+    :mod:`ait2i.bench.chunks`) that start with a number word."""
+    from .chunks import chunks_of
 
     table = plural_to_singular or {}
     out = []
-    for ph in noun_phrases(prompt):
-        n = _NUMBERS.get(ph.determiner.lower())
-        if n is None:
+    for text, *_ in chunks_of(prompt):
+        words = text.split()
+        n = _NUMBERS.get(words[0].lower())
+        if n is None or len(words) < 2:
             continue
-        noun = ph.words[-1].lower()
+        noun = words[-1].lower()
         singular = table.get(noun) or (noun[:-1] if n != 1 and noun.endswith("s") and not noun.endswith("ss") else noun)
-        out.append((n, " ".join([*ph.words[:-1], singular])))
+        out.append((n, " ".join([*words[1:-1], singular])))
     return out
 
 

@@ -127,3 +127,16 @@ def ane_json() -> str:
     for cat, prompt, _ in ane_prompts():
         d[cat].append(prompt)
     return json.dumps(d, indent=4)
+
+
+def suite(category: str | None = None, data_dir=None):
+    """The AnE suite (all three sets, or one), protocol ``ane``, scored by CLIP and BLIP captions."""
+    from . import Item, Suite
+
+    rows, seen = ane_prompts(category), {}
+    items = []
+    for cat, text, subjects in rows:
+        seen[cat] = seen.get(cat, -1) + 1
+        items.append(Item(cat, seen[cat], text, tuple(subjects)))
+    name = "ane" if category is None else f"ane:{category}"
+    return Suite(name, tuple(items), "prompt", "ane", ("clip", "blip"), ("clip", "blip", "clipscore"))

