@@ -217,3 +217,65 @@ def test_two_real_processes_shard_by_prompt_and_cover_every_image_once(tmp_path)
     assert len(by_prompt) == 4 and "clean_binding" in (out / "scores.md").read_text()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and len(runner.load_rows(out)) == 8  # resumed: nothing redone
+
+
+def test_manifest_writes_merge_under_a_lock_and_are_idempotent(tmp_path):
+    """Shards starting together (here: threads, each with its own open file of the lock) merge their methods; a
+    manifest that would not change is not rewritten."""
+    import threading
+
+    runs = [_run(tmp_path, methods=m, seeds=(0,)) for m in ("none", "ait2i", "attend-and-excite")]
+    start = threading.Barrier(len(runs) * 4)
+    errors = []
+
+    def write(run):
+        try:
+            start.wait()
+            runner.write_manifest(tmp_path, run.manifest())
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(r,)) for r in runs * 4]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    m = runner.read_manifest(tmp_path)
+    assert set(m["methods"]) == {"none", "ait2i", "attend-and-excite"}
+    before = (tmp_path / runner.MANIFEST).stat()
+    runner.write_manifest(tmp_path, runs[0].manifest())
+    after = (tmp_path / runner.MANIFEST).stat()
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)  # unchanged: not rewritten
+    assert not list((tmp_path / runner.LOCKS).glob("*.lock"))  # the manifest lock is no shard lock
+
+
+def test_workers_parent_refuses_a_mismatching_folder_before_starting_workers(tmp_path, monkeypatch, capsys):
+    import subprocess as sp
+
+    from ait2i.bench.cli import main as bench
+
+    out = tmp_path / "run"
+    runner.write_manifest(out, _run(out, methods="none", seeds=(0,), num_inference_steps=3).manifest())
+    started = []
+    monkeypatch.setattr(sp, "Popen", lambda *a, **k: started.append(a) or pytest.fail("a worker was started"))
+    argv = ["generate", "--suite", "ane:animals", "--limit", "1", "--seeds", "0", "--methods", "none"]
+    argv += ["--model", "org/model", "--device", "cpu", "--workers", "2", "--out", str(out), "--quiet"]
+    assert bench(argv) == 2
+    assert "holds images of a different run" in capsys.readouterr().err and not started
+
+
+def test_loader_takes_bfloat16(tmp_path):
+    import torch
+
+    from ait2i.cli import load_model
+    from ait2i.testing import tiny_sd_pipeline
+
+    tiny_sd_pipeline().save_pretrained(tmp_path / "tiny")
+    pipe = load_model(str(tmp_path / "tiny"), "bfloat16")
+    assert pipe.unet.dtype == torch.bfloat16
+    protocol = runner.resolve_protocol("shapes", "cpu", dtype="bfloat16")
+    assert protocol["overrides"] == ["dtype"]
+    assert runner.load_pipeline(str(tmp_path / "tiny"), protocol, "cpu").unet.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="float32, float16, bfloat16"):
+        load_model(str(tmp_path / "tiny"), "float64")

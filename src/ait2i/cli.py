@@ -198,14 +198,17 @@ def load_model(model: str | None, dtype: str = "float32", scheduler: str = "defa
 
     Args:
         model (`str`, *optional*): a local diffusers folder or a hub id (safetensors weights only).
-        dtype (`str`, *optional*, defaults to `"float32"`): ``"float32"`` or ``"float16"``.
+        dtype (`str`, *optional*, defaults to `"float32"`): ``"float32"``, ``"float16"`` or ``"bfloat16"``.
         scheduler (`str`, *optional*, defaults to `"default"`): a short name of
             ``ait2i.hosts.schedulers.SCHEDULER_NAMES`` (``"ddim"``, ``"euler"``, ...) or ``"default"`` (the
             model's own).
     """
     import torch
 
-    torch_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in dtypes:
+        raise ValueError(f"dtype must be one of {', '.join(dtypes)}, got {dtype!r}")
+    torch_dtype = dtypes[dtype]
     if model is None:
         try:
             from .shapes.model import load_pipeline

@@ -7,6 +7,7 @@ ait2i bench generate ... --shard 3/16                                         # 
 ait2i bench score runs/ane                                                    # the suite's published metrics
 ait2i bench compare runs/ane-none runs/ane-ait2i
 ait2i bench shapes --methods default --seeds 0-31 --out runs/shapes           # generate + check + summary
+ait2i bench layout --out runs/layout                                          # boxes: none + 3 layout methods
 ait2i bench verify-chunks                                                     # spaCy table of T2I-CompBench
 
 Bad input ends with one "ait2i: error: ..." line and exit code 2; nothing is written.
@@ -24,14 +25,16 @@ from pathlib import Path
 GEN_SKIP = {"func", "command", "bench_command", "shard", "workers", "threads", "quiet", "_parser", "grid"}
 
 
-def _generation_args(g: argparse.ArgumentParser, shapes: bool) -> None:
+def _generation_args(g: argparse.ArgumentParser, kind: str) -> None:
+    """Options of ``generate`` (``kind="generate"``) and of the one-command ``shapes``/``layout`` benchmarks."""
+    shapes = kind != "generate"
     g.add_argument(
         "--methods",
         "--method",
         dest="methods",
-        default="default" if shapes else "ait2i",
+        default={"generate": "ait2i", "shapes": "default", "layout": "layout"}[kind],
         help="comma-separated methods and variants: none,attend-and-excite,ait2i:w_isolation=0 or the sets "
-        "'default' and 'ablation' (see ait2i.bench.specs)",
+        "'default', 'ablation' and 'layout' (see ait2i.bench.specs)",
     )
     g.add_argument(
         "--set",
@@ -46,14 +49,15 @@ def _generation_args(g: argparse.ArgumentParser, shapes: bool) -> None:
         + ("; default: the shipped ShapesWorld model" if shapes else ""),
     )
     g.add_argument("--protocol", default=None, help="compbench, ane or shapes (default: the suite's)")
-    g.add_argument("--seeds", default=None, help="seeds per prompt (default: the protocol's)")
-    g.add_argument("--out", required=not shapes, default="runs/shapes" if shapes else None, help="output folder")
+    g.add_argument("--seeds", default=None, help="seeds per prompt (default: the suite's, else the protocol's)")
+    g.add_argument("--out", required=not shapes, default=f"runs/{kind}" if shapes else None, help="output folder")
     g.add_argument(
         "--limit",
         type=int,
-        default=8 if shapes else None,
+        default=8 if kind == "shapes" else None,
         metavar="N",
-        help="only the first N prompts of each category" + (" (default 8 of 12)" if shapes else ""),
+        help="only the first N prompts (layout: items) of each category"
+        + (" (default 8 of 12)" if kind == "shapes" else ""),
     )
     g.add_argument("--shard", default=None, metavar="I/N", help="take (method, prompt) units I, I+N, ... (0-based)")
     g.add_argument("--workers", type=int, default=1, help="processes sharing the work on this machine (default 1)")
@@ -63,7 +67,9 @@ def _generation_args(g: argparse.ArgumentParser, shapes: bool) -> None:
         "--force", action="store_true", help="regenerate this run's images (and accept a folder of another run)"
     )
     g.add_argument("--scheduler", default=None, help="override the protocol's scheduler (recorded)")
-    g.add_argument("--dtype", default=None, choices=("float16", "float32"), help="override the protocol's dtype")
+    g.add_argument(
+        "--dtype", default=None, choices=("float16", "bfloat16", "float32"), help="override the protocol's dtype"
+    )
     g.add_argument("--steps", type=int, default=None, help="override the protocol's steps (recorded)")
     g.add_argument("--guidance-scale", type=float, default=None, help="override the protocol's CFG scale (recorded)")
     g.add_argument("--height", type=int, default=None)
@@ -94,8 +100,12 @@ def add_parser(subparsers) -> None:
     f.set_defaults(func=cmd_fetch)
 
     g = sub.add_parser("generate", help="generate one PNG per (method, prompt, seed); sharded and resumable")
-    g.add_argument("--suite", required=True, help="ane[:<set>], t2i-compbench:<category> or shapes[:<categories>]")
-    _generation_args(g, shapes=False)
+    g.add_argument(
+        "--suite",
+        required=True,
+        help="ane[:<set>], t2i-compbench:<category>, shapes[:<categories>] or layout[:<categories>]",
+    )
+    _generation_args(g, "generate")
     g.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("score", help="score a run folder (checks every PNG's parameters against the manifest)")
@@ -103,7 +113,7 @@ def add_parser(subparsers) -> None:
     s.add_argument(
         "--metrics",
         default=None,
-        help="comma list of clip,blip,vqa,clipscore,detect,shapes (default: the suite's published metrics)",
+        help="comma list of clip,blip,vqa,clipscore,detect,shapes,layout (default: the suite's published metrics)",
     )
     s.add_argument("--allow-missing", action="store_true", help="score the images present, list the missing")
     s.add_argument("--reference", default=None, help="method the others are compared with (default: the first)")
@@ -127,8 +137,15 @@ def add_parser(subparsers) -> None:
     sh.add_argument("--reference", default=None, help="method the others are compared with (default: the first)")
     sh.add_argument("--summarize-only", action="store_true", help="generate nothing; summarise what the folder holds")
     sh.add_argument("--grid", default=None, metavar="PNG", help="also draw the first prompt of each category")
-    _generation_args(sh, shapes=True)
+    _generation_args(sh, "shapes")
     sh.set_defaults(func=cmd_shapes)
+
+    la = sub.add_parser("layout", help="the ShapesWorld layout benchmark: objects in their boxes, checked, summarised")
+    la.add_argument("--categories", default=None, help="comma-separated subset of two,three,corners")
+    la.add_argument("--reference", default=None, help="method the others are compared with (default: the first)")
+    la.add_argument("--summarize-only", action="store_true", help="generate nothing; summarise what the folder holds")
+    _generation_args(la, "layout")
+    la.set_defaults(func=cmd_layout)
 
     v = sub.add_parser("verify-chunks", help="recompute the shipped T2I-CompBench noun-chunk table with spaCy")
     v.add_argument("--data-dir", default=None, help="folder of the fetched T2I-CompBench files")
@@ -172,7 +189,7 @@ def plan(args, suite_spec: str):
     protocol = resolve_protocol(args.protocol or suite.protocol, device, **over)
     from .runner import PROTOCOLS
 
-    seeds = parse_seeds(args.seeds or PROTOCOLS[protocol["name"]].seeds)
+    seeds = parse_seeds(args.seeds or suite.seeds or PROTOCOLS[protocol["name"]].seeds)
     if args.model is not None and not Path(args.model).exists() and (args.model.startswith((".", "/", "~"))):
         raise ValueError(f"could not load the model {args.model!r}: no such folder")
     return Run(suite, methods, seeds, protocol, model_identity(args.model), Path(args.out), args.data_dir), device
@@ -181,6 +198,7 @@ def plan(args, suite_spec: str):
 def _generate(args, run, device, scorers=None) -> None:
     from .runner import check_manifest, generate, launcher_rank, load_pipeline, parse_shard
 
+    check_manifest(run.out, run.manifest(), args.force)  # refuse before any worker starts or any model loads
     if args.workers > 1 and args.shard is None:
         _run_workers(args)
         return
@@ -188,7 +206,6 @@ def _generate(args, run, device, scorers=None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    check_manifest(run.out, run.manifest(), args.force)  # refuse before the slow model load
     shard, nshards = parse_shard(args.shard)
     rank, world = launcher_rank()
     rank, world = shard * world + rank, nshards * world
@@ -312,40 +329,57 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def cmd_shapes(args) -> int:
-    """Generate (resumable, sharded), check every image as it is made, summarise with paired differences."""
-    from .report import markdown, write_scores
-    from .runner import load_rows, read_manifest, run_from_manifest
-    from .scorers import ShapesScorer
+def _suite_spec(family: str, categories: str | None) -> str:
+    cats = [c.strip() for c in (categories or "").split(",") if c.strip()]
+    return family + (":" + "+".join(cats) if cats else "")
 
-    spec = "shapes" + (
-        ":" + "+".join(c.strip() for c in args.categories.split(",") if c.strip()) if args.categories else ""
-    )
+
+def _run_and_summarize(args, spec: str, scorers: dict) -> tuple:
+    """Generate ``spec`` with ``scorers`` run on each batch (resumable, sharded), then summarise the folder's rows
+    of this plan into ``scores.json``/``scores.md``; returns ``(run, scores)`` (``scores`` None for a shard)."""
+    from .report import markdown, write_scores
+    from .runner import load_rows, read_manifest
+
     run, device = plan(args, spec)
     if args.reference and args.reference not in [m for m, _ in run.methods]:
         raise ValueError(f"reference {args.reference!r} is not among the methods {[m for m, _ in run.methods]}")
-    scorers = {"shapes": ShapesScorer()}
     if not args.summarize_only:
         _generate(args, run, device, scorers)
     if args.shard is not None:
-        return 0
-    wanted = {(lab, it.prompt, s) for lab, _, it in run.units() for s in run.seeds}
-    rows = {}
+        return run, None
+    wanted = {(lab, it.category, it.index, s) for lab, _, it in run.units() for s in run.seeds}
+    keys = [k for sc in scorers.values() for k in sc.keys]
+    latest = {}
     for r in load_rows(run.out):  # the latest row of each image
-        rows[(r["method"], r["prompt"], r["seed"])] = r
-    rows = [r for k, r in rows.items() if k in wanted]
+        if all(k in r for k in keys):
+            latest[(r["method"], r["category"], r.get("index"), r["seed"])] = r
+    rows = [r for k, r in latest.items() if k in wanted]
     if not rows:
         raise ValueError(f"{run.out} holds no checked images of this run yet")
-    manifest = read_manifest(run.out)
-    full = run_from_manifest(run.out)
-    missing = [k for k in wanted if k not in {(r["method"], r["prompt"], r["seed"]) for r in rows}]
-    del full
-    print(markdown(write_scores(run.out, rows, manifest, scorers, missing, args.reference)))
-    if args.grid:
+    missing = sorted(k for k in wanted if k not in latest)
+    scores = write_scores(run.out, rows, read_manifest(run.out), scorers, missing, args.reference)
+    print(markdown(scores))
+    return run, scores
+
+
+def cmd_shapes(args) -> int:
+    """Generate (resumable, sharded), check every image as it is made, summarise with paired differences."""
+    from .scorers import ShapesScorer
+
+    run, scores = _run_and_summarize(args, _suite_spec("shapes", args.categories), {"shapes": ShapesScorer()})
+    if scores is not None and args.grid:
         from ..shapes.bench import save_grid
 
         save_grid(run.out, args.grid, methods=[m for m, _ in run.methods], seeds=list(run.seeds)[:8])
         print(f"grid: {args.grid}")
+    return 0
+
+
+def cmd_layout(args) -> int:
+    """The layout benchmark: generate (boxes for box methods), score each image's boxes and binding, summarise."""
+    from .scorers import LayoutScorer
+
+    _run_and_summarize(args, _suite_spec("layout", args.categories), {"layout": LayoutScorer()})
     return 0
 
 

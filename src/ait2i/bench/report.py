@@ -18,16 +18,17 @@ def summarize(rows: Sequence[dict], keys: Sequence[str], reference: str | None =
         `dict`: ``{"methods": {label: {key: {category or "all": stats.summarize}}}, "paired": {label: {key:
         {category or "all": stats.paired}}}, "reference": label}``.
 
-    Only the (prompt, seed) images every method has are compared pair by pair; ``reference`` defaults to the first
-    method when there are several.
+    Only the (item, seed) images every method has are compared pair by pair (an item is one prompt of one
+    category, or one layout of a prompt); ``reference`` defaults to the first method when there are several.
     """
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cats = list(dict.fromkeys(r["category"] for r in rows))
     vals: dict = {}
     for r in rows:
+        unit = (r["category"], r.get("index"), r["prompt"])  # the bootstrap's cluster: one item (prompts may repeat)
         for k in keys:
             if r.get(k) is not None:
-                vals.setdefault((r["method"], k, r["category"]), {})[(r["prompt"], r["seed"])] = float(r[k])
+                vals.setdefault((r["method"], k, r["category"]), {})[(unit, r["seed"])] = float(r[k])
     out: dict = {"methods": {}, "paired": {}, "reference": None}
 
     def pooled(m, k):
@@ -163,7 +164,7 @@ def write_scores(out: Path, rows: Sequence[dict], manifest: dict, scorers: dict,
     """Summarise ``rows`` and write ``scores.json`` and ``scores.md`` into the run folder; returns the dict."""
     from .runner import write_atomic
 
-    keys = [k for s in scorers.values() for k in s.keys]
+    keys = list(dict.fromkeys(k for s in scorers.values() for k in s.keys))  # shapes and layout share two keys
     info = {n: s.info() for n, s in scorers.items()}
     notes = []
     if "detect" in scorers:

@@ -13,7 +13,11 @@
   folder while keeping old images.
 * **Manifest** (``manifest.json``, format 2): suite, protocol, model, each method's full config, seeds, prompt
   limit and library versions. A folder of another suite, protocol, model or method config is refused unless
-  forced; folders written before format 2 are refused with a message.
+  forced; folders written before format 2 are refused with a message. Processes sharing a folder read, merge
+  and write it under one short ``flock`` (:func:`write_manifest`: atomic replace, not rewritten when unchanged),
+  so shards starting together merge their methods and seeds instead of overwriting each other.
+* **Subjects** per method (:func:`method_subjects`): an item's boxed subjects (``"red circle@x0,y0,x1,y1"``) go
+  as they are to methods that read boxes (``uses_boxes``), without their boxes to the others.
 * **Rows** (``rows.jsonl``): one JSON line per scored image, appended with one ``O_APPEND`` write; each row
   names the ``image_id`` of the PNG it read, so a regenerated image is scored again.
 """
@@ -36,6 +40,8 @@ from .specs import config_dict, method_dir
 from .suites import Item, Suite, load_suite
 
 MANIFEST, ROWS, LOCKS, FORMAT = "manifest.json", "rows.jsonl", ".locks", 2
+#: Weight dtypes the loader takes (float16 needs CUDA; bfloat16 runs on CPU too).
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -341,6 +347,43 @@ def check_manifest(out: Path, new: dict, force: bool = False) -> dict:
     return merged
 
 
+@contextlib.contextmanager
+def _manifest_lock(out: Path):
+    """Serialise read-merge-write of the manifest between processes sharing ``out`` (a blocking ``flock``,
+    released by the kernel if the holder dies, so it is never stale; a no-op where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    folder = out / LOCKS
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "manifest.flock", "a") as f:  # not *.lock: the shard locks' glob must not see it
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def write_manifest(out: Path, new: dict, force: bool = False) -> dict:
+    """Check ``new`` against the folder (:func:`check_manifest`) and write the merged manifest, under a lock that
+    every process of the folder takes for this, so shards starting together merge rather than overwrite each
+    other. Atomic (``os.replace``) and idempotent: a manifest that would not change is not rewritten."""
+    out.mkdir(parents=True, exist_ok=True)
+    with _manifest_lock(out):
+        merged = check_manifest(out, new, force)
+        text = json.dumps(merged, indent=1)
+        path = out / MANIFEST
+        try:
+            same = path.read_text() == text
+        except OSError:
+            same = False
+        if not same:
+            write_atomic(path, text)
+    return merged
+
+
 def run_from_manifest(out: Path, data_dir=None) -> Run:
     """The full plan a folder's manifest describes (for scoring and summaries)."""
     from .specs import parse_method
@@ -357,13 +400,37 @@ def run_from_manifest(out: Path, data_dir=None) -> Run:
 
 
 # -- generation --------------------------------------------------------------------------------------------------
+def method_subjects(item: Item, cfg) -> list:
+    """The subjects ``cfg`` is given for ``item``: as the suite has them for a method that reads boxes
+    (``uses_boxes``), with the boxes dropped for the others (``"red circle@0,0,.5,.5"`` -> ``"red circle"``), so
+    one item list serves vanilla, token methods and layout methods alike."""
+    subjects = list(item.subjects)
+    if getattr(cfg, "uses_boxes", False):
+        return subjects
+    return [_unboxed(s) for s in subjects]
+
+
+def _unboxed(subject):
+    import dataclasses
+
+    from ..layout import split_box_spec
+
+    if isinstance(subject, str):
+        return split_box_spec(subject)[0] if "@" in subject else subject
+    if isinstance(subject, dict):
+        return {k: v for k, v in subject.items() if k != "box"}
+    if dataclasses.is_dataclass(subject) and getattr(subject, "box", None) is not None:
+        return dataclasses.replace(subject, box=None)
+    return subject
+
+
 def expected_params(run: Run, label: str, item: Item, seed: int) -> dict:
     """What a PNG of (``label``, ``item``, ``seed``) must carry (its ``image_id`` apart)."""
     import ait2i
 
     return {
         "prompt": item.prompt,
-        "subjects": list(item.subjects),
+        "subjects": method_subjects(item, dict(run.methods)[label]),
         "suite": run.suite.name,
         "category": item.category,
         "index": item.index,
@@ -439,8 +506,7 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
     report = Report(rank, world)
     with shard_lock(out, rank, world):
-        manifest = check_manifest(out, run.manifest(), force)
-        write_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
+        write_manifest(out, run.manifest(), force)
         todo = []
         for label, cfg, item in shard(run.units(), rank, world):
             seeds = []
@@ -507,7 +573,7 @@ def _generate_batch(pipe, run: Run, cfg, item: Item, seeds: list[int], generate_
         **{k: p[k] for k in ("height", "width") if p.get(k)},
         **dict(item.generate_kwargs),
     }
-    images = generate_fn(pipe, item.prompt, list(item.subjects), method=cfg, **kwargs).images
+    images = generate_fn(pipe, item.prompt, method_subjects(item, cfg), method=cfg, **kwargs).images
     if len(images) != len(seeds):
         raise RuntimeError(f"expected {len(seeds)} images for {item.prompt!r}, got {len(images)}")
     return images
@@ -618,8 +684,8 @@ def load_pipeline(model: str | None, protocol: dict, device=None):
 
     from ..cli import load_model
 
-    if protocol["dtype"] not in ("float32", "float16"):
-        raise ValueError(f"dtype must be float32 or float16, got {protocol['dtype']!r}")
+    if protocol["dtype"] not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {protocol['dtype']!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if protocol["dtype"] == "float16" and not str(device).startswith("cuda"):
         raise ValueError("float16 needs a CUDA device; pass --dtype float32 on CPU (it is recorded)")

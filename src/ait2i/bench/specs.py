@@ -34,6 +34,7 @@ METHOD_SETS = {
         "ait2i:isolation_metric=cosine",
         "ait2i:refinement={0:0.05,0.2:0.5,0.4:0.8}",  # A&E's steps 0, 10, 20 of 50, as fractions
     ),
+    "layout": ("none", "layout-guidance", "boxdiff", "ait2i-layout"),  # the layout suite's default
 }
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .. import metrics as M
+from .layout import KEYS as LAYOUT_KEYS
+from .layout import LayoutScorer
 
 #: Hub checkpoints loaded by default (each can be overridden with ``--<name>-model``).
 DEFAULT_MODELS = {
@@ -21,6 +23,7 @@ DEFAULT_MODELS = {
     "clipscore": "openai/clip-vit-base-patch32",
     "detect": "google/owlvit-base-patch32",
     "shapes": None,
+    "layout": None,
 }
 #: Row keys each scorer fills; the first key of a scorer is its headline.
 KEYS = {
@@ -30,6 +33,7 @@ KEYS = {
     "clipscore": ("clipscore",),
     "detect": ("detect",),
     "shapes": ("clean_binding", "exact_binding", "all_present", "object_recall", "extra_objects"),
+    "layout": LAYOUT_KEYS,
 }
 SCORERS = tuple(KEYS)
 
@@ -222,6 +226,8 @@ def load_scorers(
                 out[n] = DetectScorer(model, T.AutoProcessor.from_pretrained(name), detect_threshold, plurals)
             elif n == "shapes":
                 out[n] = ShapesScorer()
+            elif n == "layout":
+                out[n] = LayoutScorer()
             else:
                 raise ValueError(f"unknown scorer {n!r}; expected some of {', '.join(SCORERS)}")
         except ValueError:
