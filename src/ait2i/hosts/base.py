@@ -132,6 +132,9 @@ class CallbackHost(Host):
     """
 
     pipelines = ()  # abstract: the family modules name their pipelines
+    #: UNet ``addition_embed_type`` values whose inputs this host passes to the guided pass (see
+    #: :meth:`added_cond_kwargs`); a UNet with any other added condition is refused.
+    added_conditions: ClassVar[tuple[str, ...]] = ()
     refused = {
         "ip_adapter_image": "IP-Adapter image conditioning is not passed to the guided pass yet",
         "ip_adapter_image_embeds": "IP-Adapter image conditioning is not passed to the guided pass yet",
@@ -157,10 +160,11 @@ class CallbackHost(Host):
             raise TypeError(
                 "UNets with a guidance-scale embedding (time_cond_proj_dim: LCM-distilled models) are not supported"
             )
-        if getattr(pipe.unet.config, "addition_embed_type", None) is not None:
+        added = getattr(pipe.unet.config, "addition_embed_type", None)
+        if added is not None and added not in self.added_conditions:
             raise TypeError(
-                f"this UNet takes added conditions ({pipe.unet.config.addition_embed_type}), which "
-                f"{type(pipe).__name__} does not pass; not supported"
+                f"this UNet takes added conditions ({added}), which {type(self).__name__} does not pass to the "
+                "guided pass; not supported"
             )
         n = self.kwargs.get("num_images_per_prompt", 1) or 1
         gen = self.kwargs.get("generator")
@@ -208,13 +212,26 @@ class CallbackHost(Host):
 
     def denoise(self, u: torch.Tensor, t, step: int, rows: torch.Tensor | None, cond: torch.Tensor) -> None:
         """The guided conditional forward pass on the model input ``u`` (rows ``rows`` of the batch)."""
-        self.unet(u, t, cond)
+        self.unet(u, t, cond, rows)
 
-    def unet(self, u: torch.Tensor, t, cond: torch.Tensor, **inputs) -> None:
-        """The UNet on ``u`` with the call's ``cross_attention_kwargs`` (LoRA scale, processor arguments)."""
+    def unet(self, u: torch.Tensor, t, cond: torch.Tensor, rows: torch.Tensor | None = None, **inputs) -> None:
+        """The UNet on ``u`` with the call's ``cross_attention_kwargs`` (LoRA scale, processor arguments) and the
+        added conditions of rows ``rows`` (:meth:`added_cond_kwargs`)."""
         if self.kwargs.get("cross_attention_kwargs"):
             inputs["cross_attention_kwargs"] = self.kwargs["cross_attention_kwargs"]
+        added = self.added_cond_kwargs(rows)
+        if added is not None:
+            inputs["added_cond_kwargs"] = added
         self.pipe.unet(u, t, encoder_hidden_states=cond, **inputs)
+
+    def added_cond_kwargs(self, rows: torch.Tensor | None) -> dict | None:
+        """The UNet's ``added_cond_kwargs`` for the conditional half (rows ``rows``); ``None``: the UNet takes none."""
+        return None
+
+    def loop_timesteps(self) -> list:
+        """The timesteps the pipeline's loop will run (after ``strength``; a family may cut them further)."""
+        loop = self._loop_timesteps if self._loop_timesteps is not None else self.pipe.scheduler.timesteps
+        return list(loop)
 
     def cond_rows(self, x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         """The conditional half of a tensor the pipeline prepared for its (possibly doubled) batch, rows ``rows``.
@@ -301,8 +318,7 @@ class CallbackHost(Host):
         pipe = self.pipe
         if self.cond is None:
             raise RuntimeError(f"{type(pipe).__name__} prepared latents before encoding the prompt")
-        loop = self._loop_timesteps if self._loop_timesteps is not None else pipe.scheduler.timesteps
-        self.loop = list(loop)
+        self.loop = self.loop_timesteps()
         self.per_step = evaluations_per_step(pipe.scheduler)
         # Loop index -> engine step (second-order samplers: only first evaluations start a step).
         self.steps = {j: j // self.per_step for j in range(0, len(self.loop), self.per_step)}

@@ -68,6 +68,7 @@ class ControlNetHost(CallbackHost):
     def denoise(self, u, t, step, rows, cond) -> None:
         images = [self.cond_rows(img, rows) for img in self._images]
         image = images if self._multi else images[0]
+        added = self.added_cond_kwargs(rows)
         down, mid = self.pipe.controlnet(
             u,
             t,
@@ -76,5 +77,6 @@ class ControlNetHost(CallbackHost):
             conditioning_scale=self.conditioning_scale(step),
             guess_mode=self._guess_mode(),
             return_dict=False,
+            **({"added_cond_kwargs": added} if added is not None else {}),
         )
-        self.unet(u, t, cond, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+        self.unet(u, t, cond, rows, down_block_additional_residuals=down, mid_block_additional_residual=mid)

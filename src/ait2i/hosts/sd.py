@@ -64,4 +64,4 @@ class StableDiffusionInpaintHost(CallbackHost):
         if self.pipe.unet.config.in_channels == 9:
             mask, masked = self.cond_rows(self._mask, rows), self.cond_rows(self._masked, rows)
             u = torch.cat([u, mask.to(u.dtype), masked.to(u.dtype)], dim=1)
-        self.unet(u, t, cond)
+        self.unet(u, t, cond, rows)

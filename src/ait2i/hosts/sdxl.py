@@ -28,12 +28,10 @@ up block 0: 20 + 10 + 30 = 60 layers with the SDXL base config; 64x64 has 4 + 6)
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from ..subjects import format_tokens
-from .base import CallbackHost, Host
+from .base import CallbackHost
 from .controlnet import ControlNetHost
 from .registry import register_host
 
@@ -48,22 +46,16 @@ def _pieces(tokenizer, prompt: str) -> list[str]:
 class _SDXLMixin:
     """What every SDXL host shares: the two-tokenizer text side and the UNet's added conditions."""
 
+    added_conditions = ("text_time",)
+
     # -- checks -----------------------------------------------------------------------------------------------
     def check(self) -> None:
-        pipe = self.pipe
-        embed = getattr(getattr(getattr(pipe, "unet", None), "config", None), "addition_embed_type", None)
-        if embed == "text_time":
-            # CallbackHost.check refuses every UNet with added conditions; SDXL passes exactly these, so run the
-            # shared checks here without that one (kept in step with base.CallbackHost.check).
-            Host.check(self)
-            _callback_host_checks(self)
-        else:
-            super().check()  # not an SDXL UNet: refused there with the reason
+        super().check()
         p2 = self.kwargs.get("prompt_2")
         if p2 is not None and p2 != self.prompt:
             raise ValueError(
-                f"{type(pipe).__name__}: `prompt_2` ({p2!r}) differs from the prompt; the second text encoder would "
-                "read other words at the subjects' token positions. Give prompt_2=None (the prompt for both "
+                f"{type(self.pipe).__name__}: `prompt_2` ({p2!r}) differs from the prompt; the second text encoder "
+                "would read other words at the subjects' token positions. Give prompt_2=None (the prompt for both "
                 "encoders) or the same text."
             )
         self._check_tokenizers()
@@ -104,8 +96,11 @@ class _SDXLMixin:
         self._text_embeds = result[2].detach()  # pooled conditional embeddings, (B, D)
         return result[0]
 
-    def preparations(self):
+    def reset(self) -> None:
+        super().reset()
         self._time_ids = None
+
+    def preparations(self):
         return {**super().preparations(), "_get_add_time_ids": self._keep_time_ids}
 
     def _keep_time_ids(self, result) -> None:
@@ -116,14 +111,14 @@ class _SDXLMixin:
         # the time ids are computed after the start latents: update step 0 when the loop is about to start
         return "progress_bar"
 
-    def _begin(self, make_engine, z):
+    def loop_timesteps(self) -> list:
+        loop = super().loop_timesteps()
         end = self.kwargs.get("denoising_end")
         if isinstance(end, float) and 0 < end < 1:  # the pipeline's own cutoff (StableDiffusionXLPipeline, 8.1)
             n = self.pipe.scheduler.config.num_train_timesteps
             cutoff = int(round(n - end * n))
-            loop = self._loop_timesteps if self._loop_timesteps is not None else self.pipe.scheduler.timesteps
-            self._loop_timesteps = [t for t in loop if t >= cutoff]
-        super()._begin(make_engine, z)
+            loop = [t for t in loop if t >= cutoff]
+        return loop
 
     def on_callback_outputs(self, outputs: dict) -> None:
         super().on_callback_outputs(outputs)
@@ -148,46 +143,12 @@ class _SDXLMixin:
             text, ids = text[rows], ids[rows]
         return {"text_embeds": text, "time_ids": ids}
 
-    def _extra(self) -> dict:
-        kw = {}
-        if self.kwargs.get("cross_attention_kwargs"):
-            kw["cross_attention_kwargs"] = self.kwargs["cross_attention_kwargs"]
-        return kw
-
-
-def _callback_host_checks(host) -> None:
-    """``CallbackHost.check`` less its refusal of added conditions (``Host.check`` is run by the caller)."""
-    pipe, kwargs = host.pipe, host.kwargs
-    missing = [
-        a for a in ("unet", "tokenizer", "scheduler", "encode_prompt", "prepare_latents") if not hasattr(pipe, a)
-    ]
-    if missing:
-        raise TypeError(f"{type(pipe).__name__} has no {', '.join(missing)}; it is not a Stable Diffusion pipeline")
-    if "callback_on_step_end" not in inspect.signature(pipe.__call__).parameters:
-        raise TypeError(f"{type(pipe).__name__}.__call__ has no `callback_on_step_end`; upgrade diffusers (>= 0.30)")
-    if getattr(pipe.unet.config, "time_cond_proj_dim", None) is not None:
-        raise TypeError(
-            "UNets with a guidance-scale embedding (time_cond_proj_dim: LCM-distilled models) are not supported"
-        )
-    n = kwargs.get("num_images_per_prompt", 1) or 1
-    gen = kwargs.get("generator")
-    if isinstance(gen, list) and len(gen) != n:
-        raise ValueError(f"{len(gen)} generators for num_images_per_prompt={n}; give one per image")
-    latents = kwargs.get("latents")
-    if latents is not None and not torch.isfinite(latents).all():
-        raise ValueError("latents contain NaN or inf")
-
 
 @register_host
 class StableDiffusionXLHost(_SDXLMixin, CallbackHost):
     """``StableDiffusionXLPipeline`` (text-to-image), ``denoising_end`` included."""
 
     pipelines = ("StableDiffusionXLPipeline",)
-
-    def denoise(self, u, t, step, rows, cond) -> None:
-        self.pipe.unet(
-            u, t, encoder_hidden_states=cond, added_cond_kwargs=self.added_cond_kwargs(rows), **self._extra()
-        )
 
 
 @register_host
@@ -199,30 +160,6 @@ class StableDiffusionXLControlNetHost(_SDXLMixin, ControlNetHost):
         **ControlNetHost.refused,
         "denoising_end": "the pipeline's ControlNet window counts the steps before the cutoff; not supported",
     }
-
-    def denoise(self, u, t, step, rows, cond) -> None:
-        b = self.cond.shape[0]
-        images = [img[-b:] if rows is None else img[-b:][rows] for img in self._images]  # conditional half
-        added = self.added_cond_kwargs(rows)
-        down, mid = self.pipe.controlnet(
-            u,
-            t,
-            encoder_hidden_states=cond,
-            controlnet_cond=images if len(self._nets) > 1 else images[0],
-            conditioning_scale=self.conditioning_scale(step),
-            guess_mode=self._guess_mode(),
-            added_cond_kwargs=added,
-            return_dict=False,
-        )
-        self.pipe.unet(
-            u,
-            t,
-            encoder_hidden_states=cond,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-            added_cond_kwargs=added,
-            **self._extra(),
-        )
 
 
 __all__ = ["StableDiffusionXLControlNetHost", "StableDiffusionXLHost"]
