@@ -120,7 +120,10 @@ def ane_view(raw: torch.Tensor, eot_index: int, span: str = "all") -> torch.Tens
 
     Args:
         raw (`torch.Tensor` of shape `(B, H, W, L)`): averaged cross-attention probabilities per token.
-        eot_index (`int`): index of the end-of-text token of the prompt (1 + number of prompt tokens).
+        eot_index (`int`): index of the end-of-text token of the prompt (1 + number of prompt tokens). An
+            :class:`~ait2i.subjects.EndToken` carries another encoder's token layout: its first prompt token
+            ``first`` replaces 1 below, and when the padding after the end token is masked out of the attention
+            (``keys_after_end=False``, T5 in PixArt) the span `"all"` stops at the end token (``first..eot_index``).
         span (`str`, *optional*, defaults to `"all"`): which tokens enter the softmax. `"all"`: tokens 1..L-2
             (diffusers' pipeline, ``maps[..., 1:-1]``); `"prompt"`: tokens 1..eot_index-1 (the prompt's own
             tokens, as in the original Attend-and-Excite code).
@@ -133,14 +136,15 @@ def ane_view(raw: torch.Tensor, eot_index: int, span: str = "all") -> torch.Tens
         raise ValueError(f"raw must be (B, H, W, L), got shape {tuple(raw.shape)}")
     raw = raw.float()
     length = raw.shape[-1]
-    if span == "all":
-        lo, hi = 1, length - 1
-    elif span == "prompt":
-        if isinstance(eot_index, bool) or not isinstance(eot_index, int) or not 2 <= eot_index <= length - 1:
-            raise ValueError(f"eot_index must be an int in [2, {length - 1}] for span='prompt', got {eot_index!r}")
-        lo, hi = 1, eot_index
-    else:
+    if span not in ("all", "prompt"):
         raise ValueError(f"span must be 'all' or 'prompt', got {span!r}")
+    first, to_end = _layout(eot_index)
+    if span == "prompt" or to_end:
+        if isinstance(eot_index, bool) or not isinstance(eot_index, int) or not first + 1 <= eot_index <= length - 1:
+            raise ValueError(
+                f"eot_index must be an int in [{first + 1}, {length - 1}] for span={span!r}, got {eot_index!r}"
+            )
+    lo, hi = _span(length, eot_index, span)
     if hi <= lo:
         raise ValueError(f"no token left to softmax over (L={length}, span={span!r})")
     soft = torch.softmax(raw[..., lo:hi] * 100, dim=-1)  # (B, H, W, hi - lo)
@@ -455,13 +459,14 @@ def check_subjects(raw: torch.Tensor, subjects: Sequence, softmax_span: str, eot
     if len(subjects) == 0:
         raise ValueError("no subject given: name at least one subject of the prompt")
     length = raw.shape[-1]
-    hi = length - 2 if softmax_span == "all" else eot_index - 1
+    lo, hi = _span(length, eot_index, softmax_span)
+    hi -= 1
     for s in subjects:
-        bad = [t for t in (*s.tokens, *s.attributes) if not _is_index(t) or not 1 <= t <= hi]
+        bad = [t for t in (*s.tokens, *s.attributes) if not _is_index(t) or not lo <= t <= hi]
         if not s.tokens or bad:
             raise ValueError(
                 f"subject {s.label!r}: token indices {bad or '(none)'} invalid; nouns and attributes must be prompt "
-                f"tokens in [1, {hi}] (start, end and padding tokens excluded)"
+                f"tokens in [{lo}, {hi}] (start, end and padding tokens excluded)"
             )
     return raw.float()
 
@@ -550,6 +555,20 @@ def compute_loss(
 # ----------------------------------------------------------------------------------------------------------------
 # Checks
 # ----------------------------------------------------------------------------------------------------------------
+def _layout(eot_index) -> tuple[int, bool]:
+    """``(first prompt token, "all" stops at the end token)`` of the token layout ``eot_index`` carries."""
+    layout = getattr(eot_index, "layout", None)  # ait2i.subjects.EndToken; a plain int is CLIP's layout
+    return (1, False) if layout is None else (layout.first, not layout.keys_after_end)
+
+
+def _span(length: int, eot_index, span: str) -> tuple[int, int]:
+    """``[lo, hi)`` of the tokens a span keeps: CLIP ``"all"`` = ``1..L-2``, ``"prompt"`` = ``1..eot-1``."""
+    first, to_end = _layout(eot_index)
+    if span == "all":
+        return first, (int(eot_index) + 1 if to_end else length - 1)
+    return first, eot_index
+
+
 def _is_index(t) -> bool:
     return isinstance(t, int) and not isinstance(t, bool)
 

@@ -4,6 +4,11 @@ A subject is a noun (every word piece of it, e.g. CLIP's "surf" + "board") and, 
 to it ("red" in "a red car"). Users name subjects as phrases of the prompt (``"red car"``: the last word is the
 noun, the words before it are its attributes), as explicit token indices, or as textual-inversion placeholders. A
 word that occurs more than once needs an occurrence number: ``"cat#2"`` is the second "cat".
+
+Where the prompt's tokens sit and how word pieces mark words depend on the text encoder (:class:`TokenLayout`,
+read from the tokenizer by :func:`token_layout`): CLIP's BPE has a start token at 0 and marks word *ends* with
+``"</w>"``; T5's SentencePiece has no start token (the first prompt token is at 0) and marks word *starts* with
+``"▁"``. Both end the prompt with an end token (``</s>`` for T5) followed by padding.
 """
 
 from __future__ import annotations
@@ -15,6 +20,76 @@ from typing import Any
 
 #: Where CLIP's end-of-word marker sits on a BPE piece.
 _EOW = "</w>"
+#: SentencePiece's word-start marker (T5, Metaspace pre-tokenizers).
+SENTENCEPIECE_MARKER = "\u2581"
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where a text encoder's prompt tokens sit in its sequence, and how its word pieces mark words.
+
+    Args:
+        first (`int`, *optional*, defaults to 1): index of the first prompt token (1 after CLIP's start token; 0
+            for T5, which has none). The end token follows the prompt's last token; padding follows it.
+        marker (`str`, *optional*, defaults to `"</w>"`): the word-boundary marker of the pieces.
+        marker_starts_word (`bool`, *optional*, defaults to `False`): the marker starts a word (SentencePiece's
+            ``"▁"``) rather than ending one (CLIP's ``"</w>"``).
+        keys_after_end (`bool`, *optional*, defaults to `True`): whether the denoiser attends to the keys after the
+            end token (CLIP's padding is attended; a pipeline that masks the padding out, as PixArt does with T5,
+            is ``False``). The losses' ``"all"`` span stops after the end token when ``False``.
+    """
+
+    first: int = 1
+    marker: str = _EOW
+    marker_starts_word: bool = False
+    keys_after_end: bool = True
+
+
+#: CLIP's layout (Stable Diffusion): start token at 0, ``"</w>"`` word ends, padding attended.
+CLIP_LAYOUT = TokenLayout()
+
+
+def token_layout(tokenizer) -> TokenLayout:
+    """The :class:`TokenLayout` of ``tokenizer``, read from how it tokenizes a probe text.
+
+    ``first`` is where the probe's own tokens start among the tokens the encoder sees (after any start token);
+    the marker is ``"▁"`` when pieces start with it (SentencePiece), else CLIP's ``"</w>"``.
+    """
+    probe = "a photo"
+    plain = list(tokenizer(probe, add_special_tokens=False).input_ids)
+    full = list(tokenizer(probe).input_ids)
+    first = next((k for k in range(len(full) - len(plain) + 1) if full[k : k + len(plain)] == plain), 1)
+    if any(p.startswith(SENTENCEPIECE_MARKER) for p in tokenizer.tokenize(probe)):
+        return TokenLayout(first=first, marker=SENTENCEPIECE_MARKER, marker_starts_word=True)
+    return TokenLayout(first=first)
+
+
+class EndToken(int):
+    """The end token's index (an ``int``) carrying the encoder's :class:`TokenLayout` to the losses.
+
+    :func:`end_token_index` returns a plain ``int`` for CLIP's layout and an ``EndToken`` for any other, so that
+    ``loss(raw, subjects, eot_index)`` knows where the prompt's tokens start and which keys are attended.
+    """
+
+    layout: TokenLayout
+
+    def __new__(cls, index: int, layout: TokenLayout = CLIP_LAYOUT):
+        self = super().__new__(cls, index)
+        self.layout = layout
+        return self
+
+    def __reduce__(self):
+        return EndToken, (int(self), self.layout)
+
+    def __repr__(self) -> str:
+        return f"EndToken({int(self)}, first={self.layout.first})"
+
+    __str__ = int.__repr__  # messages print the index
+
+
+def layout_of(eot_index) -> TokenLayout:
+    """The :class:`TokenLayout` an end-token index carries (CLIP's for a plain ``int``)."""
+    return getattr(eot_index, "layout", CLIP_LAYOUT)
 
 
 @dataclass(frozen=True)
@@ -58,6 +133,11 @@ class _Word:
     text: str  # the word as the tokenizer spells it (lower-cased, pieces joined)
     pieces: tuple[str, ...]
     indices: tuple[int, ...]  # positions in input_ids (start token = 0)
+    key: tuple[str, ...] = ()  # what phrase words are matched on (the pieces when empty)
+
+    @property
+    def match(self) -> tuple[str, ...]:
+        return self.key or self.pieces
 
 
 def prompt_tokens(tokenizer, prompt: str) -> list[tuple[int, str]]:
@@ -66,9 +146,14 @@ def prompt_tokens(tokenizer, prompt: str) -> list[tuple[int, str]]:
     return list(enumerate(tokenizer.convert_ids_to_tokens(ids)))
 
 
-def end_token_index(tokenizer, prompt: str) -> int:
-    """Index of the end-of-text token of ``prompt`` in the padded sequence (1 + number of prompt tokens)."""
-    return len(prompt_tokens(tokenizer, prompt)) - 1
+def end_token_index(tokenizer, prompt: str, layout: TokenLayout | None = None) -> int:
+    """Index of the end-of-text token of ``prompt`` in the padded sequence (``first`` + number of prompt tokens).
+
+    A plain ``int`` for CLIP's layout, else an :class:`EndToken` carrying ``layout`` (default: the tokenizer's).
+    """
+    index = len(prompt_tokens(tokenizer, prompt)) - 1
+    layout = token_layout(tokenizer) if layout is None else layout
+    return index if layout == CLIP_LAYOUT else EndToken(index, layout)
 
 
 def format_tokens(tokenizer, prompt: str) -> str:
@@ -80,8 +165,10 @@ def _is_word_end(tokenizer, piece: str) -> bool:
     return piece.endswith(_EOW) or piece in tokenizer.get_added_vocab()
 
 
-def _words(tokenizer, pieces: list[str], first_index: int) -> list[_Word]:
+def _words(tokenizer, pieces: list[str], first_index: int, layout: TokenLayout = CLIP_LAYOUT) -> list[_Word]:
     """Group BPE pieces into words: a word ends at a piece carrying ``</w>`` or at an added (placeholder) token."""
+    if layout.marker_starts_word:
+        return _sentencepiece_words(tokenizer, pieces, first_index, layout.marker)
     words, cur, idx = [], [], []
     for k, p in enumerate(pieces):
         cur.append(p)
@@ -91,6 +178,40 @@ def _words(tokenizer, pieces: list[str], first_index: int) -> list[_Word]:
             cur, idx = [], []
     if cur:  # truncated mid-word
         words.append(_Word("".join(x.removesuffix(_EOW) for x in cur), tuple(cur), tuple(idx)))
+    return words
+
+
+def _sentencepiece_words(tokenizer, pieces: list[str], first_index: int, marker: str) -> list[_Word]:
+    """Group SentencePiece pieces into words: a word starts at a piece carrying ``marker`` (``"▁"``), at an added
+    token, after an added token, and where the pieces turn from letters/digits to punctuation or back (T5 glues
+    "." to "dog" in "a dog."). Words are matched on their text, not their pieces."""
+    added = tokenizer.get_added_vocab()
+
+    def kind(piece: str):  # None: the bare marker (belongs to the word it starts)
+        bare = piece.replace(marker, "")
+        return any(ch.isalnum() for ch in bare) if bare else None
+
+    words: list[_Word] = []
+    cur: list[str] = []
+    idx: list[int] = []
+    cur_kind = None
+
+    def flush():
+        text = "".join(x.replace(marker, "") for x in cur)
+        words.append(_Word(text, tuple(cur), tuple(idx), key=(text,)))
+
+    for k, p in enumerate(pieces):
+        pk = kind(p)
+        new = p.startswith(marker) or p in added or (cur and cur[-1] in added)
+        new = new or (pk is not None and cur_kind is not None and pk != cur_kind)
+        if new and cur:
+            flush()
+            cur, idx, cur_kind = [], [], None
+        cur.append(p)
+        idx.append(first_index + k)
+        cur_kind = pk if pk is not None else cur_kind
+    if cur:
+        flush()
     return words
 
 
@@ -109,8 +230,9 @@ def _prompt_words(tokenizer, prompt: str, truncate: bool = True) -> list[_Word]:
         ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
     else:
         ids = tokenizer(prompt, truncation=False).input_ids
-    pieces = tokenizer.convert_ids_to_tokens(ids)[1:-1]  # drop start / end tokens
-    return _words(tokenizer, pieces, first_index=1)
+    layout = token_layout(tokenizer)
+    pieces = tokenizer.convert_ids_to_tokens(ids)[layout.first : -1]  # drop start / end tokens
+    return _words(tokenizer, pieces, first_index=layout.first, layout=layout)
 
 
 #: Words that are never part of a subject: articles and determiners (a phrase "a cat" names the cat).
@@ -122,11 +244,12 @@ DETERMINERS = frozenset(
 
 def _is_subject_word(w: _Word) -> bool:
     """Articles, determiners and punctuation ("a", "the", ",") are not words of a subject."""
-    return w.text not in DETERMINERS and any(ch.isalnum() for ch in w.text)
+    return w.text.lower() not in DETERMINERS and any(ch.isalnum() for ch in w.text)
 
 
 def _phrase_words(tokenizer, phrase: str) -> list[_Word]:
-    return [w for w in _words(tokenizer, tokenizer.tokenize(phrase), first_index=0) if _is_subject_word(w)]
+    layout = token_layout(tokenizer)
+    return [w for w in _words(tokenizer, tokenizer.tokenize(phrase), 0, layout) if _is_subject_word(w)]
 
 
 _OCCURRENCE = re.compile(r"^(.*?)#(\d+)$")
@@ -141,18 +264,18 @@ def _resolve_phrase(tokenizer, prompt: str, words: list[_Word], spec: str) -> Su
             f"subject {spec!r} names no word (articles, determiners and punctuation are not subject words); name "
             f"a word of the prompt. Tokens: {format_tokens(tokenizer, prompt)}"
         )
-    keys = [w.pieces for w in want]
+    keys = [w.match for w in want]
     n = len(keys)
     # Contiguous matches of the whole phrase first ("red car" in "a red car"), then the noun alone with each
     # attribute taken from its nearest preceding occurrence ("red car" in "a red sports car").
-    starts = [s for s in range(len(words) - n + 1) if [w.pieces for w in words[s : s + n]] == keys]
+    starts = [s for s in range(len(words) - n + 1) if [w.match for w in words[s : s + n]] == keys]
     matches = [words[s : s + n] for s in starts]
     if not matches:
-        nouns = [k for k, w in enumerate(words) if w.pieces == keys[-1]]
+        nouns = [k for k, w in enumerate(words) if w.match == keys[-1]]
         for k in nouns:
             picked, ok = [], True
             for key in keys[:-1]:
-                prev = [j for j in range(k) if words[j].pieces == key]
+                prev = [j for j in range(k) if words[j].match == key]
                 if not prev:
                     ok = False
                     break
@@ -160,7 +283,7 @@ def _resolve_phrase(tokenizer, prompt: str, words: list[_Word], spec: str) -> Su
             if ok:
                 matches.append([*picked, words[k]])
     if not matches:
-        full = [w.pieces for w in _prompt_words(tokenizer, prompt, truncate=False)]
+        full = [w.match for w in _prompt_words(tokenizer, prompt, truncate=False)]
         if len(full) > len(words) and keys[-1] in full[len(words) :]:
             raise ValueError(
                 f"subject {phrase!r} lies beyond the text encoder's {tokenizer.model_max_length}-token limit: the "
@@ -177,7 +300,7 @@ def _resolve_phrase(tokenizer, prompt: str, words: list[_Word], spec: str) -> Su
             f"{phrase!r}#1 ... #{len(matches)}. Tokens: {format_tokens(tokenizer, prompt)}"
         )
     if occurrence is not None and not 1 <= occurrence <= len(matches):
-        full = [w.pieces for w in _prompt_words(tokenizer, prompt, truncate=False)]
+        full = [w.match for w in _prompt_words(tokenizer, prompt, truncate=False)]
         if len(full) > len(words) and keys[-1] in full[len(words) :]:
             raise ValueError(
                 f"subject {spec!r}: occurrence {occurrence} of {phrase!r} lies beyond the text encoder's "
@@ -203,13 +326,15 @@ def _resolve_phrase(tokenizer, prompt: str, words: list[_Word], spec: str) -> Su
 
 def _check_indices(tokenizer, prompt: str, indices, eot: int, what: str) -> tuple[int, ...]:
     out = []
+    first = layout_of(eot).first
     for i in indices:
         if isinstance(i, bool) or not isinstance(i, int):
             raise ValueError(f"{what}: token indices must be ints, got {i!r}")
-        if not 1 <= i <= eot - 1:
+        if not first <= i <= eot - 1:
+            ends = f"0 is the start token, {eot} the end token" if first == 1 else f"{eot} is the end token"
             raise ValueError(
-                f"{what}: token index {i} is out of range; valid indices for this prompt are 1..{eot - 1} "
-                f"(0 is the start token, {eot} the end token). Tokens: {format_tokens(tokenizer, prompt)}"
+                f"{what}: token index {i} is out of range; valid indices for this prompt are {first}..{eot - 1} "
+                f"({ends}). Tokens: {format_tokens(tokenizer, prompt)}"
             )
         out.append(i)
     if not out:
@@ -221,7 +346,8 @@ def resolve_subjects(tokenizer, prompt: str, subjects) -> list[Subject]:
     """Turn the user's subject specification into :class:`Subject` objects.
 
     Args:
-        tokenizer: the pipeline's CLIP tokenizer (placeholders of loaded textual inversions included).
+        tokenizer: the pipeline's tokenizer (CLIP: placeholders of loaded textual inversions included; T5's
+            SentencePiece works too: its :class:`TokenLayout` is read from it).
         prompt (`str`): the prompt as the text encoder sees it (after textual-inversion expansion).
         subjects (`list`): each item a phrase (``"red car"``, ``"cat#2"``; articles, determiners and punctuation
             are not subject words; ``"red car@0.1,0.2,0.5,0.6"`` adds a box), a token index (``[2, 5]`` is two
@@ -295,4 +421,4 @@ def resolve_subjects(tokenizer, prompt: str, subjects) -> list[Subject]:
 
 def _label(tokenizer, prompt: str, indices) -> str:
     toks = dict(prompt_tokens(tokenizer, prompt))
-    return "".join(toks[i] for i in indices).replace(_EOW, " ").strip()
+    return "".join(toks[i] for i in indices).replace(token_layout(tokenizer).marker, " ").strip()
