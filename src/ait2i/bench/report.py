@@ -102,8 +102,8 @@ def markdown(scores: dict) -> str:
                     lines.append(f"| {k} | {c} | {m} | {s['n_pairs']} | {_dcell(s)} |")
     lines += [
         "",
-        "Mean over images; 95% interval from a two-level bootstrap over prompts and seeds (paired seeds "
-        "for differences; bold: the interval excludes 0).",
+        "Mean over images; 95% interval from a two-level bootstrap over items (prompts; layouts in the layout "
+        "suite) and seeds (paired seeds for differences; bold: the interval excludes 0).",
     ]
     lines += [f"- {n}" for n in scores.get("notes", [])]
     if scores.get("missing"):
