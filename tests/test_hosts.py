@@ -197,7 +197,7 @@ def test_two_control_images_give_two_losses():
 
 @pytest.mark.parametrize(
     "name",
-    ["PixArtSigmaPipeline", "KandinskyV22Pipeline", "StableDiffusionControlNetImg2ImgPipeline"],
+    ["LatentConsistencyModelPipeline", "KandinskyV22Pipeline", "StableDiffusionControlNetImg2ImgPipeline"],
 )
 def test_unsupported_pipelines_are_refused_up_front(name):
     fake = type(name, (), {})()

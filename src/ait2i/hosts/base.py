@@ -104,6 +104,10 @@ def intercept(obj, name: str, wrapper: Callable) -> Iterator[None]:
             return original(*a, **k)
         return wrapper(original, *a, **k)
 
+    try:  # pipelines inspect some methods' signatures (scheduler.step: eta, generator)
+        call.__signature__ = inspect.signature(original)
+    except (TypeError, ValueError):
+        pass
     obj.__dict__[name] = call
     try:
         yield
@@ -166,6 +170,10 @@ class CallbackHost(Host):
                 f"this UNet takes added conditions ({added}), which {type(self).__name__} does not pass to the "
                 "guided pass; not supported"
             )
+        self.check_call_arguments()
+
+    def check_call_arguments(self) -> None:
+        """The arguments every family checks alike: one generator per image, finite start latents."""
         n = self.kwargs.get("num_images_per_prompt", 1) or 1
         gen = self.kwargs.get("generator")
         if isinstance(gen, list) and len(gen) != n:
@@ -264,8 +272,16 @@ class CallbackHost(Host):
         self.cond: torch.Tensor | None = None
         self.engine = None
         self._stack = ExitStack()
-        user_cb = kw.pop("callback_on_step_end", None)
-        inputs = _callback_inputs(user_cb, kw.pop("callback_on_step_end_tensor_inputs", None))
+        with self._stack:
+            self._wrap_preparations(make_engine)
+            out = self.call(kw)
+        if self.engine is None:
+            raise RuntimeError(f"{type(pipe).__name__} never prepared its latents through prepare_latents")
+        return out, self.engine
+
+    def _wrap_preparations(self, make_engine: EngineFactory) -> None:
+        """Wrap ``encode_prompt``, ``prepare_latents`` and :meth:`preparations` on the pipeline for the call."""
+        pipe = self.pipe
 
         def on_encode(original, *a, **k):
             result = original(*a, **k)
@@ -285,33 +301,37 @@ class CallbackHost(Host):
 
         def when_ready(original, *a, **k):
             result = original(*a, **k)
-            self._begin(make_engine, self._z0)
-            self._z0.copy_(self._update(0, self._z0))
+            if self.engine is None:  # the first call only (a method may be called again during the loop)
+                self._begin(make_engine, self._z0)
+                self._z0.copy_(self._update(0, self._z0))
             return result
+
+        self._stack.enter_context(intercept(pipe, "encode_prompt", on_encode))
+        self._stack.enter_context(intercept(pipe, "prepare_latents", on_prepare_latents))
+        for name, keep in self.preparations().items():
+            if hasattr(pipe, name):
+                self._stack.enter_context(intercept(pipe, name, _keeper(keep)))
+        if self.ready_after() != "prepare_latents":
+            self._stack.enter_context(intercept(pipe, self.ready_after(), when_ready))
+
+    def call(self, kw: dict):
+        """Run the pipeline; :meth:`after_step` updates the latents from ``callback_on_step_end``."""
+        user_cb = kw.pop("callback_on_step_end", None)
+        inputs = _callback_inputs(user_cb, kw.pop("callback_on_step_end_tensor_inputs", None))
 
         def on_step_end(p, i, t, callback_kwargs):
             out = {}
             if user_cb is not None:
                 out = dict(user_cb(p, i, t, callback_kwargs) or {})
                 self.on_callback_outputs(out)
-            latents = out.get("latents", callback_kwargs["latents"])
-            if i + 1 < len(self.loop):
-                latents = self._update(i + 1, latents)
-            out["latents"] = latents
+            out["latents"] = self.after_step(i, out.get("latents", callback_kwargs["latents"]))
             return out
 
-        with self._stack:
-            self._stack.enter_context(intercept(pipe, "encode_prompt", on_encode))
-            self._stack.enter_context(intercept(pipe, "prepare_latents", on_prepare_latents))
-            for name, keep in self.preparations().items():
-                if hasattr(pipe, name):
-                    self._stack.enter_context(intercept(pipe, name, _keeper(keep)))
-            if self.ready_after() != "prepare_latents":
-                self._stack.enter_context(intercept(pipe, self.ready_after(), when_ready))
-            out = pipe(self.prompt, callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=inputs, **kw)
-        if self.engine is None:
-            raise RuntimeError(f"{type(pipe).__name__} never prepared its latents through prepare_latents")
-        return out, self.engine
+        return self.pipe(self.prompt, callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=inputs, **kw)
+
+    def after_step(self, i: int, latents: torch.Tensor) -> torch.Tensor:
+        """The latents the loop continues with after loop index ``i``: updated for ``i + 1`` (none after the last)."""
+        return self._update(i + 1, latents) if i + 1 < len(self.loop) else latents
 
     def _begin(self, make_engine: EngineFactory, z: torch.Tensor) -> None:
         """Before the loop: the loop's timesteps, the attention layers at this size, the engine."""

@@ -174,7 +174,7 @@ class PixArtAlphaHost(StepHookHost):
         blocks = list(self.read_blocks(len(tr.transformer_blocks)))
         return capture_cross_attention(tr, blocks, grid, res)
 
-    def added_conditions(self, batch: int, dtype, device) -> dict:
+    def micro_conditions(self, batch: int, dtype, device) -> dict:
         """The micro-conditions the pipeline passes (PixArt-α at ``sample_size`` 128: resolution, aspect ratio)."""
         if self.pipe.transformer.config.sample_size != 128:
             return {"resolution": None, "aspect_ratio": None}
@@ -192,7 +192,7 @@ class PixArtAlphaHost(StepHookHost):
             encoder_hidden_states=cond,
             encoder_attention_mask=mask,
             timestep=timestep,
-            added_cond_kwargs=self.added_conditions(u.shape[0], cond.dtype, u.device),
+            added_cond_kwargs=self.micro_conditions(u.shape[0], cond.dtype, u.device),
             return_dict=False,
         )
 
@@ -204,5 +204,5 @@ class PixArtSigmaHost(PixArtAlphaHost):
     pipelines = ("PixArtSigmaPipeline",)
     max_sequence_length: ClassVar[int] = 300
 
-    def added_conditions(self, batch: int, dtype, device) -> dict:
+    def micro_conditions(self, batch: int, dtype, device) -> dict:
         return {"resolution": None, "aspect_ratio": None}
