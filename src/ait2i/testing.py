@@ -39,12 +39,13 @@ def make_scheduler(name: str = "ddim"):
     return ddim if name == "ddim" else scheduler_from_name(name, ddim.config)
 
 
-def tiny_unet(seed: int = 0, cross_attention_dim: int = 32, in_channels: int = 4):
-    """A random tiny ``UNet2DConditionModel`` (32x32 latents, cross-attention at 16x16)."""
+def tiny_unet(seed: int = 0, cross_attention_dim: int = 32, in_channels: int = 4, attention_type: str = "default"):
+    """A random tiny ``UNet2DConditionModel`` (32x32 latents, cross-attention at 16x16; ``"gated"``: GLIGEN's)."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
+        attention_type=attention_type,
         block_out_channels=(32, 64),
         layers_per_block=2,
         sample_size=32,
@@ -130,6 +131,7 @@ PIPELINES = {
     "inpaint": "StableDiffusionInpaintPipeline",
     "inpaint9": "StableDiffusionInpaintPipeline",
     "controlnet": "StableDiffusionControlNetPipeline",
+    "gligen": "StableDiffusionGLIGENPipeline",
 }
 
 
@@ -145,6 +147,9 @@ def tiny_sd_pipeline(scheduler: str = "ddim", seed: int = 0, kind: str = "text2i
         comps["unet"] = tiny_unet(seed, in_channels=9)
     if kind == "controlnet":
         comps["controlnet"] = tiny_controlnet(seed)
+    if kind == "gligen":
+        comps["unet"] = tiny_unet(seed, attention_type="gated")
+        comps.pop("image_encoder")
     if kind not in PIPELINES:
         raise ValueError(f"unknown pipeline kind {kind!r}; expected one of {sorted(PIPELINES)}")
     pipe = getattr(diffusers, PIPELINES[kind])(**comps, requires_safety_checker=False)
