@@ -676,6 +676,35 @@ def summary_table(out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save_grid(out: Path, path: Path, prompts_index=(2, 6), seeds=range(8), scale: int = 2):
+    """A PNG of a measure run: for each prompt in ``prompts_index`` (into :data:`MEASURE_PROMPTS`), one row per
+    (kind, method), one column per seed; frames: green exact binding, orange star of the right colour without exact
+    binding, red no such star."""
+    from PIL import Image, ImageDraw
+
+    rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
+    by = {(r["kind"], r["method"], r["image"].split("_")[-2], r["seed"]): r for r in rows}
+    order = [(k, m) for k in ("ti", "lora", "base") for m in MEASURE_METHODS]
+    order = [km for km in order if any(key[:2] == km for key in by)]
+    cell = 32 * scale + 4
+    lines = [(pi, km) for pi in prompts_index for km in order]
+    grid = Image.new("RGB", (len(list(seeds)) * cell, len(lines) * cell), (255, 255, 255))
+    for i, (pi, (k, m)) in enumerate(lines):
+        for j, sd in enumerate(seeds):
+            r = by.get((k, m, str(pi), sd))
+            if r is None:
+                continue
+            im = Image.open(out / r["image"]).convert("RGB").resize((32 * scale, 32 * scale), Image.NEAREST)
+            colour = (44, 160, 44) if r["exact_binding"] else (255, 127, 14) if r["concept"] else (214, 39, 40)
+            x, y = j * cell, i * cell
+            ImageDraw.Draw(grid).rectangle((x, y, x + cell - 1, y + cell - 1), fill=colour)
+            grid.paste(im, (x + 2, y + 2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    legend = [f"row {i + 1}: {MEASURE_PROMPTS[pi]} / {k} / {m}" for i, (pi, (k, m)) in enumerate(lines)]
+    return path, legend
+
+
 # -- command line ------------------------------------------------------------------------------------------------
 
 
@@ -701,8 +730,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
     m.add_argument("--concepts", default=None, help="folder with star-ti/ and star-lora/ (default: shipped)")
     m.add_argument("--threads", type=int, default=1)
-    r = sub.add_parser("report", help="rewrite OUT/summary.md from OUT/rows.jsonl")
+    r = sub.add_parser("report", help="rewrite OUT/summary.md from OUT/rows.jsonl (and a picture with --grid)")
     r.add_argument("--out", required=True)
+    r.add_argument("--grid", default=None, help="also write this PNG (prompts 3 and 7, seeds 0-7)")
     return p.parse_args(argv)
 
 
@@ -715,6 +745,9 @@ def main(argv=None) -> int:
     else:
         (Path(args.out) / "summary.md").write_text(summary_table(Path(args.out)))
         print((Path(args.out) / "summary.md").read_text())
+        if args.grid:
+            _, legend = save_grid(Path(args.out), Path(args.grid))
+            print("\n".join(legend))
     return 0
 
 
