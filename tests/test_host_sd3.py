@@ -121,13 +121,22 @@ def test_methods_run_record_finite_losses_and_move_the_latents(pipe, method):
     _no_leftovers(pipe, before)
 
 
+def test_two_images_per_prompt_with_refinement_rows(pipe):
+    cfg = dataclasses.replace(ait2i.get_method("attend-and-excite"), refinement={0: 0.99}, max_refinement_steps=2)
+    gens = [_gen(0), _gen(1)]
+    out = ait2i.generate(pipe, PROMPT, SUBJECTS, cfg, num_images_per_prompt=2, generator=gens, **KW)
+    first = out.diagnostics.steps[0]
+    assert len(first.loss) == 2 and first.refinement_iterations == [2, 2]
+    assert out.images.shape[0] == 2 and torch.isfinite(out.images).all()
+
+
 def test_guided_timesteps_are_the_loops(pipe):
     out = ait2i.generate(pipe, PROMPT, SUBJECTS, AIT2IConfig(max_guided_steps=1.0), generator=_gen(), **KW)
     pipe.scheduler.set_timesteps(4)
     assert [r.timestep for r in out.diagnostics.steps] == [int(t) for t in pipe.scheduler.timesteps]
 
 
-def test_capture_is_the_softmax_over_clip_keys_and_stops_after_the_last_read_block(pipe):
+def test_capture_is_the_joint_attention_at_the_clip_keys_and_stops_after_the_read_block(pipe):
     tr = pipe.transformer
     seen = []
     hooks = [b.register_forward_pre_hook(lambda m, a, k, i=i: seen.append(i), with_kwargs=True)
@@ -138,17 +147,32 @@ def test_capture_is_the_softmax_over_clip_keys_and_stops_after_the_last_read_blo
     finally:
         for h in hooks:
             h.remove()
-    assert seen == [0, 0, 1]  # the guided pass reads block 0 (the first half of 2) and stops; then the loop
+    assert seen == [0, 0, 1]  # the guided pass reads block 0 (2 // 4) and stops; then the loop
     maps = out.diagnostics.maps[0]
     assert torch.isfinite(maps).all() and (maps > 0).all()
-    # the probabilities are a softmax over the 77 CLIP keys; "text" and "joint" put less mass on them
+    # "clip" is a softmax over the 77 CLIP keys; "text" and "joint" put less mass on them
     attn = tr.transformer_blocks[0].attn
     x, ctx = torch.randn(1, 256, 16), torch.randn(1, 77 + 256, 16)
     clip = joint_text_probabilities(attn, x, ctx, 77, "clip")
     assert clip.shape == (2, 256, 77)
     torch.testing.assert_close(clip.sum(-1), torch.ones(2, 256))
-    text, joint = (joint_text_probabilities(attn, x, ctx, 77, n).sum(-1) for n in ("text", "joint"))
-    assert (joint < text).all() and (text < 1).all()
+    text, joint = (joint_text_probabilities(attn, x, ctx, 77, n) for n in ("text", "joint"))
+    assert (joint.sum(-1) < text.sum(-1)).all() and (text.sum(-1) < 1).all()
+    # "joint" is the processor's own attention (scaled_dot_product_attention on [image ; text] with one-hot values)
+    with torch.no_grad():
+        heads = attn.heads
+
+        def split(v, norm):
+            v = v.view(1, -1, heads, v.shape[-1] // heads).transpose(1, 2)
+            return norm(v) if norm is not None else v
+
+        q = torch.cat([split(attn.to_q(x), attn.norm_q), split(attn.add_q_proj(ctx), attn.norm_added_q)], 2)
+        k = torch.cat([split(attn.to_k(x), attn.norm_k), split(attn.add_k_proj(ctx), attn.norm_added_k)], 2)
+        eye = torch.eye(k.shape[2]).expand(1, heads, -1, -1)
+        probs = torch.nn.functional.scaled_dot_product_attention(q, k, eye)  # (1, heads, N, N) rows = softmax
+        torch.testing.assert_close(joint, probs[0, :, :256, 256 : 256 + 77], rtol=1e-4, atol=1e-6)
+        text_ref = probs[0, :, :256, 256:] / probs[0, :, :256, 256:].sum(-1, keepdim=True)
+        torch.testing.assert_close(text, text_ref[..., :77], rtol=1e-4, atol=1e-6)
 
 
 def test_user_callback_and_joint_attention_kwargs(pipe):
