@@ -118,5 +118,7 @@ def input_scale(scheduler, t, like) -> float:
     """``c`` with ``scale_model_input(z, t) == c * z`` for the scheduler's current step (1.0 when unscaled)."""
     import torch
 
+    if not hasattr(scheduler, "scale_model_input"):  # flow matching: the model sees the latents themselves
+        return 1.0
     one = torch.ones(1, device=like.device, dtype=torch.float32)
     return float(scheduler.scale_model_input(one, t))

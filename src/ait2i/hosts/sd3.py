@@ -280,12 +280,3 @@ class StableDiffusion3Host(CallbackHost):
             return_dict=False,
         )
 
-    def _update(self, j: int, z: torch.Tensor) -> torch.Tensor:
-        # The pipeline feeds the latents themselves to the transformer (it never calls scale_model_input): c = 1.
-        if j not in self.steps:
-            raise RuntimeError(f"{type(self.pipe.scheduler).__name__}: loop index {j} is out of step")
-        k = self.steps[j]
-        if not self.engine.needs_step(k):
-            return z
-        self._loop_index = j
-        return self.engine.step(k, self.loop[j], z)
