@@ -1,25 +1,49 @@
 """Cost of attention guidance: vanilla sampling, diffusers' Attend-and-Excite pipeline, our A&E, our AI-T2I.
 
-All four variants run in ONE process on the same components, prompt, seeds and step count, repeated and
-interleaved (the order rotates every repetition, after one untimed warm-up call each), so that they share the
-machine's state. Reported: the median seconds per image, the ratios to vanilla and to diffusers' A&E, and the
-peak memory of each variant measured alone in a fresh subprocess (peak RSS from ``resource.getrusage`` on the
-CPU, ``torch.cuda.max_memory_allocated`` on a GPU). Both the wall-clock and the process's CPU time are
-recorded; on the CPU the ratios use CPU time (with one thread it is what the variant costs, whatever else the
-machine runs), on a GPU wall time (``--clock`` overrides).
+All variants run in ONE process on the same components, prompt, seeds and step count, repeated and interleaved
+(the order rotates every repetition, after one untimed warm-up call each), so that they share the machine's state.
+Reported: the median seconds per image, the ratios to vanilla and to diffusers' A&E, and the peak memory of each
+variant measured alone in a fresh subprocess (peak RSS from ``resource.getrusage`` on the CPU,
+``torch.cuda.max_memory_allocated`` on a GPU). Both the wall-clock and the process's CPU time are recorded; on the
+CPU the ratios use CPU time (with one thread it is what the variant costs, whatever else the machine runs), on a GPU
+wall time (``--clock`` overrides).
 
-Targets: our A&E <= 0.8x diffusers' A&E pipeline; AI-T2I <= 1.0x diffusers' A&E.
+``--family`` picks the pipeline family: ``sd15`` (``StableDiffusionPipeline``, the default), ``sdxl``
+(``StableDiffusionXLPipeline``), ``sd3`` (``StableDiffusion3Pipeline``) or ``pixart`` (``PixArtSigmaPipeline``).
+diffusers' ``StableDiffusionAttendAndExcitePipeline`` exists for SD 1.x only, so the "diffusers A&E" variant and
+column are SD 1.5's only; the other families compare vanilla, our A&E and our AI-T2I.
+
+Targets: our A&E <= 0.8x diffusers' A&E pipeline; AI-T2I <= 1.0x diffusers' A&E; AI-T2I <= 1.5x vanilla (every
+family).
 
 Usage::
 
-    python benchmarks/overhead.py --repeats 3                       # tiny random pipeline, CPU
+    python benchmarks/overhead.py --repeats 3                       # tiny random SD 1.x pipeline, CPU
+    python benchmarks/overhead.py --family sdxl --steps 10 --repeats 2   # tiny random SDXL pipeline, CPU
     python benchmarks/overhead.py --full-size --device cuda --dtype float16 --out results.md
+    python benchmarks/overhead.py --family sd3 --full-size --device cuda --dtype float16 --height 1024 --width 1024
     python benchmarks/overhead.py --model path/or/hub-id --device cuda
 
-``--full-size`` builds randomly initialised components with Stable Diffusion 1.5's architecture (UNet 320/640/
-1280/1280, CLIP ViT-L/14 text encoder, the SD autoencoder; 512x512 images, 16x16 attention): the speed of a real
-checkpoint without downloading one. Random weights never meet the A&E refinement thresholds, so both A&E
-variants run every refinement iteration (20 at steps 0, 10 and 20): the worst case, the same work for both.
+``--full-size`` builds randomly initialised components with the architecture of the published configs (no
+download): the speed of a real checkpoint without its weights.
+
+- ``sd15``: Stable Diffusion 1.5 (UNet 320/640/1280/1280, CLIP ViT-L/14, the SD autoencoder; 512x512 images,
+  16x16 attention).
+- ``sdxl``: SDXL base 1.0 (UNet 320/640/1280 with 1/2/10 transformer layers and head dims 5/10/20, cross-attention
+  dim 2048, ``text_time`` added conditions 256/2816; CLIP ViT-L and OpenCLIP bigG text encoders; the SDXL
+  autoencoder; 1024x1024 images).
+- ``sd3``: SD3-medium (MM-DiT of 24 blocks, 24 heads of 64, joint attention dim 4096, caption projection 1536,
+  pooled projection 2048, patch 2, 16 latent channels, ``pos_embed_max_size`` 192; CLIP-L and CLIP-G with
+  projections; ``text_encoder_3=None``, i.e. without T5, whose 4096-wide slots are then zeros; the 16-channel SD3
+  autoencoder; 1024x1024 images).
+- ``pixart``: PixArt-Sigma XL-2 1024 (28 blocks, 16 heads of 72, cross-attention dim 1152, caption channels 4096,
+  patch 2; the SDXL autoencoder; 1024x1024 images) with a T5 encoder of T5-XXL's width (d_model 4096, 64 heads of
+  64, gated-GELU d_ff 10240) but only ``PIXART_T5_LAYERS`` layers (T5-XXL has 24) and the tiny test tokenizer's
+  vocabulary: the text encoder runs once per call, outside the guided loop, the same for every variant.
+
+On the CPU pass a reduced ``--height/--width/--steps``; the real sizes need a GPU (``--device cuda --dtype
+float16``). Random weights never meet the A&E refinement thresholds, so the A&E variants run every refinement
+iteration (20 at steps 0, 10 and 20): the worst case, the same work for both.
 """
 
 from __future__ import annotations
@@ -37,7 +61,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ait2i.hosts.schedulers import SCHEDULER_NAMES
+
 VARIANTS = ("vanilla", "diffusers-ae", "ours-ae", "ours-ait2i")
+FAMILIES = ("sd15", "sdxl", "sd3", "pixart")
+#: Scheduler of each family when ``--scheduler`` is not given (``"default"``: the pipeline's own).
+DEFAULT_SCHEDULER = {"sd15": "ddim", "sdxl": "euler", "sd3": "default", "pixart": "dpm"}
+FAMILY_NAMES = {
+    "sd15": "SD 1.5",
+    "sdxl": "SDXL base",
+    "sd3": "SD3-medium (no T5)",
+    "pixart": "PixArt-Sigma",
+}
+#: Encoder layers of the full-size PixArt's T5 stand-in (T5-XXL's width, not its 24 layers).
+PIXART_T5_LAYERS = 2
 LABELS = {
     "vanilla": "vanilla pipeline",
     "diffusers-ae": "diffusers StableDiffusionAttendAndExcitePipeline",
@@ -109,23 +146,162 @@ def sd15_components(scheduler: str = "ddim", seed: int = 0) -> dict:
     }
 
 
-def build_pipelines(args):
-    """The host pipeline and diffusers' A&E pipeline sharing its components (same weights, same memory)."""
-    from diffusers import StableDiffusionAttendAndExcitePipeline, StableDiffusionPipeline
+def _clip_text_config(kind: str):
+    """Published CLIP text-encoder configs: ``"L"`` (ViT-L/14, SD 1.x/SDXL/SD3) and ``"G"`` (OpenCLIP bigG/14)."""
+    from transformers import CLIPTextConfig
+
+    ids = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
+    if kind == "L":
+        return CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                              hidden_act="quick_gelu", projection_dim=768, **ids)  # fmt: skip
+    return CLIPTextConfig(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                          hidden_act="gelu", projection_dim=1280, **ids)  # fmt: skip
+
+
+def _sdxl_vae(latent_channels: int = 4, **extra):
+    """The SD/SDXL autoencoder architecture (128/256/512/512, 2 layers per block; scale factor 8)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+        latent_channels=latent_channels, sample_size=1024, **extra,
+    )  # fmt: skip
+
+
+def sdxl_components(scheduler: str = "euler", seed: int = 0) -> dict:
+    """Randomly initialised components with the architecture of SDXL base 1.0 (published configs)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from ait2i.testing import clip_bang_tokenizer, clip_tokenizer, make_scheduler
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=128, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(320, 640, 1280), layers_per_block=2, transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True, norm_num_groups=32,
+        addition_embed_type="text_time", addition_embed_type_num_heads=64, addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    )  # fmt: skip
+    return {
+        "unet": unet,
+        "vae": _sdxl_vae(scaling_factor=0.13025, force_upcast=True),
+        "text_encoder": CLIPTextModel(_clip_text_config("L")),
+        "text_encoder_2": CLIPTextModelWithProjection(_clip_text_config("G")),
+        "tokenizer": clip_tokenizer(),
+        "tokenizer_2": clip_bang_tokenizer(),
+        "scheduler": make_scheduler(scheduler),
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
+def sd3_components(seed: int = 0) -> dict:
+    """Random components with the architecture of SD3-medium (published configs), without T5 (``text_encoder_3``)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection
+
+    from ait2i.testing import clip_bang_tokenizer, clip_tokenizer
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
+        num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
+        pos_embed_max_size=192,
+    )  # fmt: skip
+    vae = _sdxl_vae(16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
+    return {
+        "transformer": transformer,
+        "vae": vae,
+        "scheduler": FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+        "text_encoder": CLIPTextModelWithProjection(_clip_text_config("L")),
+        "tokenizer": clip_tokenizer(),
+        "text_encoder_2": CLIPTextModelWithProjection(_clip_text_config("G")),
+        "tokenizer_2": clip_bang_tokenizer(),
+        "text_encoder_3": None,
+        "tokenizer_3": None,
+    }
+
+
+def pixart_components(scheduler: str = "dpm", seed: int = 0) -> dict:
+    """Random components with the architecture of PixArt-Sigma XL-2 1024 and a shallow T5-XXL-wide encoder.
+
+    The tokenizer is the tiny SentencePiece test tokenizer (``tests/data/t5-tokenizer``, 200 pieces), so the T5
+    embedding table is small; its width (4096), heads and feed-forward are T5-XXL's, its depth ``PIXART_T5_LAYERS``.
+    """
+    from diffusers import DDPMScheduler, PixArtTransformer2DModel
+    from transformers import AutoTokenizer, T5Config, T5EncoderModel
+
+    from ait2i.hosts.schedulers import scheduler_from_name
+    from ait2i.testing import t5_tokenizer_dir
+
+    tok = AutoTokenizer.from_pretrained(t5_tokenizer_dir())
+    torch.manual_seed(seed)
+    transformer = PixArtTransformer2DModel(
+        num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+        cross_attention_dim=1152, caption_channels=4096, sample_size=128, patch_size=2, norm_type="ada_norm_single",
+        norm_elementwise_affine=False, norm_eps=1e-6, num_embeds_ada_norm=1000, attention_bias=True,
+        activation_fn="gelu-approximate", interpolation_scale=2, use_additional_conditions=False,
+    )  # fmt: skip
+    t5 = T5EncoderModel(
+        T5Config(vocab_size=len(tok), d_model=4096, d_kv=64, d_ff=10240, num_layers=PIXART_T5_LAYERS, num_heads=64,
+                 feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)
+    )  # fmt: skip
+    betas = DDPMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", num_train_timesteps=1000).config
+    return {
+        "transformer": transformer,
+        "vae": _sdxl_vae(scaling_factor=0.13025),
+        "text_encoder": t5.eval(),
+        "tokenizer": tok,
+        "scheduler": scheduler_from_name(scheduler, betas),
+    }
+
+
+def build_pipeline(args):
+    """The pipeline of ``args.family`` (tiny random, ``--full-size`` random or ``--model``), moved and cast."""
+    import diffusers
 
     dtype = {"float32": torch.float32, "float16": torch.float16}[args.dtype]
+    fam = args.family
     if args.model:
         from ait2i.cli import load_model
 
         pipe = load_model(args.model, args.dtype, args.scheduler)
     elif args.full_size:
-        pipe = StableDiffusionPipeline(**sd15_components(args.scheduler), requires_safety_checker=False)
+        if fam == "sd15":
+            pipe = diffusers.StableDiffusionPipeline(**sd15_components(args.scheduler), requires_safety_checker=False)
+        elif fam == "sdxl":
+            pipe = diffusers.StableDiffusionXLPipeline(**sdxl_components(args.scheduler))
+        elif fam == "sd3":
+            pipe = diffusers.StableDiffusion3Pipeline(**sd3_components())
+        else:
+            pipe = diffusers.PixArtSigmaPipeline(**pixart_components(args.scheduler))
     else:
-        from ait2i.testing import tiny_sd_pipeline
+        from ait2i import testing
 
-        pipe = tiny_sd_pipeline(args.scheduler)
+        if fam == "sd15":
+            pipe = testing.tiny_sd_pipeline(args.scheduler)
+        elif fam == "sdxl":
+            pipe = testing.tiny_sdxl_pipeline(args.scheduler)
+        elif fam == "sd3":
+            pipe = testing.tiny_sd3_pipeline()
+        else:
+            pipe = testing.tiny_pixart_pipeline("sigma", args.scheduler)
     pipe = pipe.to(args.device) if dtype == torch.float32 else pipe.to(args.device, dtype)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_pipelines(args):
+    """The host pipeline and (SD 1.x only) diffusers' A&E pipeline sharing its components (same weights, memory)."""
+    pipe = build_pipeline(args)
+    if "diffusers-ae" not in args.variants:
+        return pipe, None
+    from diffusers import StableDiffusionAttendAndExcitePipeline
+
     keep = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "safety_checker", "feature_extractor")
     ae = StableDiffusionAttendAndExcitePipeline(
         **{k: v for k, v in pipe.components.items() if k in keep}, requires_safety_checker=False
@@ -146,6 +322,10 @@ def make_runner(args, pipe, ae):
     common = {"guidance_scale": args.guidance_scale, "output_type": args.output_type}
     if args.height:
         common.update(height=args.height, width=args.width or args.height)
+    if args.family == "pixart":
+        common["clean_caption"] = False  # needs bs4 and ftfy; the same text for every variant anyway
+        if args.height:
+            common["use_resolution_binning"] = False  # else the size snaps to the model's native bins
 
     def run(variant: str, seed: int, steps: int):
         g = torch.Generator("cpu").manual_seed(seed)
@@ -283,6 +463,8 @@ def table(args, times, memory, diffs) -> str:
     mem_kind = next((m["kind"] for m in memory.values() if m), "peak memory")
     head = ["variant", "median wall s/image (min–max)", "median CPU s/image", f"× vanilla ({clock})",
             f"× diffusers A&E ({clock})", f"{mem_kind} (MiB)", "before the call (MiB)"]  # fmt: skip
+    if "diffusers-ae" not in med:  # diffusers' A&E pipeline exists for SD 1.x only
+        del head[4]
     rows = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for v in args.variants:
         m = memory.get(v) or {}
@@ -292,7 +474,7 @@ def table(args, times, memory, diffs) -> str:
             f"{med[v]['wall']:.3f} ({min(w):.3f}–{max(w):.3f})",
             f"{med[v]['cpu']:.3f}",
             f"{ref[v] / van:.2f}" if van else "-",
-            f"{ref[v] / ae:.2f}" if ae else "-",
+            *([f"{ref[v] / ae:.2f}" if ae else "-"] if "diffusers-ae" in med else []),
             f"{m['peak_mb']:.0f}" if m else "-",
             f"{m['base_mb']:.0f}" if m else "-",
         ]
@@ -303,6 +485,10 @@ def table(args, times, memory, diffs) -> str:
             r = ref[v] / ae
             verdict = "met" if r <= target else "NOT met"
             lines.append(f"- {name} / diffusers' A&E = **{r:.2f}** ({clock} time; target ≤ {target}: {verdict})")
+    if van and "ours-ait2i" in ref:
+        r = ref["ours-ait2i"] / van
+        verdict = "met" if r <= 1.5 else "NOT met"
+        lines.append(f"- AI-T2I / vanilla = **{r:.2f}** ({clock} time; target ≤ 1.5: {verdict})")
     if "ours-ae" in diffs:
         lines.append(
             f"- max |our A&E image − diffusers' A&E image| (first repeat, output_type {args.output_type!r}): "
@@ -314,12 +500,18 @@ def table(args, times, memory, diffs) -> str:
 def describe(args, pipe) -> str:
     import diffusers
 
-    model = args.model or ("SD 1.5-sized random components" if args.full_size else "tiny random pipeline")
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    name = FAMILY_NAMES[args.family]
+    if args.full_size and args.family == "pixart":
+        name += f" (T5 stand-in: d_model 4096, {PIXART_T5_LAYERS} layers)"
+    model = args.model or (f"{name}-sized random components" if args.full_size else f"tiny random {name} pipeline")
+    denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    kind = "UNet" if hasattr(pipe, "unet") else "transformer"
+    size = denoiser.config.sample_size * pipe.vae_scale_factor
     h = args.height or size
-    params = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
+    params = sum(p.numel() for p in denoiser.parameters()) / 1e6
+    params_s = f"{params:.1f}" if params >= 1 else f"{params:.3f}"
     return (
-        f"model: {model} (UNet {params:.1f} M parameters, {h}x{args.width or h} px), "
+        f"model: {model} ({type(pipe).__name__}, {kind} {params_s} M parameters, {h}x{args.width or h} px), "
         f"scheduler {type(pipe.scheduler).__name__}, {args.steps} steps, guidance scale {args.guidance_scale}, "
         f"prompt {args.prompt!r}, subjects {args.subjects}, seeds {args.seeds}, {args.repeats} repeats, "
         f"output_type {args.output_type!r}; device {args.device} ({args.dtype}), torch {torch.__version__} "
@@ -330,11 +522,21 @@ def describe(args, pipe) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="hub id or local diffusers folder (default: tiny random pipeline)")
-    p.add_argument("--full-size", action="store_true", help="SD 1.5-sized random components (use a GPU)")
+    p.add_argument(
+        "--model", default=None, help="hub id or local diffusers folder of the --family (default: tiny random pipeline)"
+    )
+    p.add_argument("--family", default="sd15", choices=FAMILIES, help="pipeline family (default sd15)")
+    p.add_argument(
+        "--full-size", action="store_true", help="random components of the family's published size (use a GPU)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"))
-    p.add_argument("--scheduler", default="ddim", choices=("ddim", "pndm"))
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        choices=("default", *SCHEDULER_NAMES),
+        help="default: ddim (sd15), euler (sdxl), the pipeline's flow matching (sd3), dpm (pixart)",
+    )
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds, each one image per call")
     p.add_argument("--repeats", type=int, default=3)
@@ -344,7 +546,9 @@ def parse_args(argv=None):
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--output-type", default="np", choices=("np", "latent"))
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument(
+        "--variants", nargs="+", default=None, choices=VARIANTS, help="default: all (diffusers-ae: sd15 only)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument(
         "--clock",
@@ -361,6 +565,14 @@ def parse_args(argv=None):
         p.error("--repeats and --steps must be >= 1 and --seeds non-empty")
     if args.dtype == "float16" and not args.device.startswith("cuda"):
         p.error("--dtype float16 needs --device cuda")
+    if args.variants is None:
+        args.variants = [v for v in VARIANTS if v != "diffusers-ae" or args.family == "sd15"]
+    elif "diffusers-ae" in args.variants and args.family != "sd15":
+        p.error("diffusers' StableDiffusionAttendAndExcitePipeline exists for SD 1.x only (--family sd15)")
+    if args.scheduler is None or (args.scheduler == "default" and not args.model and args.family != "sd3"):
+        args.scheduler = DEFAULT_SCHEDULER[args.family]
+    if args.family == "sd3" and args.scheduler != "default" and not args.model:
+        p.error("--family sd3 samples with its own flow-matching scheduler (--scheduler default)")
     return args
 
 

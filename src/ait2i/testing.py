@@ -166,3 +166,145 @@ def tiny_clip_model(seed: int = 0):
     text = {**layers, "vocab_size": 49408, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407}
     vision = {**layers, "image_size": 32, "patch_size": 8}
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+
+
+# -- tiny pipelines of the other host families (the overhead benchmark's --family; copies of the tests' builders) --
+def clip_bang_tokenizer(model_max_length: int = 77):
+    """The shipped CLIP vocabulary padding with ``"!"`` (id 0), as SDXL's and SD3's second tokenizer does."""
+    from transformers import CLIPTokenizer
+
+    d = clip_tokenizer_dir()
+    return CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"), pad_token="!", model_max_length=model_max_length)
+
+
+def tiny_sdxl_pipeline(scheduler: str = "euler", seed: int = 0):
+    """A random tiny ``StableDiffusionXLPipeline`` (diffusers' SDXL ``get_dummy_components`` recipe).
+
+    The same components as ``tiny_sdxl()`` of ``tests/test_host_sdxl.py``: a ``text_time`` UNet (two transformer
+    layers in its cross-attention block, cross-attention dim 64 = the two 32-wide CLIP encoders concatenated), 64 px
+    images, 32x32 latents, cross-attention at 16x16.
+    """
+    import diffusers
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    added = dict(addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80)
+    blocks = dict(attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 2))
+    torch.manual_seed(seed)
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, norm_num_groups=1, **blocks, **added,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4, sample_size=128,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=2,
+    )  # fmt: skip
+    text = dict(
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, vocab_size=49408, hidden_size=32,
+        intermediate_size=37, num_attention_heads=4, num_hidden_layers=5, hidden_act="gelu", projection_dim=32,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    te1 = CLIPTextModel(CLIPTextConfig(**text))
+    torch.manual_seed(seed + 1)
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**text))
+    pipe = diffusers.StableDiffusionXLPipeline(
+        unet=unet, vae=vae, scheduler=make_scheduler(scheduler), text_encoder=te1, text_encoder_2=te2,
+        tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(), image_encoder=None, feature_extractor=None,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sd3_pipeline(seed: int = 0):
+    """A random tiny ``StableDiffusion3Pipeline`` without T5 (as ``tests/test_host_sd3.py`` builds it).
+
+    Two CLIP encoders (width 16), a 2-block MM-DiT on 32x32 latents (patch 2: a 16x16 token grid), a 1-block
+    ``AutoencoderKL`` (scale factor 2) with ``shift_factor``; pass ``height=width=64``.
+    """
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+
+    def clip():
+        cfg = CLIPTextConfig(
+            vocab_size=49408, hidden_size=16, intermediate_size=32, projection_dim=16, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+            pad_token_id=49407,
+        )  # fmt: skip
+        return CLIPTextModelWithProjection(cfg)
+
+    transformer = SD3Transformer2DModel(
+        sample_size=32, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
+        pos_embed_max_size=16, qk_norm="rms_norm",
+    )  # fmt: skip
+    with torch.no_grad():  # a non-trivial output and modulation
+        for p in transformer.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 8), layers_per_block=1,
+        latent_channels=4, norm_num_groups=4, sample_size=32, scaling_factor=1.5, shift_factor=0.1,
+    )  # fmt: skip
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        text_encoder=clip(), tokenizer=clip_tokenizer(), text_encoder_2=clip(), tokenizer_2=clip_tokenizer(),
+        text_encoder_3=None, tokenizer_3=None,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def t5_tokenizer_dir() -> Path:
+    """``tests/data/t5-tokenizer`` of a source checkout: a tiny SentencePiece-style T5 tokenizer (200 pieces)."""
+    return Path(__file__).resolve().parents[2] / "tests" / "data" / "t5-tokenizer"
+
+
+def tiny_pixart_pipeline(kind: str = "sigma", scheduler: str = "dpm", seed: int = 0, tokenizer=None, num_layers=4):
+    """A random tiny PixArt pipeline (``kind`` ``"alpha"`` or ``"sigma"``), as ``tests/test_host_pixart.py`` builds it.
+
+    A ``PixArtTransformer2DModel`` (width 24, ``num_layers`` blocks, patch 2), a 4-block ``AutoencoderKL`` (scale
+    factor 8: 256 px -> 32x32 latents -> a 16x16 token grid), a 1-layer T5 encoder. ``tokenizer``: a T5-style
+    tokenizer (default: :func:`t5_tokenizer_dir`, present in a source checkout only). Pass ``clean_caption=False``.
+    """
+    import diffusers
+    from diffusers import AutoencoderKL, PixArtTransformer2DModel
+    from transformers import AutoTokenizer, T5Config, T5EncoderModel
+
+    if tokenizer is None:
+        d = t5_tokenizer_dir()
+        if not (d / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"no T5 tokenizer at {d} (a source checkout's tests/data); pass tokenizer=")
+        tokenizer = AutoTokenizer.from_pretrained(d)
+    torch.manual_seed(seed)
+    transformer = PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=8, num_layers=num_layers,
+        cross_attention_dim=24, caption_channels=32, sample_size=32, patch_size=2, norm_num_groups=1,
+    )  # fmt: skip
+    with torch.no_grad():  # a non-trivial output and modulation
+        for p in transformer.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8,) * 4, layers_per_block=1, latent_channels=4,
+        norm_num_groups=4, sample_size=64,
+    )  # fmt: skip
+    encoder = T5EncoderModel(
+        T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+    )
+    if kind not in ("alpha", "sigma"):
+        raise ValueError(f"unknown PixArt kind {kind!r}; expected 'alpha' or 'sigma'")
+    cls = diffusers.PixArtAlphaPipeline if kind == "alpha" else diffusers.PixArtSigmaPipeline
+    pipe = cls(
+        tokenizer=tokenizer, text_encoder=encoder.eval(), vae=vae, transformer=transformer,
+        scheduler=make_scheduler(scheduler),
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
