@@ -73,17 +73,11 @@ class AttentionStore:
         return (self._sum / self._count).float().reshape(b, self.res[0], self.res[1], length)
 
 
-class CaptureProcessor:
-    """Records the cross-attention probabilities of one layer while its store records; else defers to ``original``.
+class WrappingProcessor:
+    """An attention processor that stands in for ``original``: called like it, and looking like it to
+    ``Attention.forward``, which filters ``cross_attention_kwargs`` by ``inspect.signature(processor.__call__)``.
 
-    The processor is called exactly as the layer's original processor would be: the same positional and keyword
-    arguments reach ``original`` (sliced attention, legacy processors with a positional signature, processors with
-    extra ``cross_attention_kwargs``), and ``inspect.signature(processor.__call__)`` is the original's, so that
-    ``Attention.forward`` passes it the same keyword arguments. While recording, the probabilities
-    ``softmax(QK^T/sqrt(d))`` are computed from the layer's projections; the output is computed from them
-    directly when the original is diffusers' plain ``AttnProcessor``/``AttnProcessor2_0`` (the same arithmetic as
-    the Attend-and-Excite reference), and by the original processor otherwise (so that what it adds, e.g. extra
-    keyword arguments, still applies).
+    Subclasses implement ``_call(attn, hidden_states, *args, **kwargs)`` and pass the arguments on unchanged.
     """
 
     def __init__(self, store: AttentionStore, name: str, original):
@@ -104,6 +98,23 @@ class CaptureProcessor:
 
     def __call__(self, attn, hidden_states, *args, **kwargs):
         return self._call(attn, hidden_states, *args, **kwargs)
+
+    def _call(self, attn, hidden_states, *args, **kwargs):
+        raise NotImplementedError
+
+
+class CaptureProcessor(WrappingProcessor):
+    """Records the cross-attention probabilities of one layer while its store records; else defers to ``original``.
+
+    The processor is called exactly as the layer's original processor would be: the same positional and keyword
+    arguments reach ``original`` (sliced attention, legacy processors with a positional signature, processors with
+    extra ``cross_attention_kwargs``), and ``inspect.signature(processor.__call__)`` is the original's, so that
+    ``Attention.forward`` passes it the same keyword arguments. While recording, the probabilities
+    ``softmax(QK^T/sqrt(d))`` are computed from the layer's projections; the output is computed from them
+    directly when the original is diffusers' plain ``AttnProcessor``/``AttnProcessor2_0`` (the same arithmetic as
+    the Attend-and-Excite reference), and by the original processor otherwise (so that what it adds, e.g. extra
+    keyword arguments, still applies).
+    """
 
     def _call(self, attn, hidden_states, *args, **kwargs):
         encoder_hidden_states = kwargs.get("encoder_hidden_states", args[0] if args else None)
@@ -226,3 +237,23 @@ def capture_attention(unet, layers: list[str], res: tuple[int, int]):
         yield store
     finally:
         unet.set_attn_processor(original)
+
+
+def token_grid_res(transformer, z, attn_res: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(grid, res)`` of a patch transformer's image tokens for latents ``z``: the token grid, and the side the
+    maps are average-pooled to (``attn_res``; ``None`` keeps the grid).
+
+    Raises:
+        ValueError: ``attn_res`` that does not pool the grid exactly (a divisor of a square grid).
+    """
+    patch = transformer.config.patch_size
+    grid = (z.shape[-2] // patch, z.shape[-1] // patch)
+    if attn_res is None:
+        return grid, grid
+    f = grid[0] // attn_res if grid[0] % attn_res == 0 else 0
+    if not f or grid[1] % f or grid[1] // f != attn_res:
+        raise ValueError(
+            f"attn_res={attn_res}: the transformer's token grid is {grid[0]}x{grid[1]}; attn_res must be a side it "
+            "average-pools to exactly (a divisor of a square grid), or None for the grid itself"
+        )
+    return grid, (attn_res, attn_res)

@@ -45,7 +45,7 @@ from typing import ClassVar
 
 import torch
 
-from ..attention import CaptureProcessor
+from ..attention import CaptureProcessor, token_grid_res
 from ..subjects import EndToken, end_token_index, token_layout
 from .base import intercept
 from .registry import register_host
@@ -158,19 +158,7 @@ class PixArtAlphaHost(StepHookHost):
 
     def capture(self, z: torch.Tensor):
         tr = self.pipe.transformer
-        patch = tr.config.patch_size
-        grid = (z.shape[-2] // patch, z.shape[-1] // patch)
-        side = self._cfg.attn_res
-        if side is None:
-            res = grid
-        else:
-            f = grid[0] // side if grid[0] % side == 0 else 0
-            if not f or grid[1] % f or grid[1] // f != side:
-                raise ValueError(
-                    f"attn_res={side}: the transformer's token grid is {grid[0]}x{grid[1]}; attn_res must be a side "
-                    "it average-pools to exactly (a divisor of a square grid), or None for the grid itself"
-                )
-            res = (side, side)
+        grid, res = token_grid_res(tr, z, self._cfg.attn_res)
         blocks = list(self.read_blocks(len(tr.transformer_blocks)))
         return capture_cross_attention(tr, blocks, grid, res)
 

@@ -56,7 +56,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..attention import AttentionStore
+from ..attention import AttentionStore, WrappingProcessor, token_grid_res
 from .base import CallbackHost, Host
 from .registry import register_host
 
@@ -120,7 +120,7 @@ def joint_text_probabilities(attn, hidden_states, context, n_keys: int, normalis
     return probs.reshape(b * heads, probs.shape[2], n_keys)
 
 
-class JointCaptureProcessor:
+class JointCaptureProcessor(WrappingProcessor):
     """Records one joint-attention block's image-to-CLIP-token probabilities while its store records.
 
     Every call reaches ``original`` with the same arguments (and ``inspect.signature(processor.__call__)`` is the
@@ -129,22 +129,8 @@ class JointCaptureProcessor:
     """
 
     def __init__(self, store: AttentionStore, name: str, original, n_keys: int, normalise: str):
-        self.store, self.name, self.original = store, name, original
+        super().__init__(store, name, original)
         self.n_keys, self.normalise = n_keys, normalise
-        try:
-            signature = inspect.signature(original.__call__)
-        except (TypeError, ValueError):
-            signature = None
-
-        def call(attn, hidden_states, *args, **kwargs):
-            return self._call(attn, hidden_states, *args, **kwargs)
-
-        if signature is not None:
-            call.__signature__ = signature
-        self.__call__ = call
-
-    def __call__(self, attn, hidden_states, *args, **kwargs):
-        return self._call(attn, hidden_states, *args, **kwargs)
 
     def _call(self, attn, hidden_states, *args, **kwargs):
         context = kwargs.get("encoder_hidden_states", args[0] if args else None)
@@ -252,19 +238,7 @@ class StableDiffusion3Host(CallbackHost):
 
     def capture(self, z: torch.Tensor):
         tr = self.pipe.transformer
-        patch = tr.config.patch_size
-        grid = (z.shape[-2] // patch, z.shape[-1] // patch)
-        side = self._cfg.attn_res
-        if side is None:
-            res = grid
-        else:
-            f = grid[0] // side if grid[0] % side == 0 else 0
-            if not f or grid[1] % f or grid[1] // f != side:
-                raise ValueError(
-                    f"attn_res={side}: the transformer's token grid is {grid[0]}x{grid[1]}; attn_res must be a side "
-                    "it average-pools to exactly (a divisor of a square grid), or None for the grid itself"
-                )
-            res = (side, side)
+        grid, res = token_grid_res(tr, z, self._cfg.attn_res)
         blocks = list(self.read_blocks(len(tr.transformer_blocks)))
         return capture_joint_attention(tr, blocks, grid, res, self.n_keys, self.normalise)
 
@@ -279,4 +253,3 @@ class StableDiffusion3Host(CallbackHost):
             joint_attention_kwargs=dict(extra) if extra else None,
             return_dict=False,
         )
-
