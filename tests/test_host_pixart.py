@@ -17,6 +17,7 @@ import ait2i
 from ait2i.hosts.pixart import PixArtAlphaHost, PixArtSigmaHost
 from ait2i.losses import ane_view, check_subjects
 from ait2i.subjects import EndToken, TokenLayout, end_token_index, prompt_tokens, resolve_subjects, token_layout
+from ait2i.testing import tiny_pixart_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -33,42 +34,6 @@ def t5_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(T5_DIR)
-
-
-def tiny_pixart_pipeline(kind="alpha", sample_size=32, num_layers=4, scheduler="dpm", seed=0):
-    """A random tiny PixArt pipeline: a ``PixArtTransformer2DModel`` (width 24, ``num_layers`` blocks, patch 2), a
-    4-block ``AutoencoderKL`` (scale factor 8: 256 px -> 32x32 latents -> a 16x16 token grid), a 1-layer T5 encoder."""
-    import diffusers
-    from diffusers import AutoencoderKL, PixArtTransformer2DModel
-    from transformers import T5Config, T5EncoderModel
-
-    from ait2i.testing import make_scheduler
-
-    tok = t5_tokenizer()
-    torch.manual_seed(seed)
-    transformer = PixArtTransformer2DModel(
-        num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=8, num_layers=num_layers,
-        cross_attention_dim=24, caption_channels=32, sample_size=sample_size, patch_size=2, norm_num_groups=1,
-    )  # fmt: skip
-    with torch.no_grad():  # a non-trivial output and modulation
-        for p in transformer.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8,) * 4, layers_per_block=1, latent_channels=4,
-        norm_num_groups=4, sample_size=64,
-    )  # fmt: skip
-    encoder = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2))
-    cls = diffusers.PixArtAlphaPipeline if kind == "alpha" else diffusers.PixArtSigmaPipeline
-    pipe = cls(
-        tokenizer=tok,
-        text_encoder=encoder.eval(),
-        vae=vae,
-        transformer=transformer,
-        scheduler=make_scheduler(scheduler),
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import torch
 import ait2i
 from ait2i import AIT2IConfig
 from ait2i.hosts.sd3 import StableDiffusion3Host, joint_text_probabilities
+from ait2i.testing import tiny_sd3_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -25,58 +26,6 @@ KW = dict(num_inference_steps=4, output_type="latent", height=64, width=64)
 
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
-
-
-def tiny_sd3_pipeline(seed: int = 0, with_t5: bool = False):
-    """A random tiny ``StableDiffusion3Pipeline``: two CLIP encoders (width 16), a 2-block MM-DiT on 32x32 latents
-    (patch 2: a 16x16 token grid), a 1-block ``AutoencoderKL`` (scale factor 2) with ``shift_factor``; optionally a
-    tiny T5 encoder (with the CLIP tokenizer standing in for T5's)."""
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
-    from ait2i.testing import clip_tokenizer
-
-    torch.manual_seed(seed)
-
-    def clip():
-        cfg = CLIPTextConfig(
-            vocab_size=49408, hidden_size=16, intermediate_size=32, projection_dim=16, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
-            pad_token_id=49407,
-        )  # fmt: skip
-        return CLIPTextModelWithProjection(cfg)
-
-    transformer = SD3Transformer2DModel(
-        sample_size=32, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
-        pos_embed_max_size=16, qk_norm="rms_norm",
-    )  # fmt: skip
-    with torch.no_grad():  # a non-trivial output and modulation (diffusers' init zeroes nothing, but be sure)
-        for p in transformer.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 8), layers_per_block=1,
-        latent_channels=4, norm_num_groups=4, sample_size=32, scaling_factor=1.5, shift_factor=0.1,
-    )  # fmt: skip
-    t5 = t5_tok = None
-    if with_t5:
-        from transformers import T5Config, T5EncoderModel
-
-        t5 = T5EncoderModel(T5Config(vocab_size=49408, d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).eval()
-        t5_tok = clip_tokenizer(model_max_length=512)
-    pipe = StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
-        text_encoder=clip(), tokenizer=clip_tokenizer(), text_encoder_2=clip(), tokenizer_2=clip_tokenizer(),
-        text_encoder_3=t5, tokenizer_3=t5_tok,
-    )  # fmt: skip
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")

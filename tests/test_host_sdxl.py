@@ -14,13 +14,11 @@ import pytest
 import torch
 
 import ait2i
-from ait2i.testing import clip_tokenizer, clip_tokenizer_dir, make_scheduler
+from ait2i.testing import clip_bang_tokenizer, tiny_sdxl_pipeline
 
 pytestmark = pytest.mark.slow
 
 PROMPT, SUBJECTS = "a red car and a blue bench", ["red car", "blue bench"]
-_ADDED = dict(addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80)
-_BLOCKS = dict(attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 2))
 
 
 def _gen(seed=0):
@@ -32,60 +30,6 @@ def _image(seed=1, size=64):
 
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
-
-
-def bang_tokenizer():
-    """The shipped CLIP vocabulary padding with "!" (id 0), as SDXL's second tokenizer (and SD 2.x's) does."""
-    from transformers import CLIPTokenizer
-
-    d = clip_tokenizer_dir()
-    return CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"), pad_token="!", model_max_length=77)
-
-
-def tiny_sdxl(kind="text2img", scheduler="euler", seed=0, tokenizer_2=None):
-    """A tiny random ``StableDiffusionXLPipeline`` (``kind="controlnet"``: ``StableDiffusionXLControlNetPipeline``)."""
-    import diffusers
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    torch.manual_seed(seed)
-    unet = diffusers.UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64, norm_num_groups=1, **_BLOCKS, **_ADDED,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    vae = diffusers.AutoencoderKL(
-        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4, sample_size=128,
-        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=2,
-    )  # fmt: skip
-    text = dict(
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, vocab_size=49408, hidden_size=32,
-        intermediate_size=37, num_attention_heads=4, num_hidden_layers=5, hidden_act="gelu", projection_dim=32,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    te1 = CLIPTextModel(CLIPTextConfig(**text))
-    torch.manual_seed(seed + 1)
-    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**text))
-    comps = dict(
-        unet=unet, vae=vae, scheduler=make_scheduler(scheduler), text_encoder=te1, text_encoder_2=te2,
-        tokenizer=clip_tokenizer(), tokenizer_2=tokenizer_2 or clip_tokenizer(),
-    )  # fmt: skip
-    if kind == "controlnet":
-        torch.manual_seed(seed)
-        net = diffusers.ControlNetModel(
-            block_out_channels=(32, 64), layers_per_block=2, in_channels=4, cross_attention_dim=64,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), conditioning_embedding_out_channels=(16, 32),
-            norm_num_groups=1, **_BLOCKS, **_ADDED,
-        )  # fmt: skip
-        with torch.no_grad():  # a fresh ControlNet's zero convolutions ignore the control image: make them count
-            zero = [net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
-            for p in (p for m in zero for p in m.parameters()):
-                p.normal_(0, 0.5)
-        pipe = diffusers.StableDiffusionXLControlNetPipeline(**comps, controlnet=net)
-    else:
-        pipe = diffusers.StableDiffusionXLPipeline(**comps, image_encoder=None, feature_extractor=None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _kw(kind, steps=4, **more):
@@ -104,7 +48,7 @@ def _no_leftovers(pipe, before):
 # -- none = stock, guided runs ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["text2img", "controlnet"])
 def test_none_with_maps_equals_stock(kind):
-    pipe = tiny_sdxl(kind)
+    pipe = tiny_sdxl_pipeline(kind)
     stock = pipe(PROMPT, generator=_gen(), **_kw(kind)).images
     before = dict(pipe.unet.attn_processors)
     rec = ait2i.generate(pipe, PROMPT, SUBJECTS, "none", record_maps=(0, 3), generator=_gen(), **_kw(kind))
@@ -118,7 +62,7 @@ def test_none_with_maps_equals_stock(kind):
     [("text2img", "ait2i"), ("text2img", "ait2i-paper"), ("text2img", "attend-and-excite"), ("controlnet", "ait2i")],
 )
 def test_guided_methods_run_and_move_the_latents(kind, method):
-    pipe = tiny_sdxl(kind)
+    pipe = tiny_sdxl_pipeline(kind)
     before = dict(pipe.unet.attn_processors)
     cfg = ait2i.get_method(method)
     out = ait2i.generate(pipe, PROMPT, SUBJECTS, cfg, generator=_gen(), **_kw(kind))
@@ -149,7 +93,7 @@ def _spy(module, calls):
 def test_guided_pass_gets_the_conditional_added_conditions(kind):
     # Conditional and unconditional time ids differ (negative_original_size): the guided pass must get the
     # conditional half of what the pipeline passes, and the conditional pooled embedding.
-    pipe = tiny_sdxl(kind)
+    pipe = tiny_sdxl_pipeline(kind)
     calls = []
     _spy(pipe.controlnet if kind == "controlnet" else pipe.unet, calls)
     sizes = dict(original_size=(96, 80), target_size=(64, 64), crops_coords_top_left=(4, 8))
@@ -167,7 +111,7 @@ def test_guided_pass_gets_the_conditional_added_conditions(kind):
 
 
 def test_denoising_end_guides_the_steps_the_loop_runs():
-    pipe = tiny_sdxl()
+    pipe = tiny_sdxl_pipeline()
     calls = []
     _spy(pipe.unet, calls)
     out = ait2i.generate(
@@ -181,7 +125,7 @@ def test_denoising_end_guides_the_steps_the_loop_runs():
 def test_user_callback_replacing_the_added_conditions_is_followed():
     from diffusers.callbacks import SDXLCFGCutoffCallback
 
-    pipe = tiny_sdxl()
+    pipe = tiny_sdxl_pipeline()
     kw = _kw("text2img")
     stock = pipe(PROMPT, generator=_gen(), callback_on_step_end=SDXLCFGCutoffCallback(cutoff_step_ratio=0.5), **kw)
     cut = SDXLCFGCutoffCallback(cutoff_step_ratio=0.5)
@@ -195,7 +139,7 @@ def test_user_callback_replacing_the_added_conditions_is_followed():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_runs_with_float32_loss_math(dtype):
-    pipe = tiny_sdxl().to(dtype)
+    pipe = tiny_sdxl_pipeline().to(dtype)
     kw = _kw("text2img")
     stock = pipe(PROMPT, generator=_gen(), **kw).images
     rec = ait2i.generate(pipe, PROMPT, SUBJECTS, "none", record_maps=(0,), generator=_gen(), **kw)
@@ -212,7 +156,7 @@ def _host(pipe, prompt=PROMPT, **kw):
 
 
 def test_prompt_2_other_than_the_prompt_is_refused():
-    pipe = tiny_sdxl()
+    pipe = tiny_sdxl_pipeline()
     with pytest.raises(ValueError, match=r"`prompt_2` \('a cat'\) differs from the prompt"):
         ait2i.generate(pipe, PROMPT, SUBJECTS, prompt_2="a cat")
     kw = _kw("text2img", steps=2)
@@ -223,14 +167,14 @@ def test_prompt_2_other_than_the_prompt_is_refused():
 
 
 def test_both_tokenizers_must_split_the_prompt_alike():
-    pipe = tiny_sdxl(tokenizer_2=bang_tokenizer())  # SDXL's second tokenizer pads with "!"
+    pipe = tiny_sdxl_pipeline(tokenizer_2=clip_bang_tokenizer())  # SDXL's second tokenizer pads with "!"
     # one "!": the same piece at the same position ("!</w>" for the first tokenizer, the "!" token for the second)
     host = _host(pipe, "a red car! and a blue bench")
     assert ait2i.resolve_subjects(host.tokenizer, host.text, SUBJECTS)[1].tokens == (8,)
     with pytest.raises(ValueError, match=r"from token 4 on \(tokenizer: '!!', tokenizer_2: '!'\)"):
         _host(pipe, "a red car!! and a blue bench")
     # a textual-inversion placeholder loaded into the first encoder only
-    pipe = tiny_sdxl()
+    pipe = tiny_sdxl_pipeline()
     pipe.tokenizer.add_tokens(["<cat>"])
     pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
     with pytest.raises(ValueError, match=r"from token 2 on \(tokenizer: '<cat>', tokenizer_2: '<'\)"):
@@ -266,13 +210,13 @@ def test_sdxl_base_unet_reads_32x32_and_64x64_at_1024_px():
 
 
 def test_refused_arguments():
-    pipe = tiny_sdxl()
+    pipe = tiny_sdxl_pipeline()
     with pytest.raises(ValueError, match="prompt_embeds"):
         ait2i.generate(pipe, PROMPT, SUBJECTS, prompt_embeds=torch.zeros(1, 77, 64))
     with pytest.raises(ValueError, match="ip_adapter_image"):
         ait2i.generate(pipe, PROMPT, SUBJECTS, ip_adapter_image=_image())
     with pytest.raises(ValueError, match="denoising_end"):
-        ait2i.generate(tiny_sdxl("controlnet"), PROMPT, SUBJECTS, image=_image(), denoising_end=0.5)
+        ait2i.generate(tiny_sdxl_pipeline("controlnet"), PROMPT, SUBJECTS, image=_image(), denoising_end=0.5)
     pipe.unet.register_to_config(time_cond_proj_dim=8)
     with pytest.raises(TypeError, match="LCM"):
         ait2i.generate(pipe, PROMPT, SUBJECTS)
@@ -287,7 +231,7 @@ def test_sdxl_img2img_and_inpaint_stay_refused(name):
 
 def test_several_images_and_refinement_rows():
     # two images per prompt: the added conditions follow the rows the refinement re-runs
-    pipe = tiny_sdxl()
+    pipe = tiny_sdxl_pipeline()
     cfg = dataclasses.replace(ait2i.get_method("attend-and-excite"), refinement={0: 0.99}, max_refinement_steps=2)
     out = ait2i.generate(pipe, PROMPT, SUBJECTS, cfg, num_images_per_prompt=2, generator=[_gen(0), _gen(1)],
                          **_kw("text2img", steps=2))  # fmt: skip
@@ -296,7 +240,7 @@ def test_several_images_and_refinement_rows():
 
 
 def test_controlnet_guess_mode():
-    pipe = tiny_sdxl("controlnet")
+    pipe = tiny_sdxl_pipeline("controlnet")
     kw = _kw("controlnet", guess_mode=True)
     stock = pipe(PROMPT, generator=_gen(), **kw).images
     rec = ait2i.generate(pipe, PROMPT, SUBJECTS, "none", record_maps=(0,), generator=_gen(), **kw)

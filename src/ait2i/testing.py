@@ -177,23 +177,25 @@ def clip_bang_tokenizer(model_max_length: int = 77):
     return CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"), pad_token="!", model_max_length=model_max_length)
 
 
-def tiny_sdxl_pipeline(scheduler: str = "euler", seed: int = 0):
-    """A random tiny ``StableDiffusionXLPipeline`` (diffusers' SDXL ``get_dummy_components`` recipe).
+_SDXL_ADDED = dict(addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80)
+_SDXL_BLOCKS = dict(attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 2))
 
-    The same components as ``tiny_sdxl()`` of ``tests/test_host_sdxl.py``: a ``text_time`` UNet (two transformer
-    layers in its cross-attention block, cross-attention dim 64 = the two 32-wide CLIP encoders concatenated), 64 px
-    images, 32x32 latents, cross-attention at 16x16.
+
+def tiny_sdxl_pipeline(kind: str = "text2img", scheduler: str = "euler", seed: int = 0, tokenizer_2=None):
+    """A random tiny ``StableDiffusionXLPipeline`` (``kind="controlnet"``: ``StableDiffusionXLControlNetPipeline``).
+
+    diffusers' SDXL ``get_dummy_components`` recipe: a ``text_time`` UNet (two transformer layers in its
+    cross-attention block, cross-attention dim 64 = the two 32-wide CLIP encoders concatenated), 64 px images, 32x32
+    latents, cross-attention at 16x16.
     """
     import diffusers
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    added = dict(addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80)
-    blocks = dict(attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 2))
     torch.manual_seed(seed)
     unet = diffusers.UNet2DConditionModel(
         block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64, norm_num_groups=1, **blocks, **added,
+        cross_attention_dim=64, norm_num_groups=1, **_SDXL_BLOCKS, **_SDXL_ADDED,
     )  # fmt: skip
     torch.manual_seed(seed)
     vae = diffusers.AutoencoderKL(
@@ -208,20 +210,32 @@ def tiny_sdxl_pipeline(scheduler: str = "euler", seed: int = 0):
     te1 = CLIPTextModel(CLIPTextConfig(**text))
     torch.manual_seed(seed + 1)
     te2 = CLIPTextModelWithProjection(CLIPTextConfig(**text))
-    pipe = diffusers.StableDiffusionXLPipeline(
+    comps = dict(
         unet=unet, vae=vae, scheduler=make_scheduler(scheduler), text_encoder=te1, text_encoder_2=te2,
-        tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(), image_encoder=None, feature_extractor=None,
+        tokenizer=clip_tokenizer(), tokenizer_2=tokenizer_2 or clip_tokenizer(),
     )  # fmt: skip
+    if kind == "controlnet":
+        torch.manual_seed(seed)
+        net = diffusers.ControlNetModel(
+            block_out_channels=(32, 64), layers_per_block=2, in_channels=4, cross_attention_dim=64,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), conditioning_embedding_out_channels=(16, 32),
+            norm_num_groups=1, **_SDXL_BLOCKS, **_SDXL_ADDED,
+        )  # fmt: skip
+        with torch.no_grad():  # a fresh ControlNet's zero convolutions ignore the control image: make them count
+            zero = [net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
+            for p in (p for m in zero for p in m.parameters()):
+                p.normal_(0, 0.5)
+        pipe = diffusers.StableDiffusionXLControlNetPipeline(**comps, controlnet=net)
+    else:
+        pipe = diffusers.StableDiffusionXLPipeline(**comps, image_encoder=None, feature_extractor=None)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def tiny_sd3_pipeline(seed: int = 0):
-    """A random tiny ``StableDiffusion3Pipeline`` without T5 (as ``tests/test_host_sd3.py`` builds it).
-
-    Two CLIP encoders (width 16), a 2-block MM-DiT on 32x32 latents (patch 2: a 16x16 token grid), a 1-block
-    ``AutoencoderKL`` (scale factor 2) with ``shift_factor``; pass ``height=width=64``.
-    """
+def tiny_sd3_pipeline(seed: int = 0, with_t5: bool = False):
+    """A random tiny ``StableDiffusion3Pipeline``: two CLIP encoders (width 16), a 2-block MM-DiT on 32x32 latents
+    (patch 2: a 16x16 token grid), a 1-block ``AutoencoderKL`` (scale factor 2) with ``shift_factor``; optionally a
+    tiny T5 encoder (with the CLIP tokenizer standing in for T5's)."""
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -245,7 +259,7 @@ def tiny_sd3_pipeline(seed: int = 0):
         num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
         pos_embed_max_size=16, qk_norm="rms_norm",
     )  # fmt: skip
-    with torch.no_grad():  # a non-trivial output and modulation
+    with torch.no_grad():  # a non-trivial output and modulation (diffusers' init zeroes nothing, but be sure)
         for p in transformer.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     vae = AutoencoderKL(
@@ -253,10 +267,16 @@ def tiny_sd3_pipeline(seed: int = 0):
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 8), layers_per_block=1,
         latent_channels=4, norm_num_groups=4, sample_size=32, scaling_factor=1.5, shift_factor=0.1,
     )  # fmt: skip
+    t5 = t5_tok = None
+    if with_t5:
+        from transformers import T5Config, T5EncoderModel
+
+        t5 = T5EncoderModel(T5Config(vocab_size=49408, d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).eval()
+        t5_tok = clip_tokenizer(model_max_length=512)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
         text_encoder=clip(), tokenizer=clip_tokenizer(), text_encoder_2=clip(), tokenizer_2=clip_tokenizer(),
-        text_encoder_3=None, tokenizer_3=None,
+        text_encoder_3=t5, tokenizer_3=t5_tok,
     )  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -267,8 +287,15 @@ def t5_tokenizer_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "tests" / "data" / "t5-tokenizer"
 
 
-def tiny_pixart_pipeline(kind: str = "sigma", scheduler: str = "dpm", seed: int = 0, tokenizer=None, num_layers=4):
-    """A random tiny PixArt pipeline (``kind`` ``"alpha"`` or ``"sigma"``), as ``tests/test_host_pixart.py`` builds it.
+def tiny_pixart_pipeline(
+    kind: str = "alpha",
+    scheduler: str = "dpm",
+    seed: int = 0,
+    tokenizer=None,
+    num_layers: int = 4,
+    sample_size: int = 32,
+):
+    """A random tiny PixArt pipeline (``kind`` ``"alpha"`` or ``"sigma"``).
 
     A ``PixArtTransformer2DModel`` (width 24, ``num_layers`` blocks, patch 2), a 4-block ``AutoencoderKL`` (scale
     factor 8: 256 px -> 32x32 latents -> a 16x16 token grid), a 1-layer T5 encoder. ``tokenizer``: a T5-style
@@ -286,7 +313,7 @@ def tiny_pixart_pipeline(kind: str = "sigma", scheduler: str = "dpm", seed: int 
     torch.manual_seed(seed)
     transformer = PixArtTransformer2DModel(
         num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=8, num_layers=num_layers,
-        cross_attention_dim=24, caption_channels=32, sample_size=32, patch_size=2, norm_num_groups=1,
+        cross_attention_dim=24, caption_channels=32, sample_size=sample_size, patch_size=2, norm_num_groups=1,
     )  # fmt: skip
     with torch.no_grad():  # a non-trivial output and modulation
         for p in transformer.parameters():
