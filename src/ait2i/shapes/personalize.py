@@ -512,7 +512,7 @@ MEASURE_PROMPTS: tuple[tuple[tuple[str, str], ...], ...] = (
 MEASURE_METHODS = ("none", "attend-and-excite", "ait2i")
 #: ``kind -> how the star is spelled``: the two concepts and the base model with the plain word (reference).
 MEASURE_WORDS = {"ti": PLACEHOLDER, "lora": LORA_WORD, "base": LORA_WORD}
-METRICS = ("concept", "any_star", "others_exact", "exact_binding", "clean_binding", "has_extra")
+METRICS = ("concept", "concept_color", "any_star", "others_exact", "exact_binding", "clean_binding", "has_extra")
 
 
 def measure_prompt(objects, word: str) -> tuple[str, list[str]]:
@@ -522,7 +522,8 @@ def measure_prompt(objects, word: str) -> tuple[str, list[str]]:
 
 
 def score_image(image, objects) -> dict:
-    """Per-image metrics: ``concept`` (a one-colour star of the requested colour), ``any_star``, ``others_exact``
+    """Per-image metrics: ``concept`` (a one-colour star of the requested colour), ``concept_color`` (an object of
+    any shape in the star's colour: the concept word was not neglected), ``any_star``, ``others_exact``
     (fraction of the ordinary objects found with their colour and shape; None without any), ``exact_binding``,
     ``clean_binding``, ``has_extra`` (more objects than requested), from :func:`ait2i.shapes.check.check`."""
     from ait2i.shapes.check import check, match
@@ -534,6 +535,7 @@ def score_image(image, objects) -> dict:
     others = [o for o in objects if o[1] != "star"]
     return {
         "concept": any(d.shape == "star" and d.color == star_color and not d.mixed for d in objs),
+        "concept_color": any(d.color == star_color for d in objs),
         "any_star": any(d.shape == "star" for d in objs),
         "others_exact": match(det, others)["exact"] / len(others) if others else None,
         "exact_binding": m["exact_binding"],
@@ -620,6 +622,12 @@ def summary_table(out: Path) -> str:
     from ait2i.bench.stats import paired, summarize
 
     rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
+    for r in rows:  # rows written before a metric existed: score their image again
+        if any(m not in r for m in METRICS):
+            from PIL import Image
+
+            objs = next(o for o in MEASURE_PROMPTS if measure_prompt(o, MEASURE_WORDS[r["kind"]])[0] == r["prompt"])
+            r.update(score_image(Image.open(out / r["image"]).convert("RGB"), objs))
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["kind"], r["method"]), []).append(r)
@@ -635,6 +643,7 @@ def summary_table(out: Path) -> str:
     lines = []
     names = {
         "concept": "concept present (star of the right colour)", "any_star": "any star",
+        "concept_color": "star's colour present (any shape)",
         "others_exact": "other objects exact (1 - neglect/mis-binding)", "exact_binding": "exact binding",
         "clean_binding": "clean binding", "has_extra": "extra objects",
     }  # fmt: skip
