@@ -72,7 +72,7 @@ def test_textual_inversion_placeholder(tok):
     s = resolve_subjects(tok, prompt, ["<cat-toy>", "bench"])
     toks = dict(prompt_tokens(tok, prompt))
     assert [toks[i] for i in s[0].tokens] == ["<cat-toy>", "<cat-toy>_1"]
-    with pytest.raises(ValueError, match="not in the prompt"):
+    with pytest.raises(ValueError, match=r"placeholder '<dog-toy>' .* not loaded.*\['<cat-toy>'\]"):
         resolve_subjects(tok, prompt, ["<dog-toy>"])
 
 
@@ -115,3 +115,13 @@ def test_subject_box_is_validated_and_kept(tok):
         Subject("cat", (2,), box=(0.1, 0.2, 1.5, 0.6))
     with pytest.raises(ValueError, match="x1=0.1 must be greater than x0=0.5"):
         Subject("cat", (2,), box=(0.5, 0.2, 0.1, 0.6))
+
+
+def test_placeholder_not_loaded_is_named_with_the_loaded_ones(tok):
+    tok = clip_tokenizer()
+    with pytest.raises(ValueError, match=r"placeholder '<star>' .* not loaded .*loaded placeholders: none"):
+        resolve_subjects(tok, "a red <star> and a blue square", ["<star>", "blue square"])
+    tok.add_tokens(["<ring>", "<ring>_1"])
+    with pytest.raises(ValueError, match=r"loaded placeholders: \['<ring>'\]"):
+        resolve_subjects(tok, "a red <star>", ["red <star>"])
+    assert resolve_subjects(tok, "a red <ring> <ring>_1", ["<ring>"])[0].tokens == (3, 4)

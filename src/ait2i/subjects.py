@@ -342,6 +342,38 @@ def _check_indices(tokenizer, prompt: str, indices, eot: int, what: str) -> tupl
     return tuple(out)
 
 
+#: A textual-inversion placeholder as users write it: ``<star>``, ``<cat-toy>``.
+_PLACEHOLDER_RE = re.compile(r"<[^<>\s|]+>")
+
+
+def loaded_placeholders(tokenizer) -> list[str]:
+    """The textual-inversion placeholders loaded in ``tokenizer`` (multi-vector extras ``<x>_1`` left out)."""
+    added = [t for t in tokenizer.get_added_vocab() if not t.startswith("<|")]
+    return sorted(t for t in added if not re.search(r"_\d+$", t) or t.rsplit("_", 1)[0] not in added)
+
+
+def check_placeholders(tokenizer, prompt: str, subjects=()) -> None:
+    """Refuse a prompt or subject phrase naming a ``<placeholder>`` the tokenizer has not loaded.
+
+    Without this, an unloaded ``"<star>"`` is read by CLIP as the plain pieces ``<``, ``star``, ``>``: the concept is
+    silently missing and the subject resolves to the word "star".
+
+    Raises:
+        ValueError: naming the unknown placeholder and the loaded ones.
+    """
+    added = set(tokenizer.get_added_vocab())
+    texts = [prompt] + [s for s in (subjects or ()) if isinstance(s, str)]
+    for text in texts:
+        for name in _PLACEHOLDER_RE.findall(text):
+            if name not in added:
+                loaded = loaded_placeholders(tokenizer)
+                raise ValueError(
+                    f"placeholder {name!r} (in {text!r}) is not loaded in this pipeline's tokenizer; loaded "
+                    f"placeholders: {loaded or 'none'}. Load it first, e.g. pipe.load_textual_inversion(path, "
+                    f"token={name!r}) or ait2i.shapes.personalize.load_concept(pipe, folder, 'ti')."
+                )
+
+
 def resolve_subjects(tokenizer, prompt: str, subjects) -> list[Subject]:
     """Turn the user's subject specification into :class:`Subject` objects.
 
@@ -369,6 +401,7 @@ def resolve_subjects(tokenizer, prompt: str, subjects) -> list[Subject]:
             f"no subject given; name the words to guide, e.g. subjects=['cat', 'red bench']. "
             f"Tokens of the prompt: {format_tokens(tokenizer, prompt)}"
         )
+    check_placeholders(tokenizer, prompt, [s for s in subjects if isinstance(s, str)])
     eot = end_token_index(tokenizer, prompt)
     words = _prompt_words(tokenizer, prompt)
     out: list[Subject] = []

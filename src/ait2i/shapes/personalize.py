@@ -39,7 +39,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -49,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from ait2i.shapes import render as R
+from ait2i.subjects import check_placeholders, loaded_placeholders  # noqa: F401 - re-exported for users
 
 PLACEHOLDER = "<star>"  # textual-inversion placeholder
 LORA_WORD = "star"  # LoRA trigger word
@@ -379,7 +379,6 @@ def train(argv_args: argparse.Namespace) -> Path:
 # -- loading ---------------------------------------------------------------------------------------------------
 
 KINDS = ("ti", "lora")
-_PLACEHOLDER_RE = re.compile(r"<[^<>\s]+>")
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -466,34 +465,6 @@ def load_concept(pipe, folder_or_file: str | os.PathLike, kind: str, token: str 
     adapter = path.parent.name or "concept"
     pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
     return meta.get("trigger_word", adapter)
-
-
-def loaded_placeholders(tokenizer) -> list[str]:
-    """The textual-inversion placeholders loaded in ``tokenizer`` (multi-vector extras ``<x>_1`` left out)."""
-    added = [t for t in tokenizer.get_added_vocab() if not t.startswith("<|")]
-    return sorted(t for t in added if not re.search(r"_\d+$", t) or t.rsplit("_", 1)[0] not in added)
-
-
-def check_placeholders(tokenizer, prompt: str, subjects=()) -> None:
-    """Refuses a prompt or subject phrase naming a ``<placeholder>`` the tokenizer has not loaded.
-
-    Without this, an unloaded ``"<star>"`` is read by CLIP as the plain pieces ``<``, ``star``, ``>`` and the subject
-    silently resolves to the word "star".
-
-    Raises:
-        ValueError: naming the unknown placeholder and the loaded ones.
-    """
-    added = set(tokenizer.get_added_vocab())
-    texts = [prompt] + [s for s in (subjects or ()) if isinstance(s, str)]
-    for text in texts:
-        for name in _PLACEHOLDER_RE.findall(text):
-            if name not in added and not name.startswith("<|"):
-                loaded = loaded_placeholders(tokenizer)
-                raise ValueError(
-                    f"placeholder {name!r} (in {text!r}) is not loaded in this pipeline's tokenizer; loaded "
-                    f"placeholders: {loaded or 'none'}. Load it first, e.g. load_concept(pipe, folder, 'ti') or "
-                    f"pipe.load_textual_inversion(path, token={name!r})."
-                )
 
 
 # -- measurement -----------------------------------------------------------------------------------------------
