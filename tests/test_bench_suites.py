@@ -175,6 +175,7 @@ def test_chunk_table_says_how_it_was_made():
 @needs_cb
 def test_verify_chunks_matches_the_installed_spacy_and_reports_a_difference(monkeypatch, capsys):
     import spacy  # noqa: F401 - in the test extra: CI must run this, not skip it
+
     from ait2i.bench import chunks
     from ait2i.bench.cli import main
     from ait2i.bench.suites import compbench_chunks
