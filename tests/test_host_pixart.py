@@ -7,11 +7,11 @@ the capture respects T5's padding mask, state restored, refusals) and SentencePi
 """
 
 import dataclasses
-import math
 from pathlib import Path
 
 import pytest
 import torch
+from transformer_host_checks import method_moves_the_latents, none_with_maps_equals_stock
 
 import ait2i
 from ait2i.hosts.pixart import PixArtAlphaHost, PixArtSigmaHost
@@ -94,30 +94,12 @@ def test_hosts_are_picked():
 @pytest.mark.parametrize("kind,scheduler", [("alpha", "dpm"), ("alpha", "ddim"), ("alpha", "euler"), ("sigma", "dpm")])
 def test_none_with_maps_equals_stock(kind, scheduler):
     pipe = tiny_pixart_pipeline(kind, scheduler=scheduler)
-    stock = pipe(PROMPT, generator=_gen(), **KW).images
-    before = dict(pipe.transformer.attn_processors)
-    rec = ait2i.generate(pipe, PROMPT, SUBJECTS, "none", record_maps=(0, 3), generator=_gen(), **KW)
-    assert torch.equal(rec.images, stock)
-    assert sorted(rec.diagnostics.maps) == [0, 3]
-    assert rec.diagnostics.maps[0].shape == (1, 2, 16, 16)  # (B, G, h, w) on the 16x16 token grid
-    _no_leftovers(pipe, before)
+    none_with_maps_equals_stock(pipe, KW, _no_leftovers)
 
 
 @pytest.mark.parametrize("method", ["ait2i", "ait2i-paper", "attend-and-excite"])
 def test_methods_run_record_finite_losses_and_move_the_latents(pipe, method):
-    before = dict(pipe.transformer.attn_processors)
-    base = ait2i.get_method(method)
-    refine = {0: 0.99} if base.refinement else {}
-    cfg = dataclasses.replace(base, max_guided_steps=1.0, refinement=refine, max_refinement_steps=2)
-    zero = dataclasses.replace(base, max_guided_steps=1.0, refinement={}, scale_factor=0.0)
-    out = ait2i.generate(pipe, PROMPT, SUBJECTS, cfg, generator=_gen(), **KW)
-    still = ait2i.generate(pipe, PROMPT, SUBJECTS, zero, generator=_gen(), **KW)
-    steps = out.diagnostics.steps
-    assert [r.step for r in steps] == [0, 1, 2, 3]
-    assert all(r.guided for r in steps) and all(math.isfinite(v) for r in steps for v in r.loss)
-    assert not torch.equal(out.images, still.images)
-    assert torch.equal(still.images, pipe(PROMPT, generator=_gen(), **KW).images)  # step size 0 = stock
-    _no_leftovers(pipe, before)
+    method_moves_the_latents(pipe, method, KW, _no_leftovers)
 
 
 def test_two_images_per_prompt_with_refinement_rows(pipe):
