@@ -184,3 +184,14 @@ def test_guidance_lowers_the_loss_on_the_shapesworld_mmdit():
             totals.append(sum(r.loss[0] for r in out.diagnostics.steps[1:]))
         losses[eta] = sum(totals)
     assert losses[20.0] < losses[0.0]
+
+
+def test_the_two_clip_tokenizers_must_split_the_prompt_alike():
+    from ait2i.testing import clip_bang_tokenizer
+
+    pipe = tiny_sd3_pipeline()
+    pipe.tokenizer_2 = clip_bang_tokenizer()  # SD3's second tokenizer pads with "!" and splits "!!" in two
+    with pytest.raises(ValueError, match=r"two tokenizers split the prompt differently from token 3"):
+        ait2i.generate(pipe, "a cat!! and a dog", ["cat", "dog"], **KW)
+    out = ait2i.generate(pipe, "a cat and a dog", ["cat", "dog"], **KW)  # a prompt both split alike runs
+    assert out.diagnostics.steps

@@ -506,3 +506,14 @@ def test_a_broken_method_plugin_is_reported_when_asked_for(monkeypatch):
     assert "ait2i" in ait2i.available_methods()  # the others still load
     with pytest.raises(ValueError, match="failed to load from its package.*no module named nowhere"):
         ait2i.get_method("broken")
+
+
+def test_flow_matching_scheduler_is_refused_outside_its_family():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from ait2i.testing import tiny_pixart_pipeline
+
+    for pipe, kw in ((tiny_sd_pipeline(), {}), (tiny_pixart_pipeline(), {"clean_caption": False})):
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler()
+        with pytest.raises(TypeError, match=r"FlowMatchEulerDiscreteScheduler is not supported \(not with this"):
+            ait2i.generate(pipe, PROMPT, SUBJECTS, num_inference_steps=2, **kw)

@@ -36,7 +36,14 @@ import torch
 
 from ..attention import StopForward, capture_attention, select_layers
 from ..subjects import end_token_index
-from .schedulers import check_scheduler, evaluations_per_step, input_scale, starts_step
+from .schedulers import (
+    FLOW_MATCHING,
+    SUPPORTED_SCHEDULERS,
+    check_scheduler,
+    evaluations_per_step,
+    input_scale,
+    starts_step,
+)
 
 #: ``make_engine(attend, num_steps) -> GuidanceEngine``: the host builds the engine once it knows the loop.
 EngineFactory = Callable[[Callable, int], Any]
@@ -127,6 +134,40 @@ def _callback_inputs(user_cb, user_inputs) -> list[str]:
     return list(dict.fromkeys([*(user_inputs or ["latents"]), "latents"]))
 
 
+def check_tokenizers_agree(pipe, prompt: str, first: str = "tokenizer", second: str = "tokenizer_2") -> None:
+    """Refuse a prompt that two CLIP tokenizers split differently.
+
+    SDXL and SD3 join the two CLIP encoders' hidden states position by position; subjects index the first
+    tokenizer's tokens, so the second must put the same words at the same positions (a "!"-padding tokenizer splits
+    "!!" in two, for one).
+
+    Raises:
+        ValueError: naming the first differing token and both token lists.
+    """
+    from ..subjects import format_tokens
+
+    tok1, tok2 = getattr(pipe, first, None), getattr(pipe, second, None)
+    if tok1 is None or tok2 is None:
+        return  # one text encoder only: nothing to align
+    convert = getattr(pipe, "maybe_convert_prompt", None)
+    p1, p2 = ((convert(prompt, t) if convert is not None else prompt) for t in (tok1, tok2))
+
+    def pieces(tokenizer, text: str) -> list[str]:
+        ids = tokenizer(text, truncation=True, max_length=tokenizer.model_max_length).input_ids
+        return [piece.removesuffix("</w>") for piece in tokenizer.convert_ids_to_tokens(ids)]
+
+    a, b = pieces(tok1, p1), pieces(tok2, p2)
+    if a == b:
+        return
+    k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    raise ValueError(
+        f"{type(pipe).__name__}: the two tokenizers split the prompt differently from token {k} on ({first}: "
+        f"{a[k] if k < len(a) else '(end)'!r}, {second}: {b[k] if k < len(b) else '(end)'!r}), so a token index "
+        f"would name different words in the two text encoders. {first}: {format_tokens(tok1, p1)}; {second}: "
+        f"{format_tokens(tok2, p2)}. Rephrase that part of the prompt (or load a textual inversion into both)."
+    )
+
+
 class CallbackHost(Host):
     """A host for UNet pipelines with ``callback_on_step_end`` (Stable Diffusion 1.x/2.x text-to-image).
 
@@ -136,6 +177,9 @@ class CallbackHost(Host):
     """
 
     pipelines = ()  # abstract: the family modules name their pipelines
+    #: Schedulers this family's pipelines can run (``schedulers.SUPPORTED_SCHEDULERS`` less flow matching, which
+    #: only the SD3 host's pipelines use); others are refused before the run.
+    schedulers: ClassVar[tuple[str, ...]] = tuple(n for n in SUPPORTED_SCHEDULERS if n not in FLOW_MATCHING)
     #: UNet ``addition_embed_type`` values whose inputs this host passes to the guided pass (see
     #: :meth:`added_cond_kwargs`); a UNet with any other added condition is refused.
     added_conditions: ClassVar[tuple[str, ...]] = ()
@@ -265,7 +309,7 @@ class CallbackHost(Host):
     # -- the run ----------------------------------------------------------------------------------------------
     def run(self, cfg, make_engine: EngineFactory):
         pipe, kw = self.pipe, dict(self.kwargs)
-        self.notes += [n for n in [check_scheduler(pipe.scheduler)] if n]  # before anything runs
+        self.notes += [n for n in [check_scheduler(pipe.scheduler, self.schedulers)] if n]  # before anything runs
         self.reset()
         self._cfg = cfg
         self._loop_timesteps = None

@@ -82,17 +82,29 @@ REFUSED_SCHEDULERS: dict[str, str] = {
 }
 
 
-def check_scheduler(scheduler) -> str:
+#: Flow-matching schedulers: for the pipelines trained with them (SD3), not interchangeable with the others.
+FLOW_MATCHING = frozenset({"FlowMatchEulerDiscreteScheduler"})
+
+
+def check_scheduler(scheduler, allowed=None) -> str:
     """The diagnostics note for ``scheduler``; raise `TypeError` if guidance is not right under it.
+
+    Args:
+        scheduler: the pipeline's scheduler.
+        allowed (`Sequence[str]`, *optional*): the scheduler classes the host's pipelines run (default: all of
+            :data:`SUPPORTED_SCHEDULERS`).
 
     Raises:
         TypeError: an unsupported scheduler (the message lists the supported ones), or PNDM with PRK steps.
     """
     name = type(scheduler).__name__
-    if name not in SUPPORTED_SCHEDULERS:
+    allowed = list(allowed) if allowed is not None else list(SUPPORTED_SCHEDULERS)
+    if name not in allowed:
         why = REFUSED_SCHEDULERS.get(name, "it has not been checked for what it does with a latent update")
+        if name in SUPPORTED_SCHEDULERS:
+            why = "not with this pipeline family"
         raise TypeError(
-            f"scheduler {name} is not supported ({why}); supported: {', '.join(SUPPORTED_SCHEDULERS)}. "
+            f"scheduler {name} is not supported ({why}); supported: {', '.join(allowed)}. "
             f"Swap it, e.g. pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)"
         )
     if name == "PNDMScheduler" and not scheduler.config.get("skip_prk_steps", False):

@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import AttentionStore, WrappingProcessor, token_grid_res
-from .base import CallbackHost, Host
+from .base import CallbackHost, Host, check_tokenizers_agree
 from .registry import register_host
 
 #: Schedulers checked with this host (also in ``schedulers.SUPPORTED_SCHEDULERS``, which ``run`` consults).
@@ -180,6 +180,7 @@ class StableDiffusion3Host(CallbackHost):
     }
     #: ``read_blocks(num_blocks) -> block indices`` whose joint attention is averaged into the maps.
     read_blocks: ClassVar = staticmethod(quarter_depth)
+    schedulers = FLOW_SCHEDULERS
     #: One of :data:`MAP_NORMALISATIONS`.
     normalise: ClassVar[str] = "joint"
 
@@ -199,6 +200,7 @@ class StableDiffusion3Host(CallbackHost):
                 f"{', '.join(FLOW_SCHEDULERS)} (flow matching: the transformer sees the latents unscaled)"
             )
         self.check_call_arguments()
+        check_tokenizers_agree(pipe, self.prompt)  # CLIP-1 and CLIP-2 are joined position by position
         self._check_other_prompt("prompt_2", getattr(pipe, "tokenizer_2", None), "text_encoder_2")
         self._check_other_prompt("prompt_3", getattr(pipe, "tokenizer_3", None), "text_encoder_3")
 

@@ -30,17 +30,9 @@ from __future__ import annotations
 
 import torch
 
-from ..subjects import format_tokens
-from .base import CallbackHost
+from .base import CallbackHost, check_tokenizers_agree
 from .controlnet import ControlNetHost
 from .registry import register_host
-
-_EOW = "</w>"
-
-
-def _pieces(tokenizer, prompt: str) -> list[str]:
-    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
-    return [p.removesuffix(_EOW) for p in tokenizer.convert_ids_to_tokens(ids)]
 
 
 class _SDXLMixin:
@@ -58,25 +50,7 @@ class _SDXLMixin:
                 "would read other words at the subjects' token positions. Give prompt_2=None (the prompt for both "
                 "encoders) or the same text."
             )
-        self._check_tokenizers()
-
-    def _check_tokenizers(self) -> None:
-        tok1, tok2 = getattr(self.pipe, "tokenizer", None), getattr(self.pipe, "tokenizer_2", None)
-        if tok1 is None or tok2 is None:
-            return  # one text encoder only: nothing to align
-        p1, p2 = self._converted(tok1), self._converted(tok2)
-        a, b = _pieces(tok1, p1), _pieces(tok2, p2)
-        if a == b:
-            return
-        k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        first = a[k] if k < len(a) else "(end)"
-        second = b[k] if k < len(b) else "(end)"
-        raise ValueError(
-            f"{type(self.pipe).__name__}: the two tokenizers split the prompt differently from token {k} on "
-            f"(tokenizer: {first!r}, tokenizer_2: {second!r}), so a token index would name different words in the "
-            f"two text encoders. tokenizer: {format_tokens(tok1, p1)}; tokenizer_2: {format_tokens(tok2, p2)}. "
-            "Rephrase that part of the prompt (or load a textual inversion into both encoders)."
-        )
+        check_tokenizers_agree(self.pipe, self.prompt)
 
     def _converted(self, tokenizer) -> str:
         convert = getattr(self.pipe, "maybe_convert_prompt", None)
