@@ -392,3 +392,65 @@ def test_model_images_read_by_eye(name):
     requested = next(p.objects for p in shapes_prompts(per_category=12) if p.text == prompt)
     m = match(found, requested)
     assert (m["exact_binding"], m["extra"], m["clean_binding"]) == (exact, extra, exact and extra == 0)
+
+
+# -- the ring: a second shape the model never saw, told apart by its hole ----------------------------------------
+
+
+def test_holes_are_enclosed_background_only():
+    from ait2i.shapes.check import holes
+
+    yy, xx = np.mgrid[:15, :15]
+    r2 = (yy - 7) ** 2 + (xx - 7) ** 2
+    disc = r2 <= 49
+    ring = disc & (r2 >= 9)
+    assert not holes(disc).any()
+    assert holes(ring).sum() == (r2 < 9).sum()
+    open_ring = ring & ~((xx > 7) & (np.abs(yy - 7) <= 1))  # a gap in the band: nothing is enclosed
+    assert not holes(open_ring).any()
+
+
+def test_rings_at_every_size_position_and_colour():
+    rng = np.random.default_rng([CHECK_NAMESPACE, 20])
+    for size in np.arange(9.0, 16.01, 0.5):
+        for color in R.COLORS:
+            spec = S(color, "ring", *rng.uniform(size / 2 + 1, 31 - size / 2, 2), float(size))
+            found = [d for d in check(R.render(R.Scene([spec], int(rng.integers(20, 71))))) if not d.is_noise]
+            assert [(d.color, d.shape) for d in found] == [(color, "ring")], (size, color, found)
+            assert found[0].shape_score >= 0.7
+
+
+def test_ring_is_told_from_the_other_shapes_at_random():
+    rng = np.random.default_rng([CHECK_NAMESPACE, 21])
+    confusion = {}
+    for shape in R.ALL_SHAPES:
+        for _ in range(60):
+            spec = S(str(rng.choice(list(R.COLORS))), shape, *rng.uniform(9, 23, 2), float(rng.uniform(9, 16)))
+            (d,) = [d for d in check(R.render(R.Scene([spec], int(rng.integers(20, 71))))) if not d.is_noise]
+            confusion[(shape, d.shape)] = confusion.get((shape, d.shape), 0) + 1
+    print(confusion)
+    for shape in ("circle", "square", "triangle", "star"):
+        assert confusion.get((shape, "ring"), 0) == 0  # nothing else is ever a ring
+        assert confusion.get(("ring", shape), 0) == 0  # and a ring is never read as another shape
+    assert confusion[("ring", "ring")] == 60
+
+
+def test_rings_next_to_other_shapes_and_stretched_rings():
+    assert _read(S("red", "ring", 9, 9, 12), S("blue", "circle", 23, 22, 12)) == [
+        ("blue", (), "circle"),
+        ("red", (), "ring"),
+    ]
+    assert _read(S("cyan", "ring", 9, 10, 11), S("yellow", "star", 22, 10, 12), S("purple", "ring", 15, 24, 10)) == [
+        ("cyan", (), "ring"),
+        ("purple", (), "ring"),
+        ("yellow", (), "star"),
+    ]
+    assert _read(S("green", "ring", 16, 16, 18, aspect=2)) == [("green", (), "other")]  # a stretched ring
+    # a ring in two colours is one mixed ring
+    ((color, leaked, shape),) = _read(S("red", "ring", 16, 16, 14, second_color="blue"))
+    assert shape == "ring" and {color, *leaked} == {"red", "blue"} and len(leaked) == 1
+    m = match(check(R.render(R.Scene([S("red", "ring", 9, 9, 12), S("blue", "star", 23, 22, 12)], 40))),
+              [("red", "ring"), ("blue", "star")])  # fmt: skip
+    assert m["exact_binding"] and m["clean_binding"]
+    m = match(check(R.render(R.Scene([S("red", "circle", 9, 9, 12)], 40))), [("red", "ring")])
+    assert not m["exact_binding"] and m["color_present"] == 1

@@ -184,7 +184,7 @@ def test_training_mix_is_unchanged():
         20.44516039929509,
         10.551495652810582,
     )
-    assert "star" not in R.SHAPES and R.ALL_SHAPES == R.SHAPES + ("star",)
+    assert "star" not in R.SHAPES and "ring" not in R.SHAPES and R.ALL_SHAPES == R.SHAPES + ("star", "ring")
 
 
 def test_explicit_defaults_draw_the_same_pixels():
@@ -236,3 +236,23 @@ def test_star():
     assert _covered(R.render(R.Scene([star], 30)), 30) < 0.6 * _covered(square, 30)
     scene = R.sample_scene(3, 2, shapes=["star", "circle"])  # scenes with stars can be sampled on request
     assert [o.shape for o in scene.objects] == ["star", "circle"]
+
+
+def test_ring():
+    ring = R.ShapeSpec("green", "ring", 16, 16, 14)
+    assert ring.bbox == pytest.approx((9, 9, 23, 23), abs=1e-3)  # the ring fills its box, as a circle does
+    px = R.to_array(R.render(R.Scene([ring], 30)))
+    assert tuple(px[16, 16]) == (30, 30, 30)  # the hole shows the background
+    assert tuple(px[16, 10]) == R.COLORS["green"] and tuple(px[10, 16]) == R.COLORS["green"]  # the band
+    assert tuple(px[9, 9]) == (30, 30, 30)  # outside the outer circle
+    # the hole is RING_INNER of the diameter: the ring covers 1 - RING_INNER**2 of the disc (green's G channel)
+    area = (px[..., 1].astype(float) - 30).sum() / (R.COLORS["green"][1] - 30)
+    assert area == pytest.approx(np.pi * 7**2 * (1 - R.RING_INNER**2), rel=0.03)
+    assert R.ShapeSpec("green", "circle", 16, 16, 14).hole() is None
+    np.testing.assert_allclose(np.linalg.norm(ring.hole() - 16, axis=1), 7 * R.RING_INNER)
+    # a two-colour ring keeps its hole; a sampled scene can hold rings on request
+    two = R.to_array(R.render(R.Scene([R.ShapeSpec("red", "ring", 16, 16, 14, second_color="blue")], 30)))
+    assert tuple(two[16, 16]) == (30, 30, 30)
+    assert tuple(two[16, 10]) == R.COLORS["red"] and tuple(two[16, 21]) == R.COLORS["blue"]
+    scene = R.sample_scene(4, 2, shapes=["ring", "star"])
+    assert [o.shape for o in scene.objects] == ["ring", "star"]

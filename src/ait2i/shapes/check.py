@@ -12,8 +12,9 @@ The reading is deterministic and needs no learned model:
    the neck between them (:func:`split_touching`);
 4. **colour leakage**: touching pieces of different colours whose union is one well-formed shape are one object
    painted in several colours (``leaked_colors``), which matches no request;
-5. **shape by geometry** (:func:`classify_shape`): star (non-convex), triangle (lopsided), square (reaches out
-   along its diagonals, tilted up to 20 degrees) or circle; a shape stretched past :data:`MAX_ELONGATION` is a
+5. **shape by geometry** (:func:`classify_shape`): ring (a round shape with a hole: background pixels the
+   component encloses), star (non-convex), triangle (lopsided), square (reaches out along its diagonals, tilted up
+   to 20 degrees) or circle; a shape stretched past :data:`MAX_ELONGATION` is a
    ``"rectangle"``, ``"ellipse"`` or ``"other"``; the soft IoU with the ideal template is the shape score;
 6. components smaller than ``min_area`` are reported with ``is_noise=True`` rather than counted as objects.
 
@@ -39,7 +40,8 @@ class DetectedObject:
 
     Attributes:
         color (`str`): palette colour name.
-        shape (`str`): best-matching shape (``"circle"``, ``"square"`` or ``"triangle"``).
+        shape (`str`): best-matching shape (``"circle"``, ``"square"``, ``"triangle"``, ``"star"``, ``"ring"``;
+            ``"rectangle"``, ``"ellipse"``, ``"other"`` for stretched ones; ``"unknown"`` for noise).
         bbox (`tuple[int, int, int, int]`): ``(x0, y0, x1, y1)`` in pixels, ``x1``/``y1`` exclusive.
         area (`int`): number of pixels in the region.
         is_noise (`bool`): the region is smaller than the checker's ``min_area``: a speck, not an object.
@@ -178,10 +180,11 @@ def components(mask: np.ndarray) -> list[np.ndarray]:
 _TEMPLATES: dict[tuple[int, int], dict[str, list[np.ndarray]]] = {}
 
 #: Shapes a request can name. Everything else the checker reports ("rectangle", "ellipse", "other") never matches.
-REQUESTABLE = ("circle", "square", "triangle", "star")
+REQUESTABLE = ("circle", "square", "triangle", "star", "ring")
 SQUARE_TILTS = (-15.0, -10.0, -5.0, 5.0, 10.0, 15.0)  # degrees: tilted square templates (for the shape score)
 STAR_INNER = 0.45  # inner-to-outer radius ratio of the renderer's star
 STAR_TURNS = tuple(range(0, 72, 6))  # star template rotations, degrees (five-fold symmetric)
+RING_INNER = 0.5  # hole diameter over outer diameter of the renderer's ring
 
 
 def _star_outline(turn: float) -> np.ndarray:
@@ -225,6 +228,7 @@ def _templates(h: int, w: int) -> dict[str, list[np.ndarray]]:
             rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
             tilted.append(_inside(u, v, _box_poly(unit_square @ rot.T)))
         stars = [_inside(u, v, _box_poly(_star_outline(t))) for t in STAR_TURNS]
+        ring = circle & ((u - 0.5) ** 2 + (v - 0.5) ** 2 >= 0.25 * RING_INNER**2)
 
         def cover(m):
             return m.reshape(h, s, w, s).mean(axis=(1, 3))
@@ -234,6 +238,7 @@ def _templates(h: int, w: int) -> dict[str, list[np.ndarray]]:
             "circle": [cover(circle)],
             "triangle": [cover(t) for t in tri],
             "star": [cover(t) for t in stars],
+            "ring": [cover(ring)],
         }
     return _TEMPLATES[key]
 
@@ -299,15 +304,32 @@ def solidity(mask: np.ndarray) -> float:
     return float(len(xs) / max(area, 1e-9))
 
 
+def holes(mask: np.ndarray) -> np.ndarray:
+    """The pixels a mask encloses: those outside it that no 4-connected path of outside pixels joins to the edge of
+    the array (the hole of a ring; none for a circle, square, triangle or star)."""
+    out = ~mask
+    reach = np.zeros_like(out)
+    reach[0], reach[-1], reach[:, 0], reach[:, -1] = out[0], out[-1], out[:, 0], out[:, -1]
+    queue = deque(zip(*np.nonzero(reach)))
+    h, w = mask.shape
+    while queue:
+        y, x = queue.popleft()
+        for yy, xx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+            if 0 <= yy < h and 0 <= xx < w and out[yy, xx] and not reach[yy, xx]:
+                reach[yy, xx] = True
+                queue.append((yy, xx))
+    return out & ~reach
+
+
 def _template_iou(m: np.ndarray, name: str) -> float:
     return max(float(np.minimum(m, t).sum() / max(np.maximum(m, t).sum(), 1e-9)) for t in _templates(*m.shape)[name])
 
 
 #: What a shape is called when it is stretched past its :data:`MAX_ELONGATION`.
-STRETCHED = {"square": "rectangle", "circle": "ellipse", "triangle": "other", "star": "other"}
+STRETCHED = {"square": "rectangle", "circle": "ellipse", "triangle": "other", "star": "other", "ring": "other"}
 #: Largest :func:`elongation` of each shape (a 2:1 rectangle or ellipse measures 2.0, a square or circle ~1.0-1.1,
 #: the renderer's triangle ~1.15 and 2:1 triangles 1.73 or 2.31).
-MAX_ELONGATION = {"square": 1.35, "circle": 1.35, "triangle": 1.5, "star": 1.35}
+MAX_ELONGATION = {"square": 1.35, "circle": 1.35, "triangle": 1.5, "star": 1.35, "ring": 1.35}
 
 
 def classify_shape(
@@ -316,10 +338,16 @@ def classify_shape(
     square_ratio: float = 1.2,
     star_solidity: float = 0.8,
     star_margin: float = 0.1,
+    ring_hole: float = 0.08,
+    ring_margin: float = 0.1,
 ) -> tuple[str, float]:
     """The shape of a component mask, from scale-free geometric cues.
 
-    - A star is the only strongly non-convex shape: its area is well below that of its convex hull
+    - A ring is the only shape with a hole: the background pixels it encloses (:func:`holes`) are at least
+      ``ring_hole`` of its filled area (clean renders at sizes 9-16: 0.17-0.25; the other shapes enclose none),
+      and, filled in, it is round: the circle template fits the filled mask at least as well as the others but
+      ``ring_margin``.
+    - A star is the only strongly non-convex shape among the rest: its area is well below that of its convex hull
       (:func:`solidity` under ``star_solidity``; clean renders: stars 0.55-0.74, other shapes 0.84-1), and the
       star template then fits it about as well as the best one (within ``star_margin``; a star of 9 px has lost
       its thin points to the pixel grid and often fits the circle template a little better).
@@ -338,6 +366,9 @@ def classify_shape(
             non-triangle is a square.
         star_solidity (`float`, *optional*, defaults to 0.8): solidity below which a component may be a star.
         star_margin (`float`, *optional*, defaults to 0.1): how far the star template's IoU may trail the best.
+        ring_hole (`float`, *optional*, defaults to 0.08): smallest enclosed fraction of a ring's filled area.
+        ring_margin (`float`, *optional*, defaults to 0.1): how far the circle template's IoU with the filled
+            mask may trail the best of the other templates.
 
     Returns:
         `tuple[str, float]`: shape name and the soft IoU in [0, 1] of the mask with that shape's ideal template
@@ -347,7 +378,15 @@ def classify_shape(
     if not m.any():
         raise ValueError("mask is empty")
     name = None
-    if solidity(m > 0) < star_solidity:
+    shape_mask = m > 0
+    hole = holes(shape_mask)
+    if hole.sum() >= ring_hole * (shape_mask.sum() + hole.sum()):
+        filled = np.maximum(m, hole)
+        ious = {k: _template_iou(filled, k) for k in ("circle", "square", "triangle", "star")}
+        if ious["circle"] >= max(ious.values()) - ring_margin:
+            name = "ring"
+            shape_mask = shape_mask | hole  # its elongation is that of the filled disc
+    if name is None and solidity(m > 0) < star_solidity:
         ious = {k: _template_iou(m, k) for k in REQUESTABLE}
         if ious["star"] >= max(ious.values()) - star_margin:
             name = "star"
@@ -357,7 +396,7 @@ def classify_shape(
         else:
             name = "square" if _diagonal_ratio(m > 0) > square_ratio else "circle"
     score = _template_iou(m, name)
-    if elongation(m > 0) > MAX_ELONGATION[name]:
+    if elongation(shape_mask) > MAX_ELONGATION[name]:
         name = STRETCHED[name]
     return name, score
 
@@ -478,7 +517,7 @@ def _detection(mask: np.ndarray, color: str, min_area: int, leaked=()) -> Detect
 
 #: Template IoU from which a shape counts as well formed (the 1st percentile on clean renders at sizes 9-16 is
 #: circle 0.86, square 0.97, triangle 0.79, star 0.67; unions of two touching objects score at most ~0.62).
-GOOD_SCORE = {"circle": 0.75, "square": 0.75, "triangle": 0.7, "star": 0.6}
+GOOD_SCORE = {"circle": 0.75, "square": 0.75, "triangle": 0.7, "star": 0.6, "ring": 0.6}
 
 
 def _good(mask: np.ndarray, slack: float = 0.0) -> tuple[bool, str, float]:
@@ -536,7 +575,9 @@ def check(
         for pix in components(labels == ci):
             m = np.zeros((h, w), dtype=bool)
             m[pix[:, 0], pix[:, 1]] = True
-            parts = split_touching(m, min_area) if len(pix) >= 2 * min_area else [m]
+            # a well-formed ring is one object: its distance map has a ridge of maxima all round, no neck to cut
+            whole = len(pix) < 2 * min_area or (holes(m).any() and _good(m)[1] == "ring")
+            parts = [m] if whole else split_touching(m, min_area)
             pieces.extend((ci, p) for p in parts)
     # groups of pieces that touch, directly or across blended (unassigned, non-background) pixels
     far = np.linalg.norm(img.astype(np.float64) - bg, axis=-1) > max_residual

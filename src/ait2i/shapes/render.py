@@ -14,9 +14,10 @@ Training data mix (:func:`sample_training_scene`):
   still appears in other pairs), so prompts naming them test composition the model never saw;
 - captions list the objects in a random order.
 
-Outside the training mix, :class:`ShapeSpec` can also draw a five-pointed ``"star"`` (:data:`EXTRA_SHAPES`, a
-shape the shipped model never saw), rotated or stretched shapes (``angle``, ``aspect``) and one shape painted in
-two colours (``second_color``), e.g. to test the checker; at their defaults every scene renders as before.
+Outside the training mix, :class:`ShapeSpec` can also draw a five-pointed ``"star"`` and a ``"ring"`` (an
+annulus whose hole is :data:`RING_INNER` of its diameter): :data:`EXTRA_SHAPES`, shapes the shipped model never
+saw; and rotated or stretched shapes (``angle``, ``aspect``) and one shape painted in two colours
+(``second_color``), e.g. to test the checker. At their defaults every scene renders as before.
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 #: Shapes the renderer can draw that are never in the training mix (new concepts, e.g. for personalization).
-EXTRA_SHAPES: tuple[str, ...] = ("star",)
+EXTRA_SHAPES: tuple[str, ...] = ("star", "ring")
 ALL_SHAPES: tuple[str, ...] = SHAPES + EXTRA_SHAPES
 STAR_INNER = (
     0.45  # inner-to-outer radius ratio of the five-pointed star (0.38 for a pentagram; fatter reads better at 32 px)
 )
+RING_INNER = 0.5  # hole diameter over outer diameter of the ring (a hole of 4.5 px at the smallest size, 9 px)
 
 # Colour-shape pairs kept out of training (held-out compositions).
 HELD_OUT: frozenset[tuple[str, str]] = frozenset({("yellow", "triangle"), ("cyan", "circle"), ("purple", "square")})
@@ -104,7 +106,7 @@ class ShapeSpec:
             h = self.size / self.aspect
         else:
             w = self.size * self.aspect
-        if self.shape == "circle":
+        if self.shape in ("circle", "ring"):  # a ring's outline is its outer circle (its hole: :meth:`hole`)
             t = np.linspace(0, 2 * np.pi, 180, endpoint=False)
             pts = np.stack([np.cos(t) / 2, np.sin(t) / 2], axis=1)
         elif self.shape == "square":
@@ -121,6 +123,14 @@ class ShapeSpec:
         a = np.deg2rad(self.angle)
         rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])  # counter-clockwise with y down
         return pts @ rot.T + np.array([self.cx, self.cy])
+
+    def hole(self) -> np.ndarray | None:
+        """The outline of the hole as ``(N, 2)`` points in pixels (a ring's inner circle), or None for a shape
+        without one."""
+        if self.shape != "ring":
+            return None
+        c = np.array([self.cx, self.cy])
+        return c + (self.outline() - c) * RING_INNER
 
     @property
     def phrase(self) -> str:
@@ -188,11 +198,14 @@ def render(scene: Scene) -> Image.Image:
 
 
 def _draw_general(big: Image.Image, obj: ShapeSpec) -> None:
-    """Draws a rotated, stretched, star or two-colour shape on the supersampled canvas (binary coverage)."""
+    """Draws a rotated, stretched, star, ring or two-colour shape on the supersampled canvas (binary coverage)."""
     s = SUPERSAMPLE
     mask = Image.new("L", big.size, 0)
     # pixel (i, j) of the canvas is filled when its centre (i + 0.5, j + 0.5) is inside: shift by half a pixel
     ImageDraw.Draw(mask).polygon([(x * s - 0.5, y * s - 0.5) for x, y in obj.outline()], fill=255)
+    hole = obj.hole()
+    if hole is not None:  # the ring's hole shows what was there before (the background)
+        ImageDraw.Draw(mask).polygon([(x * s - 0.5, y * s - 0.5) for x, y in hole], fill=0)
     if obj.second_color is None:
         big.paste(COLORS[obj.color], mask=mask)
         return
