@@ -17,6 +17,8 @@ import argparse
 import ast
 import contextlib
 import dataclasses
+import inspect
+import json
 import os
 import re
 import sys
@@ -154,6 +156,16 @@ def _format_token_table(tokenizer, prompt: str) -> str:
     return "\n".join(lines)
 
 
+def _tokenizer_component(model_index: Path) -> str:
+    """The subfolder of the tokenizer the subjects resolve on, from a folder's ``model_index.json`` (Flux: T5's)."""
+    from .hosts import host_named
+
+    if not model_index.is_file():
+        return "tokenizer"
+    host = host_named(json.loads(model_index.read_text()).get("_class_name", ""))
+    return host.tokenizer_component if host is not None else "tokenizer"
+
+
 def _load_tokenizer(model: str | None):
     if model is None:
         from .testing import clip_tokenizer
@@ -164,10 +176,13 @@ def _load_tokenizer(model: str | None):
     try:
         path = Path(model).expanduser()
         if path.is_dir():
-            sub = path / "tokenizer"
+            sub = path / _tokenizer_component(path / "model_index.json")
             return AutoTokenizer.from_pretrained(str(sub if sub.is_dir() else path))
         _check_hub_id(model)
-        return AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
+        from huggingface_hub import hf_hub_download
+
+        component = _tokenizer_component(Path(hf_hub_download(model, "model_index.json")))
+        return AutoTokenizer.from_pretrained(model, subfolder=component)
     except ValueError:
         raise
     except Exception as e:  # noqa: BLE001 - any loader failure becomes one clear message
@@ -315,7 +330,7 @@ def cmd_generate(args) -> int:
 
     import ait2i
 
-    from . import __version__
+    from . import __version__, hosts
     from .metadata import save_png
     from .viz import save_attention
 
@@ -325,12 +340,16 @@ def cmd_generate(args) -> int:
     if plan.subjects is None and plan.cfg.name != "none":
         raise ValueError(
             "no --subjects given; name the words to guide. Tokens of the prompt:\n"
-            + _format_token_table(pipe.tokenizer, args.prompt)
+            + _format_token_table(hosts.host_for(pipe).subject_tokenizer(pipe), args.prompt)
         )
     pipe.to(plan.device)
     pipe.set_progress_bar_config(disable=args.quiet, leave=False)
 
-    call = {"num_inference_steps": args.steps, "guidance_scale": args.guidance_scale}
+    guidance_scale = args.guidance_scale
+    if guidance_scale is None:  # the pipeline's own default (7.5 for SD 1.x, 5.0 for SDXL, 3.5 for Flux, ...)
+        default = inspect.signature(pipe.__call__).parameters.get("guidance_scale")
+        guidance_scale = default.default if default is not None else 7.5
+    call = {"num_inference_steps": args.steps, "guidance_scale": guidance_scale}
     call.update({k: getattr(args, k) for k in ("height", "width", "negative_prompt") if getattr(args, k) is not None})
     batch = args.batch_size or len(plan.seeds)
     images, diags = [], []  # diags: (diagnostics of the batch, index in the batch) per image
@@ -353,7 +372,7 @@ def cmd_generate(args) -> int:
         "method": plan.cfg.name,
         "method_config": {f.name: getattr(plan.cfg, f.name) for f in dataclasses.fields(plan.cfg)},
         "steps": args.steps,
-        "guidance_scale": args.guidance_scale,
+        "guidance_scale": guidance_scale,
         "height": images[0].height,
         "width": images[0].width,
         "scheduler": type(pipe.scheduler).__name__,
@@ -444,7 +463,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     g.add_argument("--seed", default="0", help="seed, range or list: 0, 0-3, 0,2,5 (default: 0)")
     g.add_argument("--batch-size", type=int, default=None, help="images per pipeline call (default: all seeds)")
     g.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
-    g.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default: 7.5)")
+    g.add_argument(
+        "--guidance-scale", type=float, default=None, help="classifier-free guidance (default: the pipeline's own)"
+    )
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)

@@ -335,3 +335,46 @@ def tiny_pixart_pipeline(
     )  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_flux_pipeline(seed: int = 0, tokenizer=None, num_layers: int = 4, guidance_embeds: bool = True):
+    """A random tiny ``FluxPipeline``: a CLIP encoder (width 16, pooled output only, as Flux uses it), a 1-layer T5
+    encoder with a SentencePiece-style T5 tokenizer (default: :func:`t5_tokenizer_dir`, a source checkout's), a
+    ``FluxTransformer2DModel`` with ``num_layers`` double-stream and 2 single-stream blocks (width 32, rotary axes
+    4/6/6), a 1-block ``AutoencoderKL`` (scale factor 1, 4 latent channels, packed 2x2 into 16-channel tokens: a
+    32x32 image is a 16x16 token grid). Pass ``height=32, width=32``."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    if tokenizer is None:
+        d = t5_tokenizer_dir()
+        if not (d / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"no T5 tokenizer at {d} (a source checkout's tests/data); pass tokenizer=")
+        tokenizer = AutoTokenizer.from_pretrained(d)
+    torch.manual_seed(seed)
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+            max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        )
+    )  # fmt: skip
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2))
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=num_layers, num_single_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 6, 6),
+    )  # fmt: skip
+    with torch.no_grad():  # a non-trivial output and modulation
+        for p in transformer.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(8,), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=32,
+        scaling_factor=1.5, shift_factor=0.1, use_quant_conv=False, use_post_quant_conv=False,
+    )  # fmt: skip
+    pipe = FluxPipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=clip.eval(),
+        tokenizer=clip_tokenizer(), text_encoder_2=t5.eval(), tokenizer_2=tokenizer,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -11,7 +11,7 @@ import importlib
 import pkgutil
 
 from .base import CallbackHost, Host, intercept
-from .registry import _HOSTS, host_for, register_host, supported_pipelines  # noqa: F401 - _HOSTS for tests
+from .registry import _HOSTS, host_for, host_named, register_host, supported_pipelines  # noqa: F401 - _HOSTS for tests
 from .schedulers import SUPPORTED_SCHEDULERS, check_scheduler
 
 _INFRASTRUCTURE = {"base", "registry", "schedulers"}
@@ -25,6 +25,7 @@ __all__ = [
     "Host",
     "check_scheduler",
     "host_for",
+    "host_named",
     "intercept",
     "register_host",
     "supported_pipelines",

@@ -59,6 +59,13 @@ class Host:
 
     pipelines: ClassVar[tuple[str, ...]] = ()
     refused: ClassVar[dict[str, str]] = {}
+    #: The pipeline component whose tokenizer the subjects resolve on (its subfolder in a diffusers folder).
+    tokenizer_component: ClassVar[str] = "tokenizer"
+
+    @classmethod
+    def subject_tokenizer(cls, pipe):
+        """The tokenizer of ``pipe`` the subjects resolve on, before any call (e.g. for a token table)."""
+        return getattr(pipe, cls.tokenizer_component)
 
     def __init__(self, pipe, prompt: str, kwargs: dict):
         self.pipe = pipe

@@ -129,6 +129,10 @@ class PixArtAlphaHost(StepHookHost):
             )
 
     # -- text side ----------------------------------------------------------------------------------------------
+    @classmethod
+    def subject_tokenizer(cls, pipe):
+        return PipelineTokenizer(pipe.tokenizer)
+
     @property
     def tokenizer(self):
         return PipelineTokenizer(self.pipe.tokenizer)

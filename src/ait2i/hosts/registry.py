@@ -39,3 +39,8 @@ def host_for(pipe) -> type[Host]:
                     )
                 return host
     raise TypeError(f"{cls.__name__} is not supported; supported pipelines: {', '.join(supported_pipelines())}")
+
+
+def host_named(pipeline_class: str) -> type[Host] | None:
+    """The adapter class of the pipeline class named ``pipeline_class`` (e.g. a folder's ``_class_name``), if any."""
+    return next((h for h in _HOSTS if pipeline_class in h.pipelines), None)
