@@ -9,7 +9,8 @@ CPU the ratios use CPU time (with one thread it is what the variant costs, whate
 wall time (``--clock`` overrides).
 
 ``--family`` picks the pipeline family: ``sd15`` (``StableDiffusionPipeline``, the default), ``sdxl``
-(``StableDiffusionXLPipeline``), ``sd3`` (``StableDiffusion3Pipeline``) or ``pixart`` (``PixArtSigmaPipeline``).
+(``StableDiffusionXLPipeline``), ``sd3`` (``StableDiffusion3Pipeline``), ``pixart`` (``PixArtSigmaPipeline``) or
+``flux`` (``FluxPipeline``).
 diffusers' ``StableDiffusionAttendAndExcitePipeline`` exists for SD 1.x only, so the "diffusers A&E" variant and
 column are SD 1.5's only; the other families compare vanilla, our A&E and our AI-T2I.
 
@@ -22,6 +23,7 @@ Usage::
     python benchmarks/overhead.py --family sdxl --steps 10 --repeats 2   # tiny random SDXL pipeline, CPU
     python benchmarks/overhead.py --full-size --device cuda --dtype float16 --out results.md
     python benchmarks/overhead.py --family sd3 --full-size --device cuda --dtype float16 --height 1024 --width 1024
+    python benchmarks/overhead.py --family flux --full-size --device cuda --dtype float16 --steps 28 --seeds 0
     python benchmarks/overhead.py --model path/or/hub-id --device cuda
 
 ``--full-size`` builds randomly initialised components with the architecture of the published configs (no
@@ -40,6 +42,11 @@ download): the speed of a real checkpoint without its weights.
   patch 2; the SDXL autoencoder; 1024x1024 images) with a T5 encoder of T5-XXL's width (d_model 4096, 64 heads of
   64, gated-GELU d_ff 10240) but only ``PIXART_T5_LAYERS`` layers (T5-XXL has 24) and the tiny test tokenizer's
   vocabulary: the text encoder runs once per call, outside the guided loop, the same for every variant.
+- ``flux``: FLUX.1-dev (19 double-stream and 38 single-stream blocks, 24 heads of 128, joint attention dim 4096,
+  pooled projection 768, guidance embedding, rotary axes 16/56/56, 64 packed channels; CLIP-L; the 16-channel Flux
+  autoencoder; dynamic-shift flow matching; 1024x1024 images) with the same shallow T5-XXL-wide stand-in as
+  ``pixart``. About 12 B transformer parameters: building it takes ~48 GB of host memory (float32 before the cast)
+  and ~24 GB of GPU memory in float16.
 
 On the CPU pass a reduced ``--height/--width/--steps``; the real sizes need a GPU (``--device cuda --dtype
 float16``). Random weights never meet the A&E refinement thresholds, so the A&E variants run every refinement
@@ -49,6 +56,7 @@ iteration (20 at steps 0, 10 and 20): the worst case, the same work for both.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -64,14 +72,17 @@ import torch
 from ait2i.hosts.schedulers import SCHEDULER_NAMES
 
 VARIANTS = ("vanilla", "diffusers-ae", "ours-ae", "ours-ait2i")
-FAMILIES = ("sd15", "sdxl", "sd3", "pixart")
+FAMILIES = ("sd15", "sdxl", "sd3", "pixart", "flux")
 #: Scheduler of each family when ``--scheduler`` is not given (``"default"``: the pipeline's own).
-DEFAULT_SCHEDULER = {"sd15": "ddim", "sdxl": "euler", "sd3": "default", "pixart": "dpm"}
+DEFAULT_SCHEDULER = {"sd15": "ddim", "sdxl": "euler", "sd3": "default", "pixart": "dpm", "flux": "default"}
+#: Families that sample with their own flow-matching scheduler only.
+FLOW_FAMILIES = ("sd3", "flux")
 FAMILY_NAMES = {
     "sd15": "SD 1.5",
     "sdxl": "SDXL base",
     "sd3": "SD3-medium (no T5)",
     "pixart": "PixArt-Sigma",
+    "flux": "FLUX.1-dev",
 }
 #: Encoder layers of the full-size PixArt's T5 stand-in (T5-XXL's width, not its 24 layers).
 PIXART_T5_LAYERS = 2
@@ -233,7 +244,7 @@ def pixart_components(scheduler: str = "dpm", seed: int = 0) -> dict:
     embedding table is small; its width (4096), heads and feed-forward are T5-XXL's, its depth ``PIXART_T5_LAYERS``.
     """
     from diffusers import DDPMScheduler, PixArtTransformer2DModel
-    from transformers import AutoTokenizer, T5Config, T5EncoderModel
+    from transformers import AutoTokenizer
 
     from ait2i.hosts.schedulers import scheduler_from_name
     from ait2i.testing import t5_tokenizer_dir
@@ -246,17 +257,52 @@ def pixart_components(scheduler: str = "dpm", seed: int = 0) -> dict:
         norm_elementwise_affine=False, norm_eps=1e-6, num_embeds_ada_norm=1000, attention_bias=True,
         activation_fn="gelu-approximate", interpolation_scale=2, use_additional_conditions=False,
     )  # fmt: skip
-    t5 = T5EncoderModel(
-        T5Config(vocab_size=len(tok), d_model=4096, d_kv=64, d_ff=10240, num_layers=PIXART_T5_LAYERS, num_heads=64,
-                 feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)
-    )  # fmt: skip
     betas = DDPMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", num_train_timesteps=1000).config
     return {
         "transformer": transformer,
         "vae": _sdxl_vae(scaling_factor=0.13025),
-        "text_encoder": t5.eval(),
+        "text_encoder": _t5_stand_in(tok),
         "tokenizer": tok,
         "scheduler": scheduler_from_name(scheduler, betas),
+    }
+
+
+def _t5_stand_in(tok):
+    """A T5 encoder of T5-XXL's width, heads and gated-GELU feed-forward, ``PIXART_T5_LAYERS`` layers deep."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(
+        T5Config(vocab_size=len(tok), d_model=4096, d_kv=64, d_ff=10240, num_layers=PIXART_T5_LAYERS, num_heads=64,
+                 feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)
+    ).eval()  # fmt: skip
+
+
+def flux_components(seed: int = 0) -> dict:
+    """Random components with the architecture of FLUX.1-dev (published configs) and the shallow T5 stand-in."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from ait2i.testing import clip_tokenizer, t5_tokenizer_dir
+
+    tok = AutoTokenizer.from_pretrained(t5_tokenizer_dir())
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56),
+    )  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096,
+    )  # fmt: skip
+    return {
+        "transformer": transformer,
+        "vae": _sdxl_vae(16, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False),
+        "scheduler": scheduler,
+        "text_encoder": CLIPTextModel(_clip_text_config("L")),
+        "tokenizer": clip_tokenizer(),
+        "text_encoder_2": _t5_stand_in(tok),
+        "tokenizer_2": tok,
     }
 
 
@@ -277,6 +323,8 @@ def build_pipeline(args):
             pipe = diffusers.StableDiffusionXLPipeline(**sdxl_components(args.scheduler))
         elif fam == "sd3":
             pipe = diffusers.StableDiffusion3Pipeline(**sd3_components())
+        elif fam == "flux":
+            pipe = diffusers.FluxPipeline(**flux_components())
         else:
             pipe = diffusers.PixArtSigmaPipeline(**pixart_components(args.scheduler))
     else:
@@ -288,6 +336,8 @@ def build_pipeline(args):
             pipe = testing.tiny_sdxl_pipeline(args.scheduler)
         elif fam == "sd3":
             pipe = testing.tiny_sd3_pipeline()
+        elif fam == "flux":
+            pipe = testing.tiny_flux_pipeline()
         else:
             pipe = testing.tiny_pixart_pipeline("sigma", args.scheduler)
     pipe = pipe.to(args.device) if dtype == torch.float32 else pipe.to(args.device, dtype)
@@ -310,15 +360,23 @@ def build_pipelines(args):
     return pipe, ae
 
 
+def resolve_guidance_scale(args, pipe) -> None:
+    """``--guidance-scale`` unset: the pipeline's own default (7.5 SD 1.5, 5.0 SDXL, 7.0 SD3, 4.5 PixArt, 3.5 Flux)."""
+    if args.guidance_scale is None:
+        args.guidance_scale = inspect.signature(pipe.__call__).parameters["guidance_scale"].default
+
+
 # -- one generation per variant ------------------------------------------------------------------------------------
 def make_runner(args, pipe, ae):
     """``run(variant, seed, steps) -> np.ndarray`` image(s); subjects resolved once with the pipeline's tokenizer."""
     import ait2i
+    from ait2i.hosts import host_for
     from ait2i.subjects import resolve_subjects
 
-    subjects = resolve_subjects(pipe.tokenizer, args.prompt, args.subjects)
+    subjects = resolve_subjects(host_for(pipe).subject_tokenizer(pipe), args.prompt, args.subjects)
     # A&E guides one token per subject (the noun's last piece, as in the A&E benchmark's indices).
     indices = [s.tokens[-1] for s in subjects]
+    resolve_guidance_scale(args, pipe)
     common = {"guidance_scale": args.guidance_scale, "output_type": args.output_type}
     if args.height:
         common.update(height=args.height, width=args.width or args.height)
@@ -506,7 +564,8 @@ def describe(args, pipe) -> str:
     model = args.model or (f"{name}-sized random components" if args.full_size else f"tiny random {name} pipeline")
     denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
     kind = "UNet" if hasattr(pipe, "unet") else "transformer"
-    size = denoiser.config.sample_size * pipe.vae_scale_factor
+    size = getattr(pipe, "default_sample_size", None) or denoiser.config.sample_size
+    size = size * pipe.vae_scale_factor
     h = args.height or size
     params = sum(p.numel() for p in denoiser.parameters()) / 1e6
     params_s = f"{params:.1f}" if params >= 1 else f"{params:.3f}"
@@ -535,14 +594,14 @@ def parse_args(argv=None):
         "--scheduler",
         default=None,
         choices=("default", *SCHEDULER_NAMES),
-        help="default: ddim (sd15), euler (sdxl), the pipeline's flow matching (sd3), dpm (pixart)",
+        help="default: ddim (sd15), euler (sdxl), dpm (pixart), the pipeline's flow matching (sd3, flux)",
     )
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds, each one image per call")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--prompt", default="a red cat and a blue frog")
     p.add_argument("--subjects", nargs="+", default=["red cat", "blue frog"])
-    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's own")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--output-type", default="np", choices=("np", "latent"))
@@ -569,10 +628,10 @@ def parse_args(argv=None):
         args.variants = [v for v in VARIANTS if v != "diffusers-ae" or args.family == "sd15"]
     elif "diffusers-ae" in args.variants and args.family != "sd15":
         p.error("diffusers' StableDiffusionAttendAndExcitePipeline exists for SD 1.x only (--family sd15)")
-    if args.scheduler is None or (args.scheduler == "default" and not args.model and args.family != "sd3"):
+    if args.scheduler is None or (args.scheduler == "default" and not args.model and args.family not in FLOW_FAMILIES):
         args.scheduler = DEFAULT_SCHEDULER[args.family]
-    if args.family == "sd3" and args.scheduler != "default" and not args.model:
-        p.error("--family sd3 samples with its own flow-matching scheduler (--scheduler default)")
+    if args.family in FLOW_FAMILIES and args.scheduler != "default" and not args.model:
+        p.error(f"--family {args.family} samples with its own flow-matching scheduler (--scheduler default)")
     return args
 
 
@@ -585,6 +644,7 @@ def main(argv=None) -> int:
         return 0
 
     pipe, ae = build_pipelines(args)
+    resolve_guidance_scale(args, pipe)
     header = describe(args, pipe)
     print(header, flush=True)
     times, diffs = time_variants(args, pipe, ae)

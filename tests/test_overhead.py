@@ -19,10 +19,11 @@ def overhead():
     return module
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl", "sd3", "pixart"])
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "sd3", "pixart", "flux"])
 def test_family_runs_and_prints_the_ratio_table(overhead, family, capsys, tmp_path):
     out = tmp_path / "table.md"
-    assert overhead.main(["--family", family, *FAST, "--out", str(out)]) == 0
+    size = ["--height", "32"] if family == "flux" else []  # the tiny Flux's default 128 px: a 64x64 token grid
+    assert overhead.main(["--family", family, *FAST, *size, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     md = out.read_text()
     assert md in printed and f"--family {family}" in md
@@ -49,5 +50,7 @@ def test_diffusers_ae_is_sd15_only(overhead):
     assert overhead.parse_args(["--family", "pixart"]).variants == ["vanilla", "ours-ae", "ours-ait2i"]
     assert overhead.parse_args(["--family", "sdxl"]).scheduler == "euler"
     assert overhead.parse_args(["--family", "sd3"]).scheduler == "default"
-    with pytest.raises(SystemExit):
-        overhead.parse_args(["--family", "sd3", "--scheduler", "ddim"])
+    for family in ("sd3", "flux"):
+        assert overhead.parse_args(["--family", family]).scheduler == "default"
+        with pytest.raises(SystemExit):
+            overhead.parse_args(["--family", family, "--scheduler", "ddim"])
