@@ -28,6 +28,31 @@ def test_concept_scenes_are_stars_in_every_colour_and_deterministic():
     assert P.expand("a red <star>") == "a red <star> <star>_1"
 
 
+def test_ring_concept_scenes_are_rings_and_star_scenes_are_unchanged():
+    rings = P.concept_scenes(0, shape="ring")
+    stars = P.concept_scenes(0)
+    assert len(rings) == P.NUM_RENDERS
+    assert [[o.shape for o in s.objects].count("ring") for s in rings] == [1] * P.NUM_RENDERS
+    assert {o.color for s in rings for o in s.objects if o.shape == "ring"} == set(P.R.COLORS)
+    assert not any(o.shape == "star" for s in rings for o in s.objects)
+    # the star renders are those the shipped concepts were trained on (first object of render 1, seed 0)
+    assert [o.shape for o in stars[1].objects] == [o.shape.replace("ring", "star") for o in rings[1].objects]
+    cap = P.concept_caption(rings[1], "ring", np.random.default_rng(0), "ring")
+    assert " ring" in cap and " and " in cap
+    with pytest.raises(ValueError, match="unknown concept shape 'heart'"):
+        P.concept_scenes(0, shape="heart")
+    assert P.placeholder("ring") == "<ring>"
+
+
+def test_ring_is_one_unseen_clip_token():
+    pipe = load_pipeline()
+    assert pipe.tokenizer.tokenize("a red ring and a blue star") == [
+        "a</w>", "red</w>", "ring</w>", "and</w>", "a</w>", "blue</w>", "star</w>",
+    ]  # fmt: skip
+    words = {w for i in range(2000) for w in P.R.caption(P.R.sample_training_scene(i), i).replace(",", "").split()}
+    assert words.isdisjoint(P.CONCEPT_SHAPES)  # no training caption names a star or a ring
+
+
 def test_ti_steps_move_only_the_placeholder_and_the_file_loads(tmp_path):
     pipe = load_pipeline()
     unet_before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
@@ -54,20 +79,61 @@ def test_ti_steps_move_only_the_placeholder_and_the_file_loads(tmp_path):
     assert fresh.maybe_convert_prompt("a red <star>", fresh.tokenizer) == "a red <star> <star>_1"
 
 
-def test_lora_save_loads_with_load_lora_weights_and_changes_the_output(tmp_path):
+@pytest.mark.parametrize("targets", ["attn", "attn-conv"])
+def test_lora_save_loads_with_load_lora_weights_and_changes_the_output(tmp_path, targets):
+    from safetensors import safe_open
+
     pipe = load_pipeline()
     base = _image(pipe, "a red star")
-    tr = P.Trainer(pipe, "lora", batch_size=2, prior_n=2, prior_steps=1, lr=5e-2)
+    tr = P.Trainer(pipe, "lora", batch_size=2, prior_n=2, prior_steps=1, lr=5e-2, targets=targets, rank=4)
     tr.train_step(10)
+    tr.train_step(10)  # two steps: the B matrices start at zero, so after one step only B has moved
     trained = _image(pipe, "a red star")
     path = tr.save(tmp_path)
     assert path.name == P.LORA_FILE and path.is_file()
+    with safe_open(str(path), "pt") as f:
+        keys = list(f.keys())
+    convs = [k for k in keys if ".resnets." in k and (".conv1." in k or ".conv2." in k)]
+    if targets == "attn-conv":  # every ResNet 3x3 convolution has its LoRA, saved as 4-D conv weights
+        n_resnets = sum(1 for n, m in pipe.unet.named_modules() if type(m).__name__ == "ResnetBlock2D")
+        assert len(convs) == 2 * 2 * n_resnets  # conv1 and conv2, lora_A and lora_B
+        with safe_open(str(path), "pt") as f:
+            assert all(f.get_tensor(k).ndim == 4 for k in convs)
+        assert any("proj_in" in k for k in keys) and any("conv_shortcut" in k for k in keys)
+    else:
+        assert not convs
 
     fresh = load_pipeline()
     fresh.load_lora_weights(str(tmp_path))
     loaded = _image(fresh, "a red star")
     assert np.abs(loaded - base).max() > 1e-3  # the LoRA changes the picture
     np.testing.assert_allclose(loaded, trained, atol=1e-4)  # ... exactly as it did in training
+
+
+def test_two_loras_load_as_named_adapters_and_both_act(tmp_path):
+    for shape, seed in (("star", 0), ("ring", 1)):
+        pipe = load_pipeline()
+        tr = P.Trainer(pipe, "lora", seed=seed, batch_size=2, prior_n=2, prior_steps=1, lr=5e-2, shape=shape,
+                       targets="attn-conv", rank=2)  # fmt: skip
+        tr.train_step(10)
+        tr.train_step(10)
+        tr.save(tmp_path / f"{shape}-lora")
+    prompt = "a red star and a blue ring"
+    both = P._concept_pipe(P.MULTI, "lora", tmp_path)
+    assert sorted(both.get_active_adapters()) == ["ring-lora", "star-lora"]
+    img_both = _image(both, prompt)
+    singles = []
+    for shape in P.CONCEPT_SHAPES:
+        one = P._concept_pipe(shape, "lora", tmp_path)
+        assert one.get_active_adapters() == [f"{shape}-lora"]
+        singles.append(_image(one, prompt))
+    base = _image(load_pipeline(), prompt)
+    for img in singles + [base]:
+        assert np.abs(img_both - img).max() > 1e-3  # both adapters act on the picture
+    both.set_adapters(["star-lora"])
+    np.testing.assert_allclose(_image(both, prompt), singles[0], atol=1e-4)  # switching off the ring's LoRA
+    with pytest.raises(ValueError, match="no ring-ti"):
+        P._concept_pipe("ring", "ti", tmp_path)
 
 
 def test_load_concept_refuses_anything_but_safetensors(tmp_path):
@@ -158,11 +224,66 @@ def test_score_image_reads_a_rendered_star_scene():
     s = P.score_image(R.render(scene), (("red", "star"), ("blue", "square")))
     assert s["concept"] and s["exact_binding"] and s["others_exact"] == 1.0 and not s["has_extra"]
     s = P.score_image(R.render(scene), (("green", "star"), ("blue", "square")))
-    assert not s["concept"] and s["any_star"]
+    assert not s["concept"] and not s["concept_star"] and s["any_concept"] and s["concept_ring"] is None
     assert P.measure_prompt((("red", "star"), ("blue", "square")), "<star>") == (
         "a red <star> and a blue square",
         ["red <star>", "blue square"],
     )
+
+
+def test_score_image_reads_rings_two_concepts_and_bleed():
+    from ait2i.shapes import render as R
+
+    S = R.ShapeSpec
+    ring = R.render(R.Scene([S("red", "ring", 9, 9, 13), S("blue", "square", 24, 24, 11)], 40))
+    s = P.score_image(ring, (("red", "ring"), ("blue", "square")))
+    assert s["concept"] and s["concept_ring"] and s["concept_star"] is None and s["bleed"] is None
+    assert s["exact_binding"] and s["others_exact"] == 1.0
+    good = R.render(R.Scene([S("red", "star", 9, 9, 14), S("blue", "ring", 23, 22, 13)], 40))
+    req = (("red", "star"), ("blue", "ring"))
+    s = P.score_image(good, req)
+    assert s["concept"] and s["concept_star"] and s["concept_ring"] and s["bleed"] is False
+    assert s["others_exact"] is None and s["clean_binding"]
+    swapped = R.render(R.Scene([S("blue", "star", 9, 9, 14), S("red", "ring", 23, 22, 13)], 40))
+    s = P.score_image(swapped, req)  # each shape in the other's colour
+    assert not s["concept"] and not s["concept_star"] and not s["concept_ring"] and s["bleed"]
+    assert s["concept_color"] and s["any_concept"]
+    two_stars = R.render(R.Scene([S("red", "star", 9, 9, 14), S("blue", "star", 23, 22, 13)], 40))
+    s = P.score_image(two_stars, req)  # the star drawn where the ring should be
+    assert s["concept_star"] and not s["concept_ring"] and s["bleed"]
+    with pytest.raises(ValueError, match="no concept shape"):
+        P.score_image(good, (("red", "circle"),))
+    assert P.measure_prompts("ring")[2] == (("red", "ring"), ("blue", "square"))
+    assert P.measure_prompt(P.MULTI_PROMPTS[0], "ti")[0] == "a red <star> and a blue <ring>"
+    assert P.measure_prompt(P.MULTI_PROMPTS[0], "lora") == ("a red star and a blue ring", ["red star", "blue ring"])
+
+
+def test_report_rescores_rows_from_their_images(tmp_path):
+    import json
+
+    from ait2i.shapes import render as R
+
+    (tmp_path / "images").mkdir()
+    rows = []
+    for seed, (shape, color) in enumerate((("ring", "red"), ("circle", "red"), ("ring", "green"))):
+        name = f"images/ring_lora_none_0_{seed}.png"
+        R.render(R.Scene([R.ShapeSpec(color, shape, 16, 16, 13)], 40)).save(tmp_path / name)
+        rows.append({"concept_set": "ring", "kind": "lora", "method": "none", "prompt": "a red ring",
+                     "prompt_index": 0, "seed": seed, "image": name, "concept": True})  # fmt: skip
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = P.load_rows(tmp_path)
+    assert [r["concept"] for r in got] == [True, False, False]  # the stale True is read again from the images
+    assert [r["concept_color"] for r in got] == [True, True, False]
+    table = P.summary_table(tmp_path, got)
+    assert "### ring" in table and "| lora | none | 0.333" in table
+    path, legend = P.save_grid(tmp_path, tmp_path / "grid.png", [("ring", 0)], seeds=range(3), rows=got)
+    assert path.is_file() and legend == ["row 1: 'a red ring' / lora / none"]
+    rows[0]["prompt"] = "a blue ring"
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="not that of its index"):
+        P.load_rows(tmp_path)
+    with pytest.raises(ValueError, match="--seeds"):
+        P._parse_seeds("0-x")
 
 
 def test_shipped_concepts_have_a_readme():

@@ -1,36 +1,42 @@
-"""A real personalized concept on ShapesWorld: the star, a shape the shipped model never saw.
+"""Real personalized concepts on ShapesWorld: the star and the ring, shapes the shipped model never saw.
 
-    python -m ait2i.shapes.personalize train --kind ti   --out train-runs/star-ti   [--resume]
-    python -m ait2i.shapes.personalize train --kind lora --out train-runs/star-lora [--resume]
-    python -m ait2i.shapes.personalize measure --out runs/personalize [--seeds 0-15]
+    python -m ait2i.shapes.personalize train --kind lora --concept star --out train-runs/star-lora [--resume]
+    python -m ait2i.shapes.personalize train --kind lora --concept ring --out train-runs/ring-lora [--resume]
+    python -m ait2i.shapes.personalize train --kind ti   --concept star --out train-runs/star-ti   [--resume]
+    python -m ait2i.shapes.personalize measure --out runs/personalize [--sets star ring star+ring] [--seeds 0-15]
+    python -m ait2i.shapes.personalize report  --out runs/personalize [--grid grid.png]
 
-The renderer (:mod:`ait2i.shapes.render`) can draw a five-pointed star that is outside the training mix; the
-checker (:mod:`ait2i.shapes.check`) recognises it. The concept data are :data:`NUM_RENDERS` fixed renders
-(:func:`concept_scenes`): a star in each of the six colours at various positions and sizes, half of them alone and
-half next to one ordinary shape of another colour (so that the concept composes: "a red <star> and a blue square").
+The renderer (:mod:`ait2i.shapes.render`) can draw a five-pointed star and a ring (an annulus) that are outside
+the training mix; the checker (:mod:`ait2i.shapes.check`) tells both from the known shapes. The data of a concept
+are :data:`NUM_RENDERS` fixed renders (:func:`concept_scenes`): the shape in each of the six colours at various
+positions and sizes, half of them alone and half next to one ordinary shape of another colour (so that the concept
+composes: "a red star and a blue square").
 
-- **textual inversion** (``--kind ti``): a new placeholder ``<star>`` of :data:`TI_VECTORS` vectors is added to the
-  CLIP tokenizer and text encoder (prompts spell it ``<star>``; the pipeline expands it to ``<star> <star>_1``
-  as diffusers does), initialised from the mean embedding of "circle", "square" and "triangle"; only its rows of
-  the token-embedding matrix train (every other weight is frozen, the other rows are restored after each step).
-  Saved as ``learned_embeds.safetensors`` (``{"<star>": (TI_VECTORS, 128)}``, diffusers' own
-  ``textual_inversion.py`` format), loaded by ``pipe.load_textual_inversion(path, token="<star>")``.
-- **LoRA** (``--kind lora``): rank-:data:`LORA_RANK` LoRA (peft) on the UNet's attention projections (``to_q``,
-  ``to_k``, ``to_v``, ``to_out.0`` of self- and cross-attention) and feed-forward layers, UNet only. The trigger is
-  the plain word **"star"**: one CLIP token (``star</w>``) the shipped text encoder never saw in training (its
-  embedding is still the random initialisation), so it is a rare word to this model and prompts stay natural
-  ("a red star and a blue square"); the checker's shape name is the same word. DreamBooth-style prior
-  preservation: every batch is half concept renders, half images the *base model* generated from ordinary
-  training-mix captions (:func:`prior_images`), so the LoRA keeps what the model already drew. Saved with
-  ``StableDiffusionPipeline.save_lora_weights`` as ``pytorch_lora_weights.safetensors``, loaded by
-  ``pipe.load_lora_weights(path)``.
+- **textual inversion** (``--kind ti``): a new placeholder ``<star>`` (``<ring>``) of :data:`TI_VECTORS` vectors is
+  added to the CLIP tokenizer and text encoder (prompts spell it ``<star>``; the pipeline expands it to
+  ``<star> <star>_1`` as diffusers does), initialised from the mean embedding of "circle", "square" and
+  "triangle"; only its rows of the token-embedding matrix train (every other weight is frozen, the other rows are
+  restored after each step). Saved as ``learned_embeds.safetensors`` (``{"<star>": (TI_VECTORS, 128)}``,
+  diffusers' own ``textual_inversion.py`` format), loaded by ``pipe.load_textual_inversion(path, token="<star>")``.
+- **LoRA** (``--kind lora``): a LoRA (peft) of rank ``--rank`` on the UNet only, on the modules of
+  :data:`LORA_TARGET_SETS` (``--targets``: ``attn``, the attention projections and feed-forward layers, or
+  ``attn-conv``, those and every ResNet convolution and the transformers' ``proj_in``/``proj_out``). The trigger
+  is the concept's plain name, **"star"** or **"ring"**: each one CLIP token (``star</w>``, ``ring</w>``) that no
+  training caption holds (its embedding is still the random initialisation), so a rare word to this model, and
+  prompts stay natural ("a red star and a blue ring"); the checker's shape names are the same words.
+  DreamBooth-style prior preservation: every batch is half concept renders, half images the *base model*
+  generated from ordinary training-mix captions (:func:`prior_images`), so the LoRA keeps what the model already
+  drew. Saved with ``StableDiffusionPipeline.save_lora_weights`` as ``pytorch_lora_weights.safetensors`` (peft
+  keys), loaded by ``pipe.load_lora_weights(path, adapter_name=...)``; two concepts combine with
+  ``pipe.set_adapters([...])``.
 
 Both objectives are the shipped model's (v-prediction, cosine schedule, uniform timesteps; see
 :mod:`ait2i.shapes.train`). Every step's batch and noise come from ``(seed, step)``, so a resumed run (``--resume``,
 from ``OUT/ckpt.pt``, written every ``--ckpt-minutes``) sees the same data as an uninterrupted one.
 
 :func:`load_concept` loads a shipped or trained concept into a pipeline and refuses anything but safetensors.
-The ``measure`` command is the evaluation of docs/results/personalization.md.
+The ``measure`` and ``report`` commands are the evaluation of docs/results/personalization.md: each concept alone
+(``--sets star ring``) and both LoRAs together (``star+ring``), with no guidance, Attend-and-Excite and AI-T2I.
 """
 
 from __future__ import annotations
@@ -50,20 +56,44 @@ import torch.nn.functional as F
 from ait2i.shapes import render as R
 from ait2i.subjects import check_placeholders, loaded_placeholders  # noqa: F401 - re-exported for users
 
-PLACEHOLDER = "<star>"  # textual-inversion placeholder
-LORA_WORD = "star"  # LoRA trigger word
+#: The shapes a concept can be: the renderer's shapes outside the training mix (the checker reads both).
+CONCEPT_SHAPES: tuple[str, ...] = R.EXTRA_SHAPES  # ("star", "ring")
+PLACEHOLDER = "<star>"  # textual-inversion placeholder of the star (the ring's would be "<ring>")
+LORA_WORD = "star"  # LoRA trigger word of the star (the ring's is "ring"): the concept's own name
 TI_VECTORS = 2
 TI_INIT_WORDS = ("circle", "square", "triangle")
 LORA_RANK = 8
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+#: LoRA target sets (peft ``target_modules``, matched as module-name suffixes in the UNet).
+LORA_TARGET_SETS: dict[str, tuple[str, ...]] = {
+    # attention projections (self and cross) and feed-forward: the first shipped star LoRA
+    "attn": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"),
+    # ... and every ResNet convolution (3x3 conv1/conv2, 1x1 conv_shortcut) and the transformers' 1x1
+    # proj_in/proj_out: at 32x32 the convolutions are what draws a shape's outline
+    "attn-conv": (
+        "to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2",
+        "conv1", "conv2", "conv_shortcut", "proj_in", "proj_out",
+    ),
+}  # fmt: skip
+LORA_TARGETS = LORA_TARGET_SETS["attn"]
 NUM_RENDERS = 48
 TI_FILE = "learned_embeds.safetensors"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 KIND_DEFAULTS = {
     "ti": {"steps": 800, "lr": 5e-3, "batch_size": 16},
-    "lora": {"steps": 600, "lr": 1e-3, "batch_size": 16},
+    "lora": {"steps": 600, "lr": 1e-3, "batch_size": 16, "rank": LORA_RANK, "targets": "attn"},
 }
+
+
+def placeholder(shape: str = "star") -> str:
+    """The textual-inversion placeholder of a concept shape: ``"<star>"``, ``"<ring>"``."""
+    _check_shape(shape)
+    return f"<{shape}>"
+
+
+def _check_shape(shape: str) -> None:
+    if shape not in CONCEPT_SHAPES:
+        raise ValueError(f"unknown concept shape {shape!r}; expected one of {list(CONCEPT_SHAPES)}")
 
 
 def concepts_dir() -> Path:
@@ -76,29 +106,32 @@ def concepts_dir() -> Path:
 # -- data --------------------------------------------------------------------------------------------------------
 
 
-def concept_scenes(seed: int = 0, n: int = NUM_RENDERS) -> list[R.Scene]:
-    """The ``n`` concept renders: star ``i`` is in colour ``i % 6``; even ``i`` alone, odd ``i`` with one ordinary
-    shape (circle, square or triangle in turn) of another colour. Deterministic in ``seed``."""
+def concept_scenes(seed: int = 0, n: int = NUM_RENDERS, shape: str = "star") -> list[R.Scene]:
+    """The ``n`` concept renders of ``shape`` (``"star"`` or ``"ring"``): concept ``i`` is in colour ``i % 6``;
+    even ``i`` alone, odd ``i`` with one ordinary shape (circle, square or triangle in turn) of another colour.
+    Deterministic in ``seed``."""
+    _check_shape(shape)
     colors = list(R.COLORS)
     out = []
     for i in range(n):
         rng = np.random.default_rng([seed, 7, i])
         c = colors[i % len(colors)]
         if i % 2 == 0:
-            out.append(R.sample_scene(rng, 1, colors=[c], shapes=["star"]))
+            out.append(R.sample_scene(rng, 1, colors=[c], shapes=[shape]))
         else:
             other = str(rng.choice([x for x in colors if x != c]))
-            shape = R.SHAPES[(i // 2) % len(R.SHAPES)]
-            objs = [("star", c), (shape, other)]
+            plain = R.SHAPES[(i // 2) % len(R.SHAPES)]
+            objs = [(shape, c), (plain, other)]
             if rng.random() < 0.5:
                 objs.reverse()
             out.append(R.sample_scene(rng, 2, colors=[o[1] for o in objs], shapes=[o[0] for o in objs]))
     return out
 
 
-def concept_caption(scene: R.Scene, word: str, rng: np.random.Generator) -> str:
-    """The scene's caption with the star named ``word`` (``"<star>"`` or ``"star"``), objects in random order."""
-    phrases = [f"{o.color} {word if o.shape == 'star' else o.shape}" for o in scene.objects]
+def concept_caption(scene: R.Scene, word: str, rng: np.random.Generator, shape: str = "star") -> str:
+    """The scene's caption with the concept ``shape`` named ``word`` (``"<star>"`` or ``"star"``), objects in
+    random order."""
+    phrases = [f"{o.color} {word if o.shape == shape else o.shape}" for o in scene.objects]
     order = rng.permutation(len(phrases))
     return R.caption_of([phrases[i] for i in order])
 
@@ -147,10 +180,18 @@ def expand(caption: str, token: str = PLACEHOLDER, vectors: int = TI_VECTORS) ->
     return caption.replace(token, " ".join([token] + [f"{token}_{k}" for k in range(1, vectors)]))
 
 
-def lora_config(rank: int = LORA_RANK):
+def lora_config(rank: int = LORA_RANK, targets: str = "attn"):
+    """The peft ``LoraConfig``: rank ``rank`` (alpha = rank), Gaussian init of A, zeros for B, on the UNet modules
+    of :data:`LORA_TARGET_SETS` ``[targets]``."""
     from peft import LoraConfig
 
-    return LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(LORA_TARGETS))
+    if targets not in LORA_TARGET_SETS:
+        raise ValueError(f"unknown LoRA target set {targets!r}; expected one of {sorted(LORA_TARGET_SETS)}")
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be at least 1, got {rank}")
+    return LoraConfig(
+        r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(LORA_TARGET_SETS[targets])
+    )
 
 
 def save_ti(text_encoder, ids: list[int], folder: Path, token: str = PLACEHOLDER) -> Path:
@@ -166,11 +207,14 @@ def save_ti(text_encoder, ids: list[int], folder: Path, token: str = PLACEHOLDER
 
 
 def save_lora(unet, folder: Path) -> Path:
+    """Saves the UNet's LoRA with ``StableDiffusionPipeline.save_lora_weights`` in peft's key format
+    (``unet.<module>.lora_A.weight``), which ``load_lora_weights`` reads as is. Not converted to the old diffusers
+    ``lora.down``/``lora.up`` names: diffusers 0.42 converts only the linear layers' keys, and a file mixing both
+    formats loads without the linear LoRAs (a test checks that the loaded pipeline draws what training drew)."""
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    sd = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    sd = get_peft_model_state_dict(unet)
     sd = {k: v.detach().to(torch.float32).contiguous() for k, v in sd.items()}
     folder.mkdir(parents=True, exist_ok=True)
     StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=sd, safe_serialization=True)
@@ -189,26 +233,33 @@ class Trainer:
         batch_size: int | None = None,
         prior_n: int = NUM_RENDERS,
         prior_steps: int = 20,
+        shape: str = "star",
+        rank: int | None = None,
+        targets: str | None = None,
     ):
         from ait2i.shapes import model as M
 
         if kind not in KIND_DEFAULTS:
             raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(KIND_DEFAULTS)}")
+        _check_shape(shape)
         d = KIND_DEFAULTS[kind]
-        self.kind, self.seed = kind, seed
+        self.kind, self.seed, self.shape = kind, seed, shape
         self.lr = d["lr"] if lr is None else lr
         self.batch_size = d["batch_size"] if batch_size is None else batch_size
+        self.rank = d.get("rank", LORA_RANK) if rank is None else rank
+        self.targets = d.get("targets", "attn") if targets is None else targets
+        self.token = placeholder(shape)
         self.pipe = pipe
         self.tok, self.te, self.unet = pipe.tokenizer, pipe.text_encoder, pipe.unet
         self.te.requires_grad_(False)
         self.unet.requires_grad_(False)
         pipe.vae.requires_grad_(False)
         self.alphas = M.build_scheduler().alphas_cumprod.float()
-        self.scenes = concept_scenes(seed)
+        self.scenes = concept_scenes(seed, shape=shape)
         self.images = _to_tensor([R.render(s) for s in self.scenes])  # (N, 3, 32, 32)
         torch.manual_seed(seed)
         if kind == "ti":
-            self.ids = add_placeholder(self.tok, self.te)
+            self.ids = add_placeholder(self.tok, self.te, self.token)
             emb = self.te.get_input_embeddings().weight
             emb.requires_grad_(True)
             self.frozen = emb.detach().clone()
@@ -218,7 +269,7 @@ class Trainer:
             self.prior = None
         else:
             self.prior = prior_images(pipe, seed, n=prior_n, steps=prior_steps)
-            self.unet.add_adapter(lora_config())
+            self.unet.add_adapter(lora_config(self.rank, self.targets))
             self.params = [p for p in self.unet.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=self.lr, weight_decay=0.0)
         self.step = 0
@@ -240,10 +291,10 @@ class Trainer:
         x = self.images[pick].clone()
         flip = torch.from_numpy(rng.random(n_concept) < 0.5)
         x[flip] = x[flip].flip(-1)
-        word = PLACEHOLDER if self.kind == "ti" else LORA_WORD
-        caps = [concept_caption(self.scenes[i], word, rng) for i in pick]
+        word = self.token if self.kind == "ti" else self.shape
+        caps = [concept_caption(self.scenes[i], word, rng, self.shape) for i in pick]
         if self.kind == "ti":
-            caps = [expand(c) for c in caps]
+            caps = [expand(c, self.token) for c in caps]
         else:
             px, pcaps = self.prior
             ppick = rng.choice(
@@ -296,7 +347,7 @@ class Trainer:
 
     def save(self, folder: Path) -> Path:
         if self.kind == "ti":
-            return save_ti(self.te, self.ids, folder)
+            return save_ti(self.te, self.ids, folder, self.token)
         return save_lora(self.unet, folder)
 
 
@@ -319,14 +370,17 @@ def train(argv_args: argparse.Namespace) -> Path:
     steps = args.steps or KIND_DEFAULTS[args.kind]["steps"]
     pipe = load_pipeline()
     t_setup = time.time()
-    tr = Trainer(pipe, args.kind, seed=args.seed, lr=args.lr, batch_size=args.batch_size)
+    tr = Trainer(
+        pipe, args.kind, seed=args.seed, lr=args.lr, batch_size=args.batch_size, shape=args.concept, rank=args.rank,
+        targets=args.targets,
+    )  # fmt: skip
     setup_s = time.time() - t_setup
     ck = out / "ckpt.pt"
     history = {"runs": [], "train_seconds": 0.0}
     if args.resume and ck.exists():
         st = torch.load(ck, map_location="cpu", weights_only=True)
-        if st["kind"] != args.kind:
-            raise ValueError(f"{ck} is a --kind {st['kind']} checkpoint")
+        if st["kind"] != args.kind or st.get("concept", "star") != args.concept:
+            raise ValueError(f"{ck} is a --kind {st['kind']} --concept {st.get('concept', 'star')} checkpoint")
         tr.load_state(st["trainer"])
         history = st["history"]
         print(f"resumed from {ck} at step {tr.step}", flush=True)
@@ -336,17 +390,21 @@ def train(argv_args: argparse.Namespace) -> Path:
     history["runs"].append({"start_step": tr.step, "command": command, "commit": _git_commit()})
 
     def checkpoint() -> None:
-        st = {"kind": args.kind, "trainer": tr.state(), "history": history}
+        st = {"kind": args.kind, "concept": args.concept, "trainer": tr.state(), "history": history}
         torch.save(st, out / "ckpt.tmp")
         os.replace(out / "ckpt.tmp", ck)
 
     t0 = time.time()
     last = t0
-    bar = tqdm(total=steps, initial=tr.step, desc=f"personalize {args.kind}", mininterval=10, file=sys.stdout)
+    bar = tqdm(
+        total=steps, initial=tr.step, desc=f"personalize {args.concept} {args.kind}", mininterval=10, file=sys.stdout
+    )
     losses = []
     while tr.step < steps:
         losses.append(tr.train_step(steps))
         bar.update(1)
+        if args.save_every and tr.step % args.save_every == 0 and tr.step < steps:
+            tr.save(out / f"concept-step{tr.step}")  # intermediate concepts, to measure the learning curve
         if tr.step % 25 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}")
             with open(out / "metrics.jsonl", "a") as log:
@@ -361,16 +419,20 @@ def train(argv_args: argparse.Namespace) -> Path:
     folder = out / "concept"
     path = tr.save(folder)
     info = {
-        "kind": args.kind, "seed": args.seed, "steps": steps, "lr": tr.lr, "batch_size": tr.batch_size,
+        "kind": args.kind, "concept": args.concept, "seed": args.seed, "steps": steps, "lr": tr.lr,
+        "batch_size": tr.batch_size,
         "renders": NUM_RENDERS, "train_seconds": round(history["train_seconds"], 1),
         "setup_seconds": round(setup_s, 1), "threads": args.threads, "runs": history["runs"],
         "command": history["runs"][0]["command"], "commit": history["runs"][0]["commit"],
         "file": path.name, "bytes": path.stat().st_size,
     }  # fmt: skip
     if args.kind == "ti":
-        info.update(token=PLACEHOLDER, vectors=TI_VECTORS, init_words=list(TI_INIT_WORDS))
+        info.update(token=tr.token, vectors=TI_VECTORS, init_words=list(TI_INIT_WORDS))
     else:
-        info.update(trigger_word=LORA_WORD, rank=LORA_RANK, targets=list(LORA_TARGETS), prior_images=NUM_RENDERS)
+        info.update(
+            trigger_word=args.concept, rank=tr.rank, target_set=tr.targets, targets=list(LORA_TARGET_SETS[tr.targets]),
+            prior_images=NUM_RENDERS,
+        )  # fmt: skip
     (folder / "TRAINING.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"done: {steps} steps in {history['train_seconds']:.0f} s; concept in {folder}", flush=True)
     return folder
@@ -431,7 +493,9 @@ def concept_file(folder_or_file: str | os.PathLike, kind: str) -> Path:
     return path
 
 
-def load_concept(pipe, folder_or_file: str | os.PathLike, kind: str, token: str | None = None) -> str:
+def load_concept(
+    pipe, folder_or_file: str | os.PathLike, kind: str, token: str | None = None, adapter_name: str | None = None
+) -> str:
     """Loads a textual inversion (``kind="ti"``) or a LoRA (``kind="lora"``) into ``pipe``; safetensors only.
 
     Args:
@@ -441,6 +505,9 @@ def load_concept(pipe, folder_or_file: str | os.PathLike, kind: str, token: str 
         kind (`str`): ``"ti"`` or ``"lora"``.
         token (`str`, *optional*): the placeholder of a textual inversion; defaults to the folder's
             ``TRAINING.json`` ``token``, else the key stored in the file.
+        adapter_name (`str`, *optional*): the diffusers adapter name of a LoRA; defaults to the folder's name
+            (``"star-lora"``). Two LoRAs loaded into one pipeline need different names; combine them with
+            ``pipe.set_adapters([...])``.
 
     Returns:
         `str`: the placeholder (``"<star>"``; multi-vector placeholders expand in prompts as diffusers does) or,
@@ -462,14 +529,15 @@ def load_concept(pipe, folder_or_file: str | os.PathLike, kind: str, token: str 
             raise ValueError(f"{path}: say which placeholder the embedding is for with token='<...>'")
         pipe.load_textual_inversion(str(path), token=token)
         return token
-    adapter = path.parent.name or "concept"
+    adapter = adapter_name or path.parent.name or "concept"
     pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
     return meta.get("trigger_word", adapter)
 
 
 # -- measurement -----------------------------------------------------------------------------------------------
 
-#: The evaluation prompts, with ``{star}`` for the concept's word: objects as ``(colour, shape)`` in prompt order.
+#: The evaluation prompts of one concept, with ``"star"`` standing for the concept's shape (:func:`measure_prompts`
+#: puts in the ring): objects as ``(colour, shape)`` in prompt order.
 MEASURE_PROMPTS: tuple[tuple[tuple[str, str], ...], ...] = (
     (("red", "star"),),
     (("cyan", "star"),),
@@ -480,55 +548,149 @@ MEASURE_PROMPTS: tuple[tuple[tuple[str, str], ...], ...] = (
     (("blue", "circle"), ("purple", "star")),
     (("cyan", "square"), ("yellow", "star")),
 )
+#: The multi-concept prompts: the two new shapes together (both LoRAs loaded), each first and second.
+MULTI_PROMPTS: tuple[tuple[tuple[str, str], ...], ...] = (
+    (("red", "star"), ("blue", "ring")),
+    (("green", "ring"), ("yellow", "star")),
+    (("cyan", "star"), ("purple", "ring")),
+    (("blue", "ring"), ("red", "star")),
+)
+MULTI = "star+ring"
+#: What ``measure`` can measure: each concept alone and the two together.
+CONCEPT_SETS = (*CONCEPT_SHAPES, MULTI)
 MEASURE_METHODS = ("none", "attend-and-excite", "ait2i")
-#: ``kind -> how the star is spelled``: the two concepts and the base model with the plain word (reference).
-MEASURE_WORDS = {"ti": PLACEHOLDER, "lora": LORA_WORD, "base": LORA_WORD}
-METRICS = ("concept", "concept_color", "any_star", "others_exact", "exact_binding", "clean_binding", "has_extra")
+#: ``kind``: ``ti`` (textual inversion), ``lora``, or ``base`` (the shipped model with the plain word: reference).
+MEASURE_KINDS = ("ti", "lora", "base")
+#: Per-image metrics (:func:`score_image`); ``concept_star``/``concept_ring``/``bleed`` are None where they do not
+#: apply (no such concept in the prompt, one concept only).
+METRICS = (
+    "concept", "concept_star", "concept_ring", "concept_color", "any_concept", "others_exact", "bleed",
+    "exact_binding", "clean_binding", "has_extra",
+)  # fmt: skip
+METRIC_NAMES = {
+    "concept": "concept present (every concept, right colour)",
+    "concept_star": "star present (right colour)",
+    "concept_ring": "ring present (right colour)",
+    "concept_color": "concept colour present (any shape)",
+    "any_concept": "any star/ring",
+    "others_exact": "other objects exact (1 - neglect/mis-binding)",
+    "bleed": "bleed (a concept's shape in the other concept's colour)",
+    "exact_binding": "exact binding",
+    "clean_binding": "clean binding",
+    "has_extra": "extra objects",
+}
 
 
-def measure_prompt(objects, word: str) -> tuple[str, list[str]]:
-    """The prompt text and its subjects (``"red <star>"``, ``"blue square"``) for ``objects``."""
-    phrases = [f"{c} {word if s == 'star' else s}" for c, s in objects]
+def measure_prompts(concept_set: str) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """The prompts of a concept set: :data:`MEASURE_PROMPTS` with the star or the ring, or :data:`MULTI_PROMPTS`."""
+    if concept_set == MULTI:
+        return MULTI_PROMPTS
+    _check_shape(concept_set)
+    return tuple(tuple((c, concept_set if s == "star" else s) for c, s in objs) for objs in MEASURE_PROMPTS)
+
+
+def concept_word(shape: str, kind: str) -> str:
+    """How a concept is spelled in a prompt: ``"<star>"`` for textual inversion, the plain word otherwise."""
+    return placeholder(shape) if kind == "ti" else shape
+
+
+def measure_prompt(objects, kind_or_word: str = "lora") -> tuple[str, list[str]]:
+    """The prompt text and its subjects (``"red <star>"``, ``"blue square"``) for ``objects``: concept shapes are
+    spelled for ``kind_or_word`` (a kind, or ``"<star>"`` for the textual-inversion spelling)."""
+    if kind_or_word in MEASURE_KINDS:
+        spell = {s: concept_word(s, kind_or_word) for s in CONCEPT_SHAPES}
+    elif kind_or_word.startswith("<"):
+        spell = {s: placeholder(s) for s in CONCEPT_SHAPES}
+    else:
+        spell = {s: s for s in CONCEPT_SHAPES}
+    phrases = [f"{c} {spell.get(s, s)}" for c, s in objects]
     return R.caption_of(phrases), phrases
 
 
 def score_image(image, objects) -> dict:
-    """Per-image metrics: ``concept`` (a one-colour star of the requested colour), ``concept_color`` (an object of
-    any shape in the star's colour: the concept word was not neglected), ``any_star``, ``others_exact``
-    (fraction of the ordinary objects found with their colour and shape; None without any), ``exact_binding``,
-    ``clean_binding``, ``has_extra`` (more objects than requested), from :func:`ait2i.shapes.check.check`."""
+    """Per-image metrics, from :func:`ait2i.shapes.check.check`:
+
+    - ``concept``: every concept object (star, ring) of the prompt is there, one-colour, in its requested colour;
+    - ``concept_star`` / ``concept_ring``: that one concept is (None when the prompt has no such concept);
+    - ``concept_color``: an object of each concept's colour, any shape (the concept words were not neglected);
+    - ``any_concept``: a star or a ring anywhere;
+    - ``others_exact``: fraction of the ordinary objects found with their colour and shape (None without any);
+    - ``bleed`` (two concepts only, else None): a concept's shape in the *other* concept's colour (a star where
+      the ring should be, or a ring in the star's colour);
+    - ``exact_binding``, ``clean_binding``, ``has_extra``: the ShapesWorld benchmark's.
+    """
     from ait2i.shapes.check import check, match
 
     det = check(image)
     objs = [d for d in det if not d.is_noise]
-    m = match(det, list(objects))
-    star_color = next(c for c, s in objects if s == "star")
-    others = [o for o in objects if o[1] != "star"]
-    return {
-        "concept": any(d.shape == "star" and d.color == star_color and not d.mixed for d in objs),
-        "concept_color": any(d.color == star_color for d in objs),
-        "any_star": any(d.shape == "star" for d in objs),
+    objects = [tuple(o) for o in objects]
+    concepts = [o for o in objects if o[1] in CONCEPT_SHAPES]
+    if not concepts:
+        raise ValueError(f"{objects} holds no concept shape ({list(CONCEPT_SHAPES)})")
+    others = [o for o in objects if o[1] not in CONCEPT_SHAPES]
+    m = match(det, objects)
+    mc = match(det, concepts)
+    out = {
+        "concept": mc["exact_binding"],
+        "concept_color": mc["color_present"] == len(concepts),
+        "any_concept": any(d.shape in CONCEPT_SHAPES for d in objs),
         "others_exact": match(det, others)["exact"] / len(others) if others else None,
+        "bleed": None,
         "exact_binding": m["exact_binding"],
         "clean_binding": m["clean_binding"],
         "has_extra": m["has_extra"],
         "detected": [f"{d.color} {d.shape}" + ("*" if d.mixed else "") for d in objs],
     }
+    for shape in CONCEPT_SHAPES:
+        mine = [o for o in concepts if o[1] == shape]
+        out[f"concept_{shape}"] = match(det, mine)["exact_binding"] if mine else None
+    if len({s for _, s in concepts}) > 1:
+        out["bleed"] = any(
+            d.shape == sa and d.color == cb and (cb, sa) not in concepts
+            for d in objs
+            for ca, sa in concepts
+            for cb, sb in concepts
+            if sa != sb
+        )
+    return out
 
 
-def _concept_pipe(kind: str, concepts: Path | None):
+def _concept_pipe(concept_set: str, kind: str, concepts: Path | None):
+    """The shipped pipeline with the concepts of ``concept_set`` loaded (``kind`` ``"base"``: none); two LoRAs are
+    loaded the diffusers way, as named adapters combined by ``set_adapters``."""
     from ait2i.shapes.model import load_pipeline
 
     pipe = load_pipeline()
-    if kind != "base":
-        folder = (concepts or concepts_dir()) / f"star-{kind}"
-        load_concept(pipe, folder, kind)
+    if kind == "base":
+        return pipe
+    shapes = CONCEPT_SHAPES if concept_set == MULTI else (concept_set,)
+    names = []
+    for shape in shapes:
+        folder = (concepts or concepts_dir()) / f"{shape}-{kind}"
+        if not folder.is_dir():
+            raise ValueError(f"no {shape}-{kind} concept folder in {folder.parent}")
+        load_concept(pipe, folder, kind, adapter_name=f"{shape}-{kind}")
+        names.append(f"{shape}-{kind}")
+    if kind == "lora" and len(names) > 1:
+        pipe.set_adapters(names, adapter_weights=[1.0] * len(names))
     return pipe
 
 
+def _available(concept_set: str, kind: str, concepts: Path | None) -> bool:
+    if kind == "base":
+        return True
+    shapes = CONCEPT_SHAPES if concept_set == MULTI else (concept_set,)
+    return all(((concepts or concepts_dir()) / f"{s}-{kind}").is_dir() for s in shapes)
+
+
+def _row_key(r: dict) -> tuple:
+    return (r.get("concept_set", "star"), r["kind"], r["method"], r["prompt"], r["seed"])
+
+
 def measure(args: argparse.Namespace) -> None:
-    """The ``measure`` command: generates every (kind, method, prompt, seed), scores it, appends rows to
-    ``OUT/rows.jsonl`` (a rerun skips what is there) and writes ``OUT/summary.md``."""
+    """The ``measure`` command: generates every (concept set, kind, method, prompt, seed), scores it, appends rows
+    to ``OUT/rows.jsonl`` (a rerun skips what is there) and writes ``OUT/summary.md``. A (concept set, kind) whose
+    concept folders do not exist (e.g. ``ring-ti``) is skipped with a note."""
     from tqdm import tqdm
 
     import ait2i
@@ -539,27 +701,28 @@ def measure(args: argparse.Namespace) -> None:
     rows_path = out / "rows.jsonl"
     done = set()
     if rows_path.exists():
-        for line in rows_path.read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["kind"], r["method"], r["prompt"], r["seed"]))
+        done = {_row_key(json.loads(line)) for line in rows_path.read_text().splitlines()}
     seeds = _parse_seeds(args.seeds)
     concepts = Path(args.concepts) if args.concepts else None
-    jobs = [
-        (k, m, objs)
-        for k in args.kinds
-        for objs in MEASURE_PROMPTS
-        for m in (args.methods if k != "base" else ("none",))
-    ]
+    jobs = []
+    for cs in args.sets:
+        for k in args.kinds:
+            if not _available(cs, k, concepts):
+                print(f"skipping {cs} {k}: no {cs.replace('+', f'-{k} / ')}-{k} folder in {concepts or concepts_dir()}")
+                continue
+            for pi, objs in enumerate(measure_prompts(cs)):
+                for m in args.methods if k != "base" else ("none",):
+                    jobs.append((cs, k, m, pi, objs))
     bar = tqdm(total=len(jobs), desc="measure", file=sys.stdout, mininterval=10)
     pipes: dict = {}
-    for kind, method, objs in jobs:
-        prompt, subjects = measure_prompt(objs, MEASURE_WORDS[kind])
-        todo = [s for s in seeds if (kind, method, prompt, s) not in done]
+    for cs, kind, method, pi, objs in jobs:
+        prompt, subjects = measure_prompt(objs, kind)
+        todo = [s for s in seeds if (cs, kind, method, prompt, s) not in done]
         if todo:
-            if kind not in pipes:
+            if (cs, kind) not in pipes:
                 pipes.clear()
-                pipes[kind] = _concept_pipe(kind, concepts)
-            pipe = pipes[kind]
+                pipes[(cs, kind)] = _concept_pipe(cs, kind, concepts)
+            pipe = pipes[(cs, kind)]
             check_placeholders(pipe.tokenizer, prompt, subjects)
             gens = [torch.Generator().manual_seed(s) for s in todo]
             res = ait2i.generate(
@@ -568,10 +731,11 @@ def measure(args: argparse.Namespace) -> None:
             )  # fmt: skip
             with open(rows_path, "a") as f:
                 for s, im in zip(todo, res.images):
-                    name = f"images/{kind}_{method}_{MEASURE_PROMPTS.index(objs)}_{s}.png"
+                    name = f"images/{cs}_{kind}_{method}_{pi}_{s}.png"
                     im.save(out / name)
-                    row = {"kind": kind, "method": method, "prompt": prompt, "seed": s, "image": name}
-                    row.update(score_image(im, objs))
+                    row = {"concept_set": cs, "kind": kind, "method": method, "prompt": prompt}
+                    row.update(prompt_index=pi)
+                    row.update(seed=s, image=name, **score_image(im, objs))
                     f.write(json.dumps(row) + "\n")
         bar.update(1)
     bar.close()
@@ -581,97 +745,126 @@ def measure(args: argparse.Namespace) -> None:
 
 def _parse_seeds(spec: str) -> list[int]:
     out = []
-    for part in spec.split(","):
-        a, _, b = part.partition("-")
-        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    try:
+        for part in spec.split(","):
+            a, _, b = part.partition("-")
+            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    except ValueError:
+        raise ValueError(f"--seeds {spec!r}: expected e.g. 0-15 or 0,3,5-7") from None
+    if not out:
+        raise ValueError(f"--seeds {spec!r} names no seed")
     return out
 
 
-def summary_table(out: Path) -> str:
-    """Markdown tables from ``OUT/rows.jsonl``: each metric per kind and method (mean and 95% two-level bootstrap
-    interval over prompts then seeds) and the paired difference against ``none`` of the same kind."""
+def load_rows(out: Path, rescore: bool = True) -> list[dict]:
+    """The rows of ``OUT/rows.jsonl``, each with its ``concept_set`` and ``prompt_index`` (rows of the first,
+    star-only runs have neither: star, and the index from the image name), and, with ``rescore``, every metric
+    read again from its image by the current checker (a checker change never leaves stale numbers)."""
+    from PIL import Image
+
+    rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines() if x.strip()]
+    for r in rows:
+        r.setdefault("concept_set", "star")
+        r.setdefault("prompt_index", int(r["image"].split("_")[-2]))
+        if rescore or any(m not in r for m in METRICS):
+            objs = measure_prompts(r["concept_set"])[r["prompt_index"]]
+            if measure_prompt(objs, r["kind"])[0] != r["prompt"]:
+                raise ValueError(f"{out}: row {r['image']} says prompt {r['prompt']!r}, not that of its index")
+            r.update(score_image(Image.open(out / r["image"]).convert("RGB"), objs))
+    return rows
+
+
+def summary_table(out: Path, rows: list[dict] | None = None) -> str:
+    """Markdown tables from ``OUT/rows.jsonl``, one section per concept set: each metric per kind and method (mean
+    and 95% two-level bootstrap interval over prompts then seeds), the paired difference against ``none`` of the
+    same kind, and the concept rate per prompt."""
     from ait2i.bench.stats import paired, summarize
 
-    rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
-    for r in rows:  # rows written before a metric existed: score their image again
-        if any(m not in r for m in METRICS):
-            from PIL import Image
-
-            objs = next(o for o in MEASURE_PROMPTS if measure_prompt(o, MEASURE_WORDS[r["kind"]])[0] == r["prompt"])
-            r.update(score_image(Image.open(out / r["image"]).convert("RGB"), objs))
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault((r["kind"], r["method"]), []).append(r)
-    order = [(k, m) for k in ("ti", "lora", "base") for m in MEASURE_METHODS if (k, m) in groups]
-
-    def values(rs, metric, only_multi=False):
-        return {
-            (r["prompt"], r["seed"]): float(r[metric])
-            for r in rs
-            if r[metric] is not None and (not only_multi or " and " in r["prompt"])
-        }
-
+    rows = load_rows(out) if rows is None else rows
     lines = []
-    names = {
-        "concept": "concept present (star of the right colour)", "any_star": "any star",
-        "concept_color": "star's colour present (any shape)",
-        "others_exact": "other objects exact (1 - neglect/mis-binding)", "exact_binding": "exact binding",
-        "clean_binding": "clean binding", "has_extra": "extra objects",
-    }  # fmt: skip
-    n_prompts = len({r["prompt"] for r in rows if r["kind"] == "ti"}) or len({r["prompt"] for r in rows})
-    n_seeds = len({r["seed"] for r in rows})
-    lines.append(f"{n_prompts} prompts x {n_seeds} seeds per row; mean [95% interval]; Δ vs none of the same kind.\n")
-    head = "| kind | method | " + " | ".join(names[m] for m in METRICS) + " |"
-    lines += [head, "|" + "---|" * (2 + len(METRICS))]
-    for k, m in order:
-        cells = []
-        for metric in METRICS:
-            s = summarize(values(groups[(k, m)], metric))
-            cells.append(f"{s['mean']:.3f} [{s['low']:.2f}, {s['high']:.2f}]")
-        lines.append(f"| {k} | {m} | " + " | ".join(cells) + " |")
-    lines += ["", "Paired differences vs `none` (same kind, same prompt and seed):", "", head]
-    lines.append("|" + "---|" * (2 + len(METRICS)))
-    for k, m in order:
-        if m == "none" or (k, "none") not in groups:
+    for cs in CONCEPT_SETS:
+        sub = [r for r in rows if r["concept_set"] == cs]
+        if not sub:
             continue
-        cells = []
-        for metric in METRICS:
-            d = paired(values(groups[(k, m)], metric), values(groups[(k, "none")], metric))
-            cells.append(f"{d['delta']:+.3f} [{d['low']:+.2f}, {d['high']:+.2f}]")
-        lines.append(f"| {k} | {m} − none | " + " | ".join(cells) + " |")
-    lines += ["", "Per prompt (concept present / exact binding, mean over seeds):", ""]
-    prompts = list(dict.fromkeys(r["prompt"].replace(PLACEHOLDER, LORA_WORD) for r in rows))
-    lines.append("| prompt | " + " | ".join(f"{k} {m}" for k, m in order) + " |")
-    lines.append("|" + "---|" * (1 + len(order)))
-    for p in prompts:
-        cells = []
+        groups: dict = {}
+        for r in sub:
+            groups.setdefault((r["kind"], r["method"]), []).append(r)
+        order = [(k, m) for k in MEASURE_KINDS for m in MEASURE_METHODS if (k, m) in groups]
+        metrics = [m for m in METRICS if any(r[m] is not None for r in sub)]
+
+        def values(rs, metric):
+            return {(r["prompt_index"], r["seed"]): float(r[metric]) for r in rs if r[metric] is not None}
+
+        n_prompts = len({r["prompt_index"] for r in sub})
+        n_seeds = len({r["seed"] for r in sub})
+        lines += [f"### {cs}", ""]
+        lines.append(f"{n_prompts} prompts x {n_seeds} seeds per row; mean [95% interval].\n")
+        head = "| kind | method | " + " | ".join(METRIC_NAMES[m] for m in metrics) + " |"
+        lines += [head, "|" + "---|" * (2 + len(metrics))]
         for k, m in order:
-            rs = [r for r in groups[(k, m)] if r["prompt"].replace(PLACEHOLDER, LORA_WORD) == p]
-            cells.append(
-                f"{np.mean([r['concept'] for r in rs]):.2f} / {np.mean([r['exact_binding'] for r in rs]):.2f}"
-                if rs
-                else "-"
-            )
-        lines.append(f"| {p} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            cells = []
+            for metric in metrics:
+                v = values(groups[(k, m)], metric)
+                if not v:
+                    cells.append("-")
+                    continue
+                st = summarize(v)
+                cells.append(f"{st['mean']:.3f} [{st['low']:.2f}, {st['high']:.2f}]")
+            lines.append(f"| {k} | {m} | " + " | ".join(cells) + " |")
+        diffs = [(k, m) for k, m in order if m != "none" and (k, "none") in groups]
+        if diffs:
+            lines += ["", "Paired differences vs `none` (same kind, same prompt and seed):", "", head]
+            lines.append("|" + "---|" * (2 + len(metrics)))
+            for k, m in diffs:
+                cells = []
+                for metric in metrics:
+                    a, b = values(groups[(k, m)], metric), values(groups[(k, "none")], metric)
+                    if not set(a) & set(b):
+                        cells.append("-")
+                        continue
+                    d = paired(a, b)
+                    cells.append(f"{d['delta']:+.3f} [{d['low']:+.2f}, {d['high']:+.2f}]")
+                lines.append(f"| {k} | {m} − none | " + " | ".join(cells) + " |")
+        lines += ["", "Per prompt (concept present / exact binding, mean over seeds):", ""]
+        lines.append("| prompt | " + " | ".join(f"{k} {m}" for k, m in order) + " |")
+        lines.append("|" + "---|" * (1 + len(order)))
+        for pi, objs in enumerate(measure_prompts(cs)):
+            cells = []
+            for k, m in order:
+                rs = [r for r in groups[(k, m)] if r["prompt_index"] == pi]
+                cells.append(
+                    f"{np.mean([r['concept'] for r in rs]):.2f} / {np.mean([r['exact_binding'] for r in rs]):.2f}"
+                    if rs
+                    else "-"
+                )
+            lines.append(f"| {measure_prompt(objs, 'lora')[0]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
-def save_grid(out: Path, path: Path, prompts_index=(2, 6), seeds=range(8), scale: int = 2):
-    """A PNG of a measure run: for each prompt in ``prompts_index`` (into :data:`MEASURE_PROMPTS`), one row per
-    (kind, method), one column per seed; frames: green exact binding, orange star of the right colour without exact
-    binding, red no such star."""
+def save_grid(out: Path, path: Path, picks=None, seeds=range(8), scale: int = 2, rows: list[dict] | None = None):
+    """A PNG of a measure run: for each ``(concept set, prompt index)`` in ``picks`` (default: the first two-object
+    prompt of each concept set measured), one row per (kind, method), one column per seed; frames: green exact
+    binding, orange every concept of the right colour without exact binding, red not."""
     from PIL import Image, ImageDraw
 
-    rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
-    by = {(r["kind"], r["method"], r["image"].split("_")[-2], r["seed"]): r for r in rows}
-    order = [(k, m) for k in ("ti", "lora", "base") for m in MEASURE_METHODS]
-    order = [km for km in order if any(key[:2] == km for key in by)]
+    rows = load_rows(out) if rows is None else rows
+    by = {(r["concept_set"], r["kind"], r["method"], r["prompt_index"], r["seed"]): r for r in rows}
+    if picks is None:
+        picks = [(cs, 0 if cs == MULTI else 2) for cs in CONCEPT_SETS if any(key[0] == cs for key in by)]
+    seeds = list(seeds)
+    lines = []
+    for cs, pi in picks:
+        for km in [(k, m) for k in MEASURE_KINDS for m in MEASURE_METHODS]:
+            if any(key[:4] == (cs, *km, pi) for key in by):
+                lines.append((cs, pi, km))
+    if not lines:
+        raise ValueError(f"{out}: no rows for {picks}")
     cell = 32 * scale + 4
-    lines = [(pi, km) for pi in prompts_index for km in order]
-    grid = Image.new("RGB", (len(list(seeds)) * cell, len(lines) * cell), (255, 255, 255))
-    for i, (pi, (k, m)) in enumerate(lines):
+    grid = Image.new("RGB", (len(seeds) * cell, len(lines) * cell), (255, 255, 255))
+    for i, (cs, pi, (k, m)) in enumerate(lines):
         for j, sd in enumerate(seeds):
-            r = by.get((k, m, str(pi), sd))
+            r = by.get((cs, k, m, pi, sd))
             if r is None:
                 continue
             im = Image.open(out / r["image"]).convert("RGB").resize((32 * scale, 32 * scale), Image.NEAREST)
@@ -681,8 +874,21 @@ def save_grid(out: Path, path: Path, prompts_index=(2, 6), seeds=range(8), scale
             grid.paste(im, (x + 2, y + 2))
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
-    legend = [f"row {i + 1}: {MEASURE_PROMPTS[pi]} / {k} / {m}" for i, (pi, (k, m)) in enumerate(lines)]
+    legend = [
+        f"row {i + 1}: {measure_prompt(measure_prompts(cs)[pi], k)[0]!r} / {k} / {m}"
+        for i, (cs, pi, (k, m)) in enumerate(lines)
+    ]
     return path, legend
+
+
+def _parse_picks(items) -> list[tuple[str, int]]:
+    out = []
+    for it in items:
+        cs, _, idx = it.rpartition(":")
+        if cs not in CONCEPT_SETS or not idx.isdigit() or int(idx) >= len(measure_prompts(cs)):
+            raise ValueError(f"--grid-prompts {it!r}: expected SET:INDEX with SET in {list(CONCEPT_SETS)}")
+        out.append((cs, int(idx)))
+    return out
 
 
 # -- command line ------------------------------------------------------------------------------------------------
@@ -691,8 +897,14 @@ def save_grid(out: Path, path: Path, prompts_index=(2, 6), seeds=range(8), scale
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="learn the star by textual inversion or LoRA")
+    t = sub.add_parser("train", help="learn a new shape (star, ring) by textual inversion or LoRA")
     t.add_argument("--kind", choices=sorted(KIND_DEFAULTS), required=True)
+    t.add_argument("--concept", choices=list(CONCEPT_SHAPES), default="star", help="the shape to learn")
+    t.add_argument("--rank", type=int, default=None, help=f"LoRA rank (default {KIND_DEFAULTS['lora']['rank']})")
+    t.add_argument(
+        "--targets", choices=sorted(LORA_TARGET_SETS), default=None,
+        help=f"LoRA target modules (default {KIND_DEFAULTS['lora']['targets']})",
+    )  # fmt: skip
     t.add_argument("--out", required=True, help="run folder (ckpt.pt, metrics.jsonl, concept/)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--steps", type=int, default=None)
@@ -700,19 +912,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--ckpt-minutes", type=float, default=2.0)
+    t.add_argument("--save-every", type=int, default=0, help="also write OUT/concept-stepN every N steps")
     t.add_argument("--resume", action="store_true")
-    m = sub.add_parser("measure", help="concept present / binding / neglect / extra objects, per kind and method")
+    m = sub.add_parser(
+        "measure", help="concept present / binding / neglect / bleed / extra objects, per concept set, kind, method"
+    )
     m.add_argument("--out", required=True, help="folder for rows.jsonl, images/ and summary.md (reruns resume)")
-    m.add_argument("--kinds", nargs="+", choices=[*KINDS, "base"], default=[*KINDS, "base"])
-    m.add_argument("--methods", nargs="+", default=list(MEASURE_METHODS))
+    m.add_argument(
+        "--sets", nargs="+", choices=list(CONCEPT_SETS), default=list(CONCEPT_SETS),
+        help=f"concept sets: each concept alone, and {MULTI} (both LoRAs loaded together)",
+    )  # fmt: skip
+    m.add_argument("--kinds", nargs="+", choices=list(MEASURE_KINDS), default=list(MEASURE_KINDS))
+    m.add_argument("--methods", nargs="+", choices=list(MEASURE_METHODS), default=list(MEASURE_METHODS))
     m.add_argument("--seeds", default="0-15", help="e.g. 0-15 or 0,3,5-7")
     m.add_argument("--steps", type=int, default=20, help="DDIM steps")
     m.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
-    m.add_argument("--concepts", default=None, help="folder with star-ti/ and star-lora/ (default: shipped)")
+    m.add_argument(
+        "--concepts", default=None, help="folder with star-ti/, star-lora/, ring-lora/ ... (default: the shipped)"
+    )
     m.add_argument("--threads", type=int, default=1)
     r = sub.add_parser("report", help="rewrite OUT/summary.md from OUT/rows.jsonl (and a picture with --grid)")
     r.add_argument("--out", required=True)
-    r.add_argument("--grid", default=None, help="also write this PNG (prompts 3 and 7, seeds 0-7)")
+    r.add_argument("--grid", default=None, help="also write this PNG (seeds 0-7)")
+    r.add_argument(
+        "--grid-prompts", nargs="+", default=None, metavar="SET:INDEX",
+        help="prompts of the grid, e.g. star:2 star+ring:0 (default: the first two-object prompt of each set)",
+    )  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -723,10 +948,12 @@ def main(argv=None) -> int:
     elif args.command == "measure":
         measure(args)
     else:
-        (Path(args.out) / "summary.md").write_text(summary_table(Path(args.out)))
+        rows = load_rows(Path(args.out))
+        (Path(args.out) / "summary.md").write_text(summary_table(Path(args.out), rows))
         print((Path(args.out) / "summary.md").read_text())
         if args.grid:
-            _, legend = save_grid(Path(args.out), Path(args.grid))
+            picks = _parse_picks(args.grid_prompts) if args.grid_prompts else None
+            _, legend = save_grid(Path(args.out), Path(args.grid), picks, rows=rows)
             print("\n".join(legend))
     return 0
 
