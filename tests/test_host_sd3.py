@@ -195,3 +195,19 @@ def test_the_two_clip_tokenizers_must_split_the_prompt_alike():
         ait2i.generate(pipe, "a cat!! and a dog", ["cat", "dog"], **KW)
     out = ait2i.generate(pipe, "a cat and a dog", ["cat", "dog"], **KW)  # a prompt both split alike runs
     assert out.diagnostics.steps
+
+
+def test_saved_folder_without_t5_loads_and_the_bench_names_the_scheduler_fix(pipe, tmp_path):
+    """A folder saved with ``text_encoder_3=None`` (``[null, null]`` in model_index.json) loads by path, and a
+    protocol whose scheduler SD3 cannot run is refused at load time with the fix (``--scheduler default``)."""
+    from ait2i.bench.runner import load_pipeline, resolve_protocol
+    from ait2i.cli import load_model
+
+    folder = tmp_path / "sd3"
+    pipe.save_pretrained(folder)
+    loaded = load_model(str(folder))
+    assert type(loaded).__name__ == "StableDiffusion3Pipeline" and loaded.text_encoder_3 is None
+    with pytest.raises(ValueError, match="samples with DDIMScheduler.*pass --scheduler default"):
+        load_pipeline(str(folder), resolve_protocol("shapes", "cpu"), device="cpu")
+    ok = load_pipeline(str(folder), dict(resolve_protocol("shapes", "cpu"), scheduler="default"), device="cpu")
+    assert type(ok.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"

@@ -208,6 +208,15 @@ def _load_error(model: str, e: Exception) -> str:
     )
 
 
+def _absent_components(model_index: Path) -> dict:
+    """Components a local folder saved as absent (``[null, null]``, e.g. SD3 without T5): passed as ``None``, which
+    diffusers requires for the ones that are not optional in the pipeline class."""
+    if not model_index.is_file():
+        return {}
+    entries = json.loads(model_index.read_text())
+    return {k: None for k, v in entries.items() if not k.startswith("_") and v == [None, None]}
+
+
 def load_model(model: str | None, dtype: str = "float32", scheduler: str = "default"):
     """Load a diffusers pipeline (``None``: the shipped ShapesWorld model) and set its scheduler.
 
@@ -250,7 +259,8 @@ def load_model(model: str | None, dtype: str = "float32", scheduler: str = "defa
             with warnings.catch_warnings():  # diffusers >= 0.36 renames torch_dtype; older ones know only it
                 warnings.simplefilter("ignore", FutureWarning)
                 pipe = DiffusionPipeline.from_pretrained(
-                    str(path) if path.exists() else model, torch_dtype=torch_dtype, use_safetensors=True
+                    str(path) if path.exists() else model, torch_dtype=torch_dtype, use_safetensors=True,
+                    **_absent_components(path / "model_index.json"),
                 )
         except Exception as e:  # noqa: BLE001 - network, missing files, wrong format: one clear message
             raise ValueError(_load_error(model, e)) from None

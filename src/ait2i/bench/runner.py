@@ -691,6 +691,16 @@ def load_pipeline(model: str | None, protocol: dict, device=None):
         raise ValueError("float16 needs a CUDA device; pass --dtype float32 on CPU (it is recorded)")
     pipe = load_model(model, protocol["dtype"], protocol["scheduler"]).to(device)
     pipe.set_progress_bar_config(disable=True)
+    from ..hosts import host_for
+
+    allowed = getattr(host_for(pipe), "schedulers", None)
+    name = type(pipe.scheduler).__name__
+    if allowed is not None and name not in allowed:
+        raise ValueError(
+            f"the {protocol['name']} protocol samples with {name}, which {type(pipe).__name__} cannot run (it "
+            f"supports {', '.join(allowed)}); pass --scheduler default for the model's own scheduler (recorded in "
+            "the manifest)"
+        )
     return pipe
 
 
