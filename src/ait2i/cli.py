@@ -26,6 +26,9 @@ import warnings
 from pathlib import Path
 
 SHIPPED_MODEL = "shapesworld"  # what --model defaults to, as recorded in the metadata
+#: ``--model`` names of the shipped ShapesWorld models (a local folder of that name wins): the SD 1.x UNet (the
+#: default) and its SD3-family sibling, the MM-DiT.
+SHIPPED_MODELS = (SHIPPED_MODEL, "shapesworld-mmdit")
 
 
 # -- argument parsing helpers -------------------------------------------------------------------------------------
@@ -221,7 +224,8 @@ def load_model(model: str | None, dtype: str = "float32", scheduler: str = "defa
     """Load a diffusers pipeline (``None``: the shipped ShapesWorld model) and set its scheduler.
 
     Args:
-        model (`str`, *optional*): a local diffusers folder or a hub id (safetensors weights only).
+        model (`str`, *optional*): a local diffusers folder, a hub id (safetensors weights only), or the name of a
+            shipped ShapesWorld model (:data:`SHIPPED_MODELS`).
         dtype (`str`, *optional*, defaults to `"float32"`): ``"float32"``, ``"float16"`` or ``"bfloat16"``.
         scheduler (`str`, *optional*, defaults to `"default"`): a short name of
             ``ait2i.hosts.schedulers.SCHEDULER_NAMES`` (``"ddim"``, ``"euler"``, ...) or ``"default"`` (the
@@ -233,7 +237,14 @@ def load_model(model: str | None, dtype: str = "float32", scheduler: str = "defa
     if dtype not in dtypes:
         raise ValueError(f"dtype must be one of {', '.join(dtypes)}, got {dtype!r}")
     torch_dtype = dtypes[dtype]
-    if model is None:
+    if model == "shapesworld-mmdit" and not Path(model).exists():
+        from .shapes.model import load_sd3_pipeline
+
+        try:
+            pipe = load_sd3_pipeline(None, dtype=torch_dtype)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot load the shipped ShapesWorld MM-DiT ({e})") from None
+    elif model is None or (model == SHIPPED_MODEL and not Path(model).exists()):
         try:
             from .shapes.model import load_pipeline
         except ImportError as e:

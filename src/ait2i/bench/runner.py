@@ -706,13 +706,19 @@ def load_pipeline(model: str | None, protocol: dict, device=None):
 
 def model_identity(model: str | None) -> str:
     """How the manifest names a model: a local folder by the SHA-256 of its weights (two copies agree), a hub id
-    as it is, the shipped ShapesWorld model as ``shapesworld:<sha>``."""
+    as it is, the shipped ShapesWorld models as ``shapesworld:<sha>`` and ``shapesworld-mmdit:<sha>``."""
     import hashlib
 
-    if model is None:
+    from ..cli import SHIPPED_MODEL
+
+    if model is None or (model == SHIPPED_MODEL and not Path(model).exists()):
         from ..shapes.model import model_folder
 
         return "shapesworld:" + model_identity(str(model_folder(None))).partition(":")[2]
+    if model == "shapesworld-mmdit" and not Path(model).exists():
+        from ..shapes.model import model_folder, pretrained_mmdit_dir
+
+        return "shapesworld-mmdit:" + model_identity(str(model_folder(pretrained_mmdit_dir()))).partition(":")[2]
     folder = Path(model)
     if not folder.is_dir():
         return model

@@ -112,6 +112,11 @@ def pretrained_dir() -> Path:
     return Path(str(resources.files("ait2i") / "shapes" / "pretrained"))
 
 
+def pretrained_mmdit_dir() -> Path:
+    """The shipped diffusers-format folder of the ShapesWorld MM-DiT (package data)."""
+    return Path(str(resources.files("ait2i") / "shapes" / "pretrained_mmdit"))
+
+
 def model_folder(path: str | Path | None = None) -> Path:
     """The diffusers folder ``path`` (the shipped model when unset), checked to hold a ``model_index.json``."""
     folder = Path(path) if path is not None else pretrained_dir()
@@ -326,12 +331,13 @@ def sd3_condition(text_encoder, text_encoder_2, ids: torch.Tensor, n_pad: int = 
     return ctx, torch.cat([o1.text_embeds, o2.text_embeds], dim=-1)
 
 
-def load_sd3_pipeline(path: str | Path, dtype: torch.dtype = torch.float32):
-    """Loads an MM-DiT ShapesWorld folder (written by ``python -m ait2i.shapes.train --arch mmdit``) as a
-    ``StableDiffusion3Pipeline`` (no T5), offline, progress bar off."""
+def load_sd3_pipeline(path: str | Path | None = None, dtype: torch.dtype = torch.float32):
+    """Loads an MM-DiT ShapesWorld folder (written by ``python -m ait2i.shapes.train --arch mmdit``; unset: the
+    shipped one, :func:`pretrained_mmdit_dir`) as a ``StableDiffusion3Pipeline`` (no T5), offline, progress bar
+    off."""
     from diffusers import StableDiffusion3Pipeline
 
-    folder = model_folder(path)
+    folder = model_folder(path if path is not None else pretrained_mmdit_dir())
     pipe = StableDiffusion3Pipeline.from_pretrained(
         str(folder), text_encoder_3=None, tokenizer_3=None, torch_dtype=dtype, local_files_only=True
     )
