@@ -84,6 +84,11 @@ def test_tokens_command_with_model_folder(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[2].split() == ["1", "two", "two"]
 
 
+def test_tokens_command_with_a_shipped_model_name(capsys):
+    assert main(["tokens", "a red circle", "--model", "shapesworld"]) == 0  # offline: the package's tokenizer
+    assert capsys.readouterr().out.splitlines()[3].split() == ["2", "red", "red"]
+
+
 def test_tokens_warns_on_truncation(capsys):
     assert main(["tokens", " ".join(["cat"] * 80)]) == 0
     out = capsys.readouterr().out

@@ -129,6 +129,24 @@ def test_capture_is_the_processors_attention_at_the_t5_keys_with_rotary_position
     assert torch.isfinite(out.diagnostics.maps[0]).all()
 
     # the probabilities are what the processor's own scaled_dot_product_attention computes (rotary included)
+    attn = tr.transformer_blocks[1].attn
+    n_txt, n_img = 32, 256
+    x, ctx = torch.randn(1, n_img, 32), torch.randn(1, n_txt, 32)
+    ids = torch.cat([torch.zeros(n_txt, 3), pipe._prepare_latent_image_ids(1, 16, 16, "cpu", torch.float32)])
+    rotary = tr.pos_embed(ids)
+    with torch.no_grad():
+        ref = _processor_probs(attn, x, ctx, rotary)
+        joint = flux_text_probabilities(attn, x, ctx, rotary, "joint")
+        torch.testing.assert_close(joint, ref, rtol=1e-4, atol=1e-6)
+        text = flux_text_probabilities(attn, x, ctx, rotary, "text")
+        torch.testing.assert_close(text, ref / ref.sum(-1, keepdim=True), rtol=1e-4, atol=1e-6)
+        # the rotation matters: without it the image queries see other probabilities
+        assert not torch.allclose(flux_text_probabilities(attn, x, ctx, None, "joint"), joint, atol=1e-4)
+
+
+def _processor_probs(attn, x, ctx, rotary) -> torch.Tensor:
+    """Image-query x text-key probabilities of the processor's own attention call: the query and key it hands
+    ``scaled_dot_product_attention``, recorded, then softmax(q k^T / sqrt(d)); ``(heads, N_img, N_txt)``."""
     recorded = {}
     real_sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -136,27 +154,44 @@ def test_capture_is_the_processors_attention_at_the_t5_keys_with_rotary_position
         recorded["q"], recorded["k"] = kw.get("query", a[0] if a else None), kw.get("key", a[1] if a else None)
         return real_sdpa(*a, **kw)
 
-    attn = tr.transformer_blocks[1].attn
-    n_txt, n_img = 32, 256
-    x, ctx = torch.randn(1, n_img, 32), torch.randn(1, n_txt, 32)
-    ids = torch.cat([torch.zeros(n_txt, 3), pipe._prepare_latent_image_ids(1, 16, 16, "cpu", torch.float32)])
-    rotary = tr.pos_embed(ids)
+    torch.nn.functional.scaled_dot_product_attention = sdpa
+    try:
+        attn.processor(attn, x, ctx, None, rotary)
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = real_sdpa
+    q, k = recorded["q"].float(), recorded["k"].float()  # (1, heads, N_txt + N_img, d)
+    if q.shape[1] != attn.heads:  # a backend that keeps (B, N, heads, d)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+    n_txt = ctx.shape[1]
+    return (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1)[0, :, n_txt:, :n_txt]
+
+
+def test_maps_of_a_real_run_are_the_processors_attention_with_its_rotary_positions(pipe, monkeypatch):
+    """What the store receives in a real guided pass equals the processor's attention on that call's own inputs
+    (hidden states, text tokens and the rotary embedding the transformer passes)."""
+    from ait2i.hosts.sd3 import JointAttentionStore
+
+    got, inputs = [], []
+    real_add = JointAttentionStore.add
+
+    def add(self, name, probs, heads):
+        got.append(probs.detach().clone())
+        return real_add(self, name, probs, heads)
+
+    monkeypatch.setattr(JointAttentionStore, "add", add)
+    attn = pipe.transformer.transformer_blocks[1].attn
+    hook = attn.register_forward_pre_hook(
+        lambda m, a, k: inputs.append({n: v for n, v in k.items()}), with_kwargs=True
+    )
+    try:
+        ait2i.generate(pipe, PROMPT, SUBJECTS, "none", record_maps=(0,), generator=_gen(), **dict(KW, num_inference_steps=1))
+    finally:
+        hook.remove()
+    first = inputs[0]  # the guided pass comes before the loop's call
     with torch.no_grad():
-        torch.nn.functional.scaled_dot_product_attention = sdpa
-        try:
-            attn.processor(attn, x, ctx, None, rotary)
-        finally:
-            torch.nn.functional.scaled_dot_product_attention = real_sdpa
-        q, k = recorded["q"].float(), recorded["k"].float()  # (1, heads, N_txt + N_img, d)
-        if q.shape[1] != attn.heads:  # a backend that keeps (B, N, heads, d)
-            q, k = q.transpose(1, 2), k.transpose(1, 2)
-        ref = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1)[0, :, n_txt:, :n_txt]
-        joint = flux_text_probabilities(attn, x, ctx, rotary, "joint")
-        torch.testing.assert_close(joint, ref, rtol=1e-4, atol=1e-6)
-        text = flux_text_probabilities(attn, x, ctx, rotary, "text")
-        torch.testing.assert_close(text, ref / ref.sum(-1, keepdim=True), rtol=1e-4, atol=1e-6)
-        # the rotation matters: without it the image queries see other probabilities
-        assert not torch.allclose(flux_text_probabilities(attn, x, ctx, None, "joint"), joint, atol=1e-4)
+        ref = _processor_probs(attn, first["hidden_states"].detach(), first["encoder_hidden_states"].detach(),
+                               tuple(r.detach() for r in first["image_rotary_emb"]))  # fmt: skip
+    torch.testing.assert_close(got[0], ref, rtol=1e-4, atol=1e-6)
 
 
 def test_attn_res_pools_the_token_grid(pipe):
@@ -175,8 +210,15 @@ def test_refusals(pipe):
             ait2i.generate(pipe, PROMPT, SUBJECTS, **{key: value}, **KW)
     with pytest.raises(ValueError, match="over max_sequence_length=4"):
         ait2i.generate(pipe, PROMPT, SUBJECTS, **dict(KW, max_sequence_length=4))
-    ok = ait2i.generate(pipe, PROMPT, SUBJECTS, prompt_2=PROMPT, generator=_gen(), **KW)  # the same words are fine
-    assert ok.diagnostics.steps
+    with pytest.raises(ValueError, match="attention_mask"):
+        ait2i.generate(pipe, PROMPT, SUBJECTS, joint_attention_kwargs={"attention_mask": torch.ones(1, 288)}, **KW)
+    with pytest.raises(ValueError, match="only with true_cfg_scale > 1"):
+        ait2i.generate(pipe, PROMPT, SUBJECTS, negative_prompt="blurry", **KW)
+    with pytest.raises(ValueError, match="has no effect without a negative prompt"):
+        ait2i.generate(pipe, PROMPT, SUBJECTS, true_cfg_scale=3.0, **KW)
+    for same in (PROMPT, ""):  # the same words, or empty (the pipeline reads `prompt_2 or prompt`), are fine
+        ok = ait2i.generate(pipe, PROMPT, SUBJECTS, prompt_2=same, generator=_gen(), **KW)
+        assert ok.diagnostics.steps
     from diffusers import EulerDiscreteScheduler
 
     saved = pipe.scheduler
@@ -219,3 +261,30 @@ def test_cli_on_a_saved_flux_folder(pipe, tmp_path, capsys):
     params = read_png_params(out)
     assert params["guidance_scale"] == 3.5  # FluxPipeline's own default
     assert [s["tokens"] for s in params["subject_tokens"]] == [[2], [6]]
+
+
+def test_gradient_checkpointing_and_caches_are_refused_up_front():
+    from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
+
+    pipe = tiny_flux_pipeline()
+    pipe.transformer.enable_gradient_checkpointing()
+    with pytest.raises(ValueError, match="disable_gradient_checkpointing"):
+        ait2i.generate(pipe, PROMPT, SUBJECTS, **KW)
+    pipe.transformer.disable_gradient_checkpointing()
+    apply_first_block_cache(pipe.transformer, FirstBlockCacheConfig(threshold=10.0))
+    with pytest.raises(ValueError, match="cache hooks"):
+        ait2i.generate(pipe, PROMPT, SUBJECTS, **KW)
+
+
+def test_cli_true_cfg_scale_reaches_the_pipeline(pipe, tmp_path, capsys):
+    from ait2i.cli import main
+    from ait2i.metadata import read_png_params
+
+    folder = tmp_path / "flux"
+    pipe.save_pretrained(folder)
+    base = ["generate", PROMPT, "--subjects", "red car", "blue bench", "--model", str(folder), "--steps", "2",
+            "--height", "32", "--width", "32", "--quiet", "--negative-prompt", "blurry"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "bad.png")]) == 2  # a negative prompt Flux would ignore
+    assert "true_cfg_scale" in capsys.readouterr().err and not (tmp_path / "bad-0.png").exists()
+    assert main([*base, "--true-cfg-scale", "3", "--out", str(tmp_path / "ok.png")]) == 0, capsys.readouterr().err
+    assert read_png_params(tmp_path / "ok.png")["true_cfg_scale"] == 3.0

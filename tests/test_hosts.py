@@ -517,3 +517,13 @@ def test_flow_matching_scheduler_is_refused_outside_its_family():
         pipe.scheduler = FlowMatchEulerDiscreteScheduler()
         with pytest.raises(TypeError, match=r"FlowMatchEulerDiscreteScheduler is not supported \(not with this"):
             ait2i.generate(pipe, PROMPT, SUBJECTS, num_inference_steps=2, **kw)
+
+
+@pytest.mark.slow
+def test_unet_gradient_checkpointing_is_refused_up_front():
+    """A checkpointed block would be recomputed in the backward pass from a guided forward pass that stopped at the
+    last read layer: refused before anything runs, naming the fix."""
+    pipe = tiny_sd_pipeline()
+    pipe.unet.enable_gradient_checkpointing()
+    with pytest.raises(ValueError, match=r"pipe\.unet\.disable_gradient_checkpointing\(\)"):
+        ait2i.generate(pipe, "a red car and a blue bench", ["red car", "blue bench"], num_inference_steps=2)

@@ -170,12 +170,13 @@ def _tokenizer_component(model_index: Path) -> str:
 
 
 def _load_tokenizer(model: str | None):
-    if model is None:
-        from .testing import clip_tokenizer
-
-        return clip_tokenizer()
     from transformers import AutoTokenizer
 
+    if model is None or (model in SHIPPED_MODELS and not Path(model).exists()):
+        from .shapes.model import pretrained_dir, pretrained_mmdit_dir
+
+        folder = pretrained_mmdit_dir() if model == "shapesworld-mmdit" else pretrained_dir()
+        return AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
     try:
         path = Path(model).expanduser()
         if path.is_dir():
@@ -371,7 +372,10 @@ def cmd_generate(args) -> int:
         default = inspect.signature(pipe.__call__).parameters.get("guidance_scale")
         guidance_scale = default.default if default is not None else 7.5
     call = {"num_inference_steps": args.steps, "guidance_scale": guidance_scale}
-    call.update({k: getattr(args, k) for k in ("height", "width", "negative_prompt") if getattr(args, k) is not None})
+    optional = ("height", "width", "negative_prompt", "true_cfg_scale")
+    call.update({k: getattr(args, k) for k in optional if getattr(args, k) is not None})
+    if "true_cfg_scale" in call and "true_cfg_scale" not in inspect.signature(pipe.__call__).parameters:
+        raise ValueError(f"--true-cfg-scale: {type(pipe).__name__} has no true_cfg_scale (Flux pipelines have)")
     batch = args.batch_size or len(plan.seeds)
     images, diags = [], []  # diags: (diagnostics of the batch, index in the batch) per image
     for start in range(0, len(plan.seeds), batch):
@@ -389,6 +393,7 @@ def cmd_generate(args) -> int:
     params = {
         "prompt": args.prompt,
         "negative_prompt": args.negative_prompt or "",
+        "true_cfg_scale": args.true_cfg_scale,
         "subjects": list(args.subjects or []),
         "method": plan.cfg.name,
         "method_config": {f.name: getattr(plan.cfg, f.name) for f in dataclasses.fields(plan.cfg)},
@@ -485,9 +490,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=None, help="images per pipeline call (default: all seeds)")
     g.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
     g.add_argument(
-        "--guidance-scale", type=float, default=None, help="classifier-free guidance (default: the pipeline's own)"
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale; for Flux, the distilled guidance embedding (default: the pipeline's own)",
     )
     g.add_argument("--negative-prompt", default=None)
+    g.add_argument(
+        "--true-cfg-scale",
+        type=float,
+        default=None,
+        help="Flux: true classifier-free guidance with --negative-prompt (the pipeline uses the negative prompt only "
+        "when this is > 1)",
+    )
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
     g.add_argument(

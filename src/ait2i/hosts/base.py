@@ -175,6 +175,45 @@ def check_tokenizers_agree(pipe, prompt: str, first: str = "tokenizer", second: 
     )
 
 
+#: Substrings of ``diffusers.hooks`` hook names that reuse activations across steps (first-block cache, pyramid
+#: attention broadcast, FasterCache, TaylorSeer, MagCache, text KV cache, ...): the guided pass would read stale
+#: activations.
+CACHE_HOOK_MARKERS = ("cache", "broadcast", "fbc_")
+
+
+def check_denoiser(pipe) -> None:
+    """Refuse a denoiser (``pipe.unet`` or ``pipe.transformer``) whose state the guided pass cannot work with.
+
+    - gradient checkpointing: the guided pass ends at the last read layer, so a checkpointed block would be
+      recomputed in the backward pass from a forward pass that never finished;
+    - a cache (``enable_cache`` or a ``diffusers.hooks`` cache hook on any submodule): the guided pass would get
+      activations cached from other inputs, and the cache would see calls it does not expect.
+
+    Raises:
+        ValueError: naming what to switch off.
+    """
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if denoiser is None:
+        return
+    kind = "unet" if getattr(pipe, "unet", None) is denoiser else "transformer"
+    name = type(pipe).__name__
+    if getattr(denoiser, "is_gradient_checkpointing", False):
+        raise ValueError(
+            f"{name}: the {kind} has gradient checkpointing on, which the guided pass (a forward pass that stops at "
+            f"the last read layer, then a backward pass) cannot use; call pipe.{kind}.disable_gradient_checkpointing()"
+        )
+    hooks = []
+    for module in denoiser.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        hooks += [h for h in getattr(registry, "hooks", {}) if any(m in str(h).lower() for m in CACHE_HOOK_MARKERS)]
+    if getattr(denoiser, "is_cache_enabled", False) or hooks:
+        what = f"cache hooks {sorted(set(hooks))}" if hooks else "a cache (enable_cache)"
+        raise ValueError(
+            f"{name}: the {kind} has {what}, which would give the guided pass activations cached from other "
+            f"inputs; call pipe.{kind}.disable_cache() (or remove the hooks) first"
+        )
+
+
 class CallbackHost(Host):
     """A host for UNet pipelines with ``callback_on_step_end`` (Stable Diffusion 1.x/2.x text-to-image).
 
@@ -224,7 +263,9 @@ class CallbackHost(Host):
         self.check_call_arguments()
 
     def check_call_arguments(self) -> None:
-        """The arguments every family checks alike: one generator per image, finite start latents."""
+        """What every family checks alike: the denoiser's state (:func:`check_denoiser`), one generator per image,
+        finite start latents."""
+        check_denoiser(self.pipe)
         n = self.kwargs.get("num_images_per_prompt", 1) or 1
         gen = self.kwargs.get("generator")
         if isinstance(gen, list) and len(gen) != n:

@@ -29,8 +29,10 @@ negative prompt the pipeline encodes twice; the guided pass uses the prompt's en
 
 **Refused.** ``prompt_2`` other than the prompt (T5 would encode other words than those the subjects index),
 ``prompt_embeds`` / ``pooled_prompt_embeds`` and their negatives given as tensors, IP-Adapter images, a prompt
-longer than ``max_sequence_length`` T5 tokens, fused QKV projections and an enabled transformer cache (the guided
-pass would read stale or differently computed activations). ``FlowMatchEulerDiscreteScheduler`` only.
+longer than ``max_sequence_length`` T5 tokens, an ``attention_mask`` in ``joint_attention_kwargs`` (the maps would
+read the keys it masks), a negative prompt without ``true_cfg_scale > 1`` and the reverse (the pipeline would ignore
+them silently), fused QKV projections, gradient checkpointing and transformer caches (:func:`~ait2i.hosts.base.
+check_denoiser`). ``FlowMatchEulerDiscreteScheduler`` only.
 """
 
 from __future__ import annotations
@@ -77,12 +79,12 @@ def flux_text_probabilities(attn, hidden_states, context, rotary, normalise: str
         return norm(x.unflatten(-1, (-1, d)))  # (B, N, heads, d)
 
     n_txt = context.shape[1]
-    query = torch.cat([heads(attn.add_q_proj(context), attn.norm_added_q), heads(attn.to_q(hidden_states), attn.norm_q)], 1)
+    query = heads(attn.to_q(hidden_states), attn.norm_q)  # the image queries only (the text ones are not read)
     key = torch.cat([heads(attn.add_k_proj(context), attn.norm_added_k), heads(attn.to_k(hidden_states), attn.norm_k)], 1)
-    if rotary is not None:
-        query = apply_rotary_emb(query, rotary, sequence_dim=1)
+    if rotary is not None:  # (cos, sin) of the joint sequence [text ; image]
+        query = apply_rotary_emb(query, tuple(r[n_txt:] for r in rotary), sequence_dim=1)
         key = apply_rotary_emb(key, rotary, sequence_dim=1)
-    q = query[:, n_txt:].transpose(1, 2).float()  # (B, heads, N_img, d): the image queries
+    q = query.transpose(1, 2).float()  # (B, heads, N_img, d)
     k = (key if normalise == "joint" else key[:, :n_txt]).transpose(1, 2).float()
     probs = (q @ k.transpose(-1, -2) * d**-0.5).softmax(-1)[..., :n_txt]  # scaled_dot_product_attention's scale
     b, h, n_img, _ = probs.shape
@@ -163,18 +165,30 @@ class FluxHost(CallbackHost):
         if "callback_on_step_end" not in inspect.signature(pipe.__call__).parameters:
             raise TypeError(f"{type(pipe).__name__}.__call__ has no `callback_on_step_end`; upgrade diffusers")
         tr = pipe.transformer
-        if getattr(tr, "is_cache_enabled", False):
-            raise ValueError(
-                f"{type(pipe).__name__}: the transformer has a cache enabled (transformer.enable_cache), which would "
-                "give the guided pass cached activations; call transformer.disable_cache() first"
-            )
         if any(getattr(b.attn, "fused_projections", False) for b in tr.transformer_blocks):
             raise ValueError(
                 f"{type(pipe).__name__}: fused QKV projections are not supported (the capture reads to_q/to_k); "
                 "call pipe.transformer.unfuse_qkv_projections() first"
             )
-        self.check_call_arguments()
-        other = self.kwargs.get("prompt_2")
+        self.check_call_arguments()  # gradient checkpointing and caches included
+        if "attention_mask" in (self.kwargs.get("joint_attention_kwargs") or {}):
+            raise ValueError(
+                f"{type(pipe).__name__}: an `attention_mask` in joint_attention_kwargs is not supported with guidance "
+                "(the maps would still put probability on the keys it masks out); leave it out"
+            )
+        negative = self.kwargs.get("negative_prompt") or self.kwargs.get("negative_prompt_2")
+        true_cfg = self.kwargs.get("true_cfg_scale", 1.0) or 1.0
+        if negative and true_cfg <= 1:
+            raise ValueError(
+                f"{type(pipe).__name__} uses a negative prompt only with true_cfg_scale > 1 (got {true_cfg}); pass "
+                "true_cfg_scale (e.g. 4.0) or drop negative_prompt, which would otherwise be silently ignored"
+            )
+        if true_cfg > 1 and not negative:
+            raise ValueError(
+                f"{type(pipe).__name__}: true_cfg_scale={true_cfg} has no effect without a negative prompt (the "
+                "pipeline silently skips true classifier-free guidance); pass negative_prompt or drop true_cfg_scale"
+            )
+        other = self.kwargs.get("prompt_2") or None  # the pipeline reads `prompt_2 or prompt`
         if other is not None and any(o != self.prompt for o in ([other] if isinstance(other, str) else other)):
             raise ValueError(
                 f"{type(pipe).__name__}: `prompt_2` differs from the prompt, which guidance does not support: Flux's "

@@ -205,7 +205,7 @@ class StableDiffusion3Host(CallbackHost):
         self._check_other_prompt("prompt_3", getattr(pipe, "tokenizer_3", None), "text_encoder_3")
 
     def _check_other_prompt(self, key: str, tokenizer, encoder: str) -> None:
-        other = self.kwargs.get(key)
+        other = self.kwargs.get(key) or None  # the pipeline reads `prompt_2 or prompt` (an empty one is unset)
         if other is None or getattr(self.pipe, encoder, None) is None:
             return  # the pipeline uses the prompt itself, or has no such encoder (prompt_3 without T5)
         others = [other] if isinstance(other, str) else list(other)

@@ -43,7 +43,7 @@ class _SDXLMixin:
     # -- checks -----------------------------------------------------------------------------------------------
     def check(self) -> None:
         super().check()
-        p2 = self.kwargs.get("prompt_2")
+        p2 = self.kwargs.get("prompt_2") or None  # the pipeline reads `prompt_2 or prompt`
         if p2 is not None and p2 != self.prompt:
             raise ValueError(
                 f"{type(self.pipe).__name__}: `prompt_2` ({p2!r}) differs from the prompt; the second text encoder "
