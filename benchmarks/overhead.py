@@ -23,7 +23,7 @@ Usage::
     python benchmarks/overhead.py --family sdxl --steps 10 --repeats 2   # tiny random SDXL pipeline, CPU
     python benchmarks/overhead.py --full-size --device cuda --dtype float16 --out results.md
     python benchmarks/overhead.py --family sd3 --full-size --device cuda --dtype float16 --height 1024 --width 1024
-    python benchmarks/overhead.py --family flux --full-size --device cuda --dtype float16 --steps 28 --seeds 0
+    python benchmarks/overhead.py --family flux --full-size --device cuda --dtype bfloat16 --steps 28 --seeds 0
     python benchmarks/overhead.py --model path/or/hub-id --device cuda
 
 ``--full-size`` builds randomly initialised components with the architecture of the published configs (no
@@ -46,7 +46,7 @@ download): the speed of a real checkpoint without its weights.
   pooled projection 768, guidance embedding, rotary axes 16/56/56, 64 packed channels; CLIP-L; the 16-channel Flux
   autoencoder; dynamic-shift flow matching; 1024x1024 images) with the same shallow T5-XXL-wide stand-in as
   ``pixart``. About 12 B transformer parameters: building it takes ~48 GB of host memory (float32 before the cast)
-  and ~24 GB of GPU memory in float16.
+  and ~24 GB of GPU memory in bfloat16 (Flux overflows in float16).
 
 On the CPU pass a reduced ``--height/--width/--steps``; the real sizes need a GPU (``--device cuda --dtype
 float16``). Random weights never meet the A&E refinement thresholds, so the A&E variants run every refinement
@@ -310,7 +310,7 @@ def build_pipeline(args):
     """The pipeline of ``args.family`` (tiny random, ``--full-size`` random or ``--model``), moved and cast."""
     import diffusers
 
-    dtype = {"float32": torch.float32, "float16": torch.float16}[args.dtype]
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
     fam = args.family
     if args.model:
         from ait2i.cli import load_model
@@ -589,7 +589,7 @@ def parse_args(argv=None):
         "--full-size", action="store_true", help="random components of the family's published size (use a GPU)"
     )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float16"))
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     p.add_argument(
         "--scheduler",
         default=None,
@@ -622,8 +622,8 @@ def parse_args(argv=None):
     args.seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     if args.repeats < 1 or args.steps < 1 or not args.seeds:
         p.error("--repeats and --steps must be >= 1 and --seeds non-empty")
-    if args.dtype == "float16" and not args.device.startswith("cuda"):
-        p.error("--dtype float16 needs --device cuda")
+    if args.dtype != "float32" and not args.device.startswith("cuda"):
+        p.error(f"--dtype {args.dtype} needs --device cuda")
     if args.variants is None:
         args.variants = [v for v in VARIANTS if v != "diffusers-ae" or args.family == "sd15"]
     elif "diffusers-ae" in args.variants and args.family != "sd15":
