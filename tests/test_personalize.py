@@ -39,6 +39,13 @@ def test_ring_concept_scenes_are_rings_and_star_scenes_are_unchanged():
     assert [o.shape for o in stars[1].objects] == [o.shape.replace("ring", "star") for o in rings[1].objects]
     cap = P.concept_caption(rings[1], "ring", np.random.default_rng(0), "ring")
     assert " ring" in cap and " and " in cap
+    more_pairs = P.concept_scenes(0, n=64, shape="ring", alone_every=4)
+    alone = [s for s in more_pairs if len(s.objects) == 1]
+    assert len(alone) == 17 and {s.objects[0].color for s in alone} == set(P.R.COLORS)  # about one in four
+    pairs = [s for s in more_pairs if len(s.objects) == 2]
+    assert {o.shape for s in pairs for o in s.objects} == {"ring", *P.R.SHAPES}
+    with pytest.raises(ValueError, match="alone_every"):
+        P.concept_scenes(0, alone_every=0)
     with pytest.raises(ValueError, match="unknown concept shape 'heart'"):
         P.concept_scenes(0, shape="heart")
     assert P.placeholder("ring") == "<ring>"
@@ -79,13 +86,14 @@ def test_ti_steps_move_only_the_placeholder_and_the_file_loads(tmp_path):
     assert fresh.maybe_convert_prompt("a red <star>", fresh.tokenizer) == "a red <star> <star>_1"
 
 
-@pytest.mark.parametrize("targets", ["attn", "attn-conv"])
-def test_lora_save_loads_with_load_lora_weights_and_changes_the_output(tmp_path, targets):
+@pytest.mark.parametrize("targets,text_encoder", [("attn", False), ("attn-conv", False), ("attn-conv", True)])
+def test_lora_save_loads_with_load_lora_weights_and_changes_the_output(tmp_path, targets, text_encoder):
     from safetensors import safe_open
 
     pipe = load_pipeline()
     base = _image(pipe, "a red star")
-    tr = P.Trainer(pipe, "lora", batch_size=2, prior_n=2, prior_steps=1, lr=5e-2, targets=targets, rank=4)
+    tr = P.Trainer(pipe, "lora", batch_size=2, prior_n=2, prior_steps=1, lr=5e-2, targets=targets, rank=4,
+                   text_encoder=text_encoder)  # fmt: skip
     tr.train_step(10)
     tr.train_step(10)  # two steps: the B matrices start at zero, so after one step only B has moved
     trained = _image(pipe, "a red star")
@@ -102,6 +110,9 @@ def test_lora_save_loads_with_load_lora_weights_and_changes_the_output(tmp_path,
         assert any("proj_in" in k for k in keys) and any("conv_shortcut" in k for k in keys)
     else:
         assert not convs
+    te_keys = [k for k in keys if k.startswith("text_encoder.")]
+    assert bool(te_keys) == text_encoder
+    assert all(k.startswith(("unet.", "text_encoder.")) and ".lora_" in k for k in keys)  # peft key format
 
     fresh = load_pipeline()
     fresh.load_lora_weights(str(tmp_path))

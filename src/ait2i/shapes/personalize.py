@@ -18,9 +18,10 @@ composes: "a red star and a blue square").
   "triangle"; only its rows of the token-embedding matrix train (every other weight is frozen, the other rows are
   restored after each step). Saved as ``learned_embeds.safetensors`` (``{"<star>": (TI_VECTORS, 128)}``,
   diffusers' own ``textual_inversion.py`` format), loaded by ``pipe.load_textual_inversion(path, token="<star>")``.
-- **LoRA** (``--kind lora``): a LoRA (peft) of rank ``--rank`` on the UNet only, on the modules of
-  :data:`LORA_TARGET_SETS` (``--targets``: ``attn``, the attention projections and feed-forward layers, or
-  ``attn-conv``, those and every ResNet convolution and the transformers' ``proj_in``/``proj_out``). The trigger
+- **LoRA** (``--kind lora``): a LoRA (peft) of rank ``--rank`` on the UNet modules of :data:`LORA_TARGET_SETS`
+  (``--targets``: ``attn``, the attention projections and feed-forward layers, or ``attn-conv``, those and every
+  ResNet convolution and the transformers' ``proj_in``/``proj_out``) and, with ``--text-encoder``, on the CLIP
+  text encoder's attention and MLP layers (:data:`TEXT_LORA_TARGETS`); defaults in :data:`KIND_DEFAULTS`. The trigger
   is the concept's plain name, **"star"** or **"ring"**: each one CLIP token (``star</w>``, ``ring</w>``) that no
   training caption holds (its embedding is still the random initialisation), so a rare word to this model, and
   prompts stay natural ("a red star and a blue ring"); the checker's shape names are the same words.
@@ -75,13 +76,18 @@ LORA_TARGET_SETS: dict[str, tuple[str, ...]] = {
     ),
 }  # fmt: skip
 LORA_TARGETS = LORA_TARGET_SETS["attn"]
+#: Text-encoder LoRA targets (``--text-encoder``): the CLIP layers' attention projections and MLP.
+TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 NUM_RENDERS = 48
 TI_FILE = "learned_embeds.safetensors"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 KIND_DEFAULTS = {
     "ti": {"steps": 800, "lr": 5e-3, "batch_size": 16},
-    "lora": {"steps": 600, "lr": 1e-3, "batch_size": 16, "rank": LORA_RANK, "targets": "attn"},
+    # measured on quick trials (4 prompts x 8 seeds): attention-only rank 8 (the first shipped star) drew a star in
+    # 3-5% of images; + convolutions, rank 16, lr 2e-3, 1200 steps: 14/16 one-object, 0/16 two-object; + a
+    # text-encoder LoRA: two-object prompts too (docs/results/personalization.md)
+    "lora": {"steps": 1200, "lr": 2e-3, "batch_size": 16, "rank": 16, "targets": "attn-conv", "text_encoder": True},
 }
 
 
@@ -106,21 +112,31 @@ def concepts_dir() -> Path:
 # -- data --------------------------------------------------------------------------------------------------------
 
 
-def concept_scenes(seed: int = 0, n: int = NUM_RENDERS, shape: str = "star") -> list[R.Scene]:
+def _alone(i: int, alone_every: int) -> bool:
+    if alone_every == 2:  # the first concepts' data: the even renders alone
+        return i % 2 == 0
+    return (i + i // len(R.COLORS)) % alone_every == 0  # shifted every colour cycle, so each colour is alone
+
+
+def concept_scenes(seed: int = 0, n: int = NUM_RENDERS, shape: str = "star", alone_every: int = 2) -> list[R.Scene]:
     """The ``n`` concept renders of ``shape`` (``"star"`` or ``"ring"``): concept ``i`` is in colour ``i % 6``;
-    even ``i`` alone, odd ``i`` with one ordinary shape (circle, square or triangle in turn) of another colour.
-    Deterministic in ``seed``."""
+    one render in ``alone_every`` shows it alone (with 2: the even ``i``), the others next to one ordinary shape
+    (circle, square or triangle in turn) of another colour. Deterministic in ``seed``."""
     _check_shape(shape)
+    if n < 1 or alone_every < 1:
+        raise ValueError(f"need n >= 1 and alone_every >= 1, got n={n}, alone_every={alone_every}")
     colors = list(R.COLORS)
     out = []
+    pairs = 0
     for i in range(n):
         rng = np.random.default_rng([seed, 7, i])
         c = colors[i % len(colors)]
-        if i % 2 == 0:
+        if _alone(i, alone_every):
             out.append(R.sample_scene(rng, 1, colors=[c], shapes=[shape]))
         else:
             other = str(rng.choice([x for x in colors if x != c]))
-            plain = R.SHAPES[(i // 2) % len(R.SHAPES)]
+            plain = R.SHAPES[pairs % len(R.SHAPES)]
+            pairs += 1
             objs = [(shape, c), (plain, other)]
             if rng.random() < 0.5:
                 objs.reverse()
@@ -206,7 +222,7 @@ def save_ti(text_encoder, ids: list[int], folder: Path, token: str = PLACEHOLDER
     return path
 
 
-def save_lora(unet, folder: Path) -> Path:
+def save_lora(unet, folder: Path, text_encoder=None) -> Path:
     """Saves the UNet's LoRA with ``StableDiffusionPipeline.save_lora_weights`` in peft's key format
     (``unet.<module>.lora_A.weight``), which ``load_lora_weights`` reads as is. Not converted to the old diffusers
     ``lora.down``/``lora.up`` names: diffusers 0.42 converts only the linear layers' keys, and a file mixing both
@@ -214,10 +230,14 @@ def save_lora(unet, folder: Path) -> Path:
     from diffusers import StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
 
-    sd = get_peft_model_state_dict(unet)
-    sd = {k: v.detach().to(torch.float32).contiguous() for k, v in sd.items()}
+    def plain(model):
+        return {k: v.detach().to(torch.float32).contiguous() for k, v in get_peft_model_state_dict(model).items()}
+
     folder.mkdir(parents=True, exist_ok=True)
-    StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=sd, safe_serialization=True)
+    StableDiffusionPipeline.save_lora_weights(
+        str(folder), unet_lora_layers=plain(unet),
+        text_encoder_lora_layers=plain(text_encoder) if text_encoder is not None else None, safe_serialization=True,
+    )  # fmt: skip
     return folder / LORA_FILE
 
 
@@ -236,6 +256,9 @@ class Trainer:
         shape: str = "star",
         rank: int | None = None,
         targets: str | None = None,
+        renders: int = NUM_RENDERS,
+        alone_every: int = 2,
+        text_encoder: bool | None = None,
     ):
         from ait2i.shapes import model as M
 
@@ -248,6 +271,7 @@ class Trainer:
         self.batch_size = d["batch_size"] if batch_size is None else batch_size
         self.rank = d.get("rank", LORA_RANK) if rank is None else rank
         self.targets = d.get("targets", "attn") if targets is None else targets
+        self.text_lora = bool(d.get("text_encoder", False) if text_encoder is None else text_encoder)
         self.token = placeholder(shape)
         self.pipe = pipe
         self.tok, self.te, self.unet = pipe.tokenizer, pipe.text_encoder, pipe.unet
@@ -255,7 +279,7 @@ class Trainer:
         self.unet.requires_grad_(False)
         pipe.vae.requires_grad_(False)
         self.alphas = M.build_scheduler().alphas_cumprod.float()
-        self.scenes = concept_scenes(seed, shape=shape)
+        self.scenes = concept_scenes(seed, n=renders, shape=shape, alone_every=alone_every)
         self.images = _to_tensor([R.render(s) for s in self.scenes])  # (N, 3, 32, 32)
         torch.manual_seed(seed)
         if kind == "ti":
@@ -270,7 +294,16 @@ class Trainer:
         else:
             self.prior = prior_images(pipe, seed, n=prior_n, steps=prior_steps)
             self.unet.add_adapter(lora_config(self.rank, self.targets))
+            if self.text_lora:  # a LoRA on the text encoder as well (same rank), as diffusers' DreamBooth LoRA does
+                from peft import LoraConfig, inject_adapter_in_model
+
+                cfg = LoraConfig(
+                    r=self.rank, lora_alpha=self.rank, init_lora_weights="gaussian",
+                    target_modules=list(TEXT_LORA_TARGETS),
+                )  # fmt: skip
+                inject_adapter_in_model(cfg, self.te)  # (transformers' add_adapter wants peft >= 0.22)
             self.params = [p for p in self.unet.parameters() if p.requires_grad]
+            self.params += [p for p in self.te.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=self.lr, weight_decay=0.0)
         self.step = 0
         self._cache: dict[str, torch.Tensor] = {}
@@ -348,7 +381,7 @@ class Trainer:
     def save(self, folder: Path) -> Path:
         if self.kind == "ti":
             return save_ti(self.te, self.ids, folder, self.token)
-        return save_lora(self.unet, folder)
+        return save_lora(self.unet, folder, self.te if self.text_lora else None)
 
 
 def _git_commit() -> str:
@@ -372,7 +405,7 @@ def train(argv_args: argparse.Namespace) -> Path:
     t_setup = time.time()
     tr = Trainer(
         pipe, args.kind, seed=args.seed, lr=args.lr, batch_size=args.batch_size, shape=args.concept, rank=args.rank,
-        targets=args.targets,
+        targets=args.targets, renders=args.renders, alone_every=args.alone_every, text_encoder=args.text_encoder,
     )  # fmt: skip
     setup_s = time.time() - t_setup
     ck = out / "ckpt.pt"
@@ -421,7 +454,7 @@ def train(argv_args: argparse.Namespace) -> Path:
     info = {
         "kind": args.kind, "concept": args.concept, "seed": args.seed, "steps": steps, "lr": tr.lr,
         "batch_size": tr.batch_size,
-        "renders": NUM_RENDERS, "train_seconds": round(history["train_seconds"], 1),
+        "renders": args.renders, "alone_every": args.alone_every, "train_seconds": round(history["train_seconds"], 1),
         "setup_seconds": round(setup_s, 1), "threads": args.threads, "runs": history["runs"],
         "command": history["runs"][0]["command"], "commit": history["runs"][0]["commit"],
         "file": path.name, "bytes": path.stat().st_size,
@@ -431,7 +464,7 @@ def train(argv_args: argparse.Namespace) -> Path:
     else:
         info.update(
             trigger_word=args.concept, rank=tr.rank, target_set=tr.targets, targets=list(LORA_TARGET_SETS[tr.targets]),
-            prior_images=NUM_RENDERS,
+            text_encoder=tr.text_lora, prior_images=NUM_RENDERS,
         )  # fmt: skip
     (folder / "TRAINING.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"done: {steps} steps in {history['train_seconds']:.0f} s; concept in {folder}", flush=True)
@@ -912,6 +945,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--ckpt-minutes", type=float, default=2.0)
+    t.add_argument(
+        "--text-encoder", action=argparse.BooleanOptionalAction, default=None,
+        help=f"LoRA: train a text-encoder LoRA too (default {KIND_DEFAULTS['lora']['text_encoder']})",
+    )  # fmt: skip
+    t.add_argument("--renders", type=int, default=NUM_RENDERS, help="number of concept renders")
+    t.add_argument(
+        "--alone-every",
+        type=int,
+        default=2,
+        help="one render in N shows the concept alone",
+    )
     t.add_argument("--save-every", type=int, default=0, help="also write OUT/concept-stepN every N steps")
     t.add_argument("--resume", action="store_true")
     m = sub.add_parser(
