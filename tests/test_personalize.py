@@ -286,7 +286,7 @@ def test_report_rescores_rows_from_their_images(tmp_path):
     assert [r["concept"] for r in got] == [True, False, False]  # the stale True is read again from the images
     assert [r["concept_color"] for r in got] == [True, True, False]
     table = P.summary_table(tmp_path, got)
-    assert "### ring" in table and "| lora | none | 0.333" in table
+    assert "### ring" in table and "| lora | none | 1 x 3 | 0.333" in table
     path, legend = P.save_grid(tmp_path, tmp_path / "grid.png", [("ring", 0)], seeds=range(3), rows=got)
     assert path.is_file() and legend == ["row 1: 'a red ring' / lora / none"]
     rows[0]["prompt"] = "a blue ring"
@@ -303,3 +303,21 @@ def test_shipped_concepts_have_a_readme():
         pytest.skip("no shipped concepts")
     assert (d / "README.md").is_file()
     assert Path(d / "README.md").read_text().count("python -m ait2i.shapes.personalize") >= 2
+
+
+@pytest.mark.slow
+def test_readme_personalization_example_runs(tmp_path, monkeypatch):
+    """The README's personalized-concept example runs as written (both shipped LoRAs, AI-T2I)."""
+    import re
+
+    _shipped("lora")
+    if not (P.concepts_dir() / "ring-lora" / P.LORA_FILE).is_file():
+        pytest.skip("no shipped ring LoRA")
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    m = re.search(r"<!-- example: personalization -->\n```python\n(.*?)```", readme.read_text(), re.S)
+    assert m, "README.md has no personalization example"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(m.group(1), "README.md:personalization", "exec"), namespace)  # noqa: S102 - our own docs
+    assert sorted(namespace["pipe"].get_active_adapters()) == ["ring", "star"]
+    assert (tmp_path / "star-and-ring.png").is_file()

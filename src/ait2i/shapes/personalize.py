@@ -823,17 +823,16 @@ def summary_table(out: Path, rows: list[dict] | None = None) -> str:
         for r in sub:
             groups.setdefault((r["kind"], r["method"]), []).append(r)
         order = [(k, m) for k in MEASURE_KINDS for m in MEASURE_METHODS if (k, m) in groups]
-        metrics = [m for m in METRICS if any(r[m] is not None for r in sub)]
+        per_concept = ("concept_star", "concept_ring") if cs != MULTI else ()  # = "concept" with one concept
+        metrics = [m for m in METRICS if m not in per_concept and any(r[m] is not None for r in sub)]
 
         def values(rs, metric):
             return {(r["prompt_index"], r["seed"]): float(r[metric]) for r in rs if r[metric] is not None}
 
-        n_prompts = len({r["prompt_index"] for r in sub})
-        n_seeds = len({r["seed"] for r in sub})
         lines += [f"### {cs}", ""]
-        lines.append(f"{n_prompts} prompts x {n_seeds} seeds per row; mean [95% interval].\n")
-        head = "| kind | method | " + " | ".join(METRIC_NAMES[m] for m in metrics) + " |"
-        lines += [head, "|" + "---|" * (2 + len(metrics))]
+        lines.append("images: prompts x seeds of the row; mean [95% interval].\n")
+        head = "| kind | method | images | " + " | ".join(METRIC_NAMES[m] for m in metrics) + " |"
+        lines += [head, "|" + "---|" * (3 + len(metrics))]
         for k, m in order:
             cells = []
             for metric in metrics:
@@ -843,11 +842,13 @@ def summary_table(out: Path, rows: list[dict] | None = None) -> str:
                     continue
                 st = summarize(v)
                 cells.append(f"{st['mean']:.3f} [{st['low']:.2f}, {st['high']:.2f}]")
-            lines.append(f"| {k} | {m} | " + " | ".join(cells) + " |")
+            rs = groups[(k, m)]
+            size = f"{len({r['prompt_index'] for r in rs})} x {len({r['seed'] for r in rs})}"
+            lines.append(f"| {k} | {m} | {size} | " + " | ".join(cells) + " |")
         diffs = [(k, m) for k, m in order if m != "none" and (k, "none") in groups]
         if diffs:
             lines += ["", "Paired differences vs `none` (same kind, same prompt and seed):", "", head]
-            lines.append("|" + "---|" * (2 + len(metrics)))
+            lines.append("|" + "---|" * (3 + len(metrics)))
             for k, m in diffs:
                 cells = []
                 for metric in metrics:
@@ -857,7 +858,8 @@ def summary_table(out: Path, rows: list[dict] | None = None) -> str:
                         continue
                     d = paired(a, b)
                     cells.append(f"{d['delta']:+.3f} [{d['low']:+.2f}, {d['high']:+.2f}]")
-                lines.append(f"| {k} | {m} − none | " + " | ".join(cells) + " |")
+                n = len(set(values(groups[(k, m)], "concept")) & set(values(groups[(k, "none")], "concept")))
+                lines.append(f"| {k} | {m} − none | {n} pairs | " + " | ".join(cells) + " |")
         lines += ["", "Per prompt (concept present / exact binding, mean over seeds):", ""]
         lines.append("| prompt | " + " | ".join(f"{k} {m}" for k, m in order) + " |")
         lines.append("|" + "---|" * (1 + len(order)))
