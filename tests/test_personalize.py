@@ -141,6 +141,8 @@ def test_two_loras_load_as_named_adapters_and_both_act(tmp_path):
     base = _image(load_pipeline(), prompt)
     for img in singles + [base]:
         assert np.abs(img_both - img).max() > 1e-3  # both adapters act on the picture
+    half = P._concept_pipe(P.MULTI, "lora", tmp_path, adapter_weight=0.5)
+    assert np.abs(_image(half, prompt) - img_both).max() > 1e-3  # the adapter weight is applied
     both.set_adapters(["star-lora"])
     np.testing.assert_allclose(_image(both, prompt), singles[0], atol=1e-4)  # switching off the ring's LoRA
     with pytest.raises(ValueError, match="no ring-ti"):
@@ -295,6 +297,16 @@ def test_report_rescores_rows_from_their_images(tmp_path):
         P.load_rows(tmp_path)
     with pytest.raises(ValueError, match="--seeds"):
         P._parse_seeds("0-x")
+
+
+def test_measure_refuses_to_mix_adapter_weights_in_one_folder(tmp_path):
+    import json
+
+    row = {"concept_set": "star", "kind": "lora", "method": "none", "prompt": "a red star", "seed": 0,
+           "prompt_index": 0, "image": "images/x.png", "adapter_weight": 0.7}  # fmt: skip
+    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match="adapter weight"):
+        P.main(["measure", "--out", str(tmp_path), "--sets", "star", "--kinds", "lora"])
 
 
 def test_shipped_concepts_have_a_readme():

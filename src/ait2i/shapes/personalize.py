@@ -688,9 +688,9 @@ def score_image(image, objects) -> dict:
     return out
 
 
-def _concept_pipe(concept_set: str, kind: str, concepts: Path | None):
-    """The shipped pipeline with the concepts of ``concept_set`` loaded (``kind`` ``"base"``: none); two LoRAs are
-    loaded the diffusers way, as named adapters combined by ``set_adapters``."""
+def _concept_pipe(concept_set: str, kind: str, concepts: Path | None, adapter_weight: float = 1.0):
+    """The shipped pipeline with the concepts of ``concept_set`` loaded (``kind`` ``"base"``: none); LoRAs are
+    loaded the diffusers way, as named adapters combined by ``set_adapters`` with ``adapter_weight`` each."""
     from ait2i.shapes.model import load_pipeline
 
     pipe = load_pipeline()
@@ -704,8 +704,8 @@ def _concept_pipe(concept_set: str, kind: str, concepts: Path | None):
             raise ValueError(f"no {shape}-{kind} concept folder in {folder.parent}")
         load_concept(pipe, folder, kind, adapter_name=f"{shape}-{kind}")
         names.append(f"{shape}-{kind}")
-    if kind == "lora" and len(names) > 1:
-        pipe.set_adapters(names, adapter_weights=[1.0] * len(names))
+    if kind == "lora" and (len(names) > 1 or adapter_weight != 1.0):
+        pipe.set_adapters(names, adapter_weights=[adapter_weight] * len(names))
     return pipe
 
 
@@ -734,7 +734,14 @@ def measure(args: argparse.Namespace) -> None:
     rows_path = out / "rows.jsonl"
     done = set()
     if rows_path.exists():
-        done = {_row_key(json.loads(line)) for line in rows_path.read_text().splitlines()}
+        old = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
+        weights = {r.get("adapter_weight", 1.0) for r in old if r["kind"] == "lora"}
+        if weights - {args.adapter_weight}:
+            raise ValueError(
+                f"{rows_path} holds LoRA rows at adapter weight {sorted(weights)}, not {args.adapter_weight}; "
+                "measure another weight into another --out folder"
+            )
+        done = {_row_key(r) for r in old}
     seeds = _parse_seeds(args.seeds)
     concepts = Path(args.concepts) if args.concepts else None
     jobs = []
@@ -754,7 +761,7 @@ def measure(args: argparse.Namespace) -> None:
         if todo:
             if (cs, kind) not in pipes:
                 pipes.clear()
-                pipes[(cs, kind)] = _concept_pipe(cs, kind, concepts)
+                pipes[(cs, kind)] = _concept_pipe(cs, kind, concepts, args.adapter_weight)
             pipe = pipes[(cs, kind)]
             check_placeholders(pipe.tokenizer, prompt, subjects)
             gens = [torch.Generator().manual_seed(s) for s in todo]
@@ -767,7 +774,7 @@ def measure(args: argparse.Namespace) -> None:
                     name = f"images/{cs}_{kind}_{method}_{pi}_{s}.png"
                     im.save(out / name)
                     row = {"concept_set": cs, "kind": kind, "method": method, "prompt": prompt}
-                    row.update(prompt_index=pi)
+                    row.update(prompt_index=pi, adapter_weight=args.adapter_weight if kind == "lora" else None)
                     row.update(seed=s, image=name, **score_image(im, objs))
                     f.write(json.dumps(row) + "\n")
         bar.update(1)
@@ -829,7 +836,8 @@ def summary_table(out: Path, rows: list[dict] | None = None) -> str:
         def values(rs, metric):
             return {(r["prompt_index"], r["seed"]): float(r[metric]) for r in rs if r[metric] is not None}
 
-        lines += [f"### {cs}", ""]
+        weights = sorted({r.get("adapter_weight") or 1.0 for r in sub if r["kind"] == "lora"})
+        lines += [f"### {cs}" + (f" (LoRA adapter weight {weights[0]:g})" if weights not in ([], [1.0]) else ""), ""]
         lines.append("images: prompts x seeds of the row; mean [95% interval].\n")
         head = "| kind | method | images | " + " | ".join(METRIC_NAMES[m] for m in metrics) + " |"
         lines += [head, "|" + "---|" * (3 + len(metrics))]
@@ -976,6 +984,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument(
         "--concepts", default=None, help="folder with star-ti/, star-lora/, ring-lora/ ... (default: the shipped)"
     )
+    m.add_argument("--adapter-weight", type=float, default=1.0, help="weight of each LoRA in set_adapters (default 1)")
     m.add_argument("--threads", type=int, default=1)
     r = sub.add_parser("report", help="rewrite OUT/summary.md from OUT/rows.jsonl (and a picture with --grid)")
     r.add_argument("--out", required=True)
