@@ -868,6 +868,18 @@ def summary_table(out: Path, rows: list[dict] | None = None) -> str:
                     cells.append(f"{d['delta']:+.3f} [{d['low']:+.2f}, {d['high']:+.2f}]")
                 n = len(set(values(groups[(k, m)], "concept")) & set(values(groups[(k, "none")], "concept")))
                 lines.append(f"| {k} | {m} − none | {n} pairs | " + " | ".join(cells) + " |")
+        sizes = sorted({len(measure_prompts(cs)[r["prompt_index"]]) for r in sub})
+        if len(sizes) > 1:  # concept present on one-object and on two-object prompts apart
+            lines += ["", "Concept present by number of objects in the prompt:", ""]
+            lines.append("| kind | method | " + " | ".join(f"{n} object{'s' * (n > 1)}" for n in sizes) + " |")
+            lines.append("|" + "---|" * (2 + len(sizes)))
+            for k, m in order:
+                cells = []
+                for n in sizes:
+                    rs = [r for r in groups[(k, m)] if len(measure_prompts(cs)[r["prompt_index"]]) == n]
+                    st = summarize(values(rs, "concept"))
+                    cells.append(f"{st['mean']:.3f} [{st['low']:.2f}, {st['high']:.2f}] ({len(rs)})")
+                lines.append(f"| {k} | {m} | " + " | ".join(cells) + " |")
         lines += ["", "Per prompt (concept present / exact binding, mean over seeds):", ""]
         lines.append("| prompt | " + " | ".join(f"{k} {m}" for k, m in order) + " |")
         lines.append("|" + "---|" * (1 + len(order)))
