@@ -291,6 +291,8 @@ def test_report_rescores_rows_from_their_images(tmp_path):
     assert "### ring" in table and "| lora | none | 1 x 3 | 0.333" in table
     path, legend = P.save_grid(tmp_path, tmp_path / "grid.png", [("ring", 0)], seeds=range(3), rows=got)
     assert path.is_file() and legend == ["row 1: 'a red ring' / lora / none"]
+    with pytest.raises(ValueError, match="no rows"):
+        P.save_grid(tmp_path, tmp_path / "grid.png", [("ring", 0)], rows=got, kinds=["ti"])
     rows[0]["prompt"] = "a blue ring"
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match="not that of its index"):

@@ -897,9 +897,12 @@ def summary_table(out: Path, rows: list[dict] | None = None) -> str:
     return "\n".join(lines)
 
 
-def save_grid(out: Path, path: Path, picks=None, seeds=range(8), scale: int = 2, rows: list[dict] | None = None):
+def save_grid(
+    out: Path, path: Path, picks=None, seeds=range(8), scale: int = 2, rows: list[dict] | None = None, kinds=None
+):
     """A PNG of a measure run: for each ``(concept set, prompt index)`` in ``picks`` (default: the first two-object
-    prompt of each concept set measured), one row per (kind, method), one column per seed; frames: green exact
+    prompt of each concept set measured), one row per (kind, method) (of ``kinds``, default all), one column per
+    seed; frames: green exact
     binding, orange every concept of the right colour without exact binding, red not."""
     from PIL import Image, ImageDraw
 
@@ -910,7 +913,7 @@ def save_grid(out: Path, path: Path, picks=None, seeds=range(8), scale: int = 2,
     seeds = list(seeds)
     lines = []
     for cs, pi in picks:
-        for km in [(k, m) for k in MEASURE_KINDS for m in MEASURE_METHODS]:
+        for km in [(k, m) for k in (kinds or MEASURE_KINDS) for m in MEASURE_METHODS]:
             if any(key[:4] == (cs, *km, pi) for key in by):
                 lines.append((cs, pi, km))
     if not lines:
@@ -1005,6 +1008,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--grid-prompts", nargs="+", default=None, metavar="SET:INDEX",
         help="prompts of the grid, e.g. star:2 star+ring:0 (default: the first two-object prompt of each set)",
     )  # fmt: skip
+    r.add_argument("--grid-kinds", nargs="+", choices=list(MEASURE_KINDS), default=None, help="rows of these kinds")
     return p.parse_args(argv)
 
 
@@ -1020,7 +1024,7 @@ def main(argv=None) -> int:
         print((Path(args.out) / "summary.md").read_text())
         if args.grid:
             picks = _parse_picks(args.grid_prompts) if args.grid_prompts else None
-            _, legend = save_grid(Path(args.out), Path(args.grid), picks, rows=rows)
+            _, legend = save_grid(Path(args.out), Path(args.grid), picks, rows=rows, kinds=args.grid_kinds)
             print("\n".join(legend))
     return 0
 
