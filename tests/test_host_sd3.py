@@ -166,10 +166,23 @@ def test_with_t5_encoder():
 SHAPES_MMDIT = Path(ait2i.__file__).parent / "shapes" / "pretrained_mmdit"
 
 
-@pytest.mark.skipif(
-    not (SHAPES_MMDIT / "model_index.json").is_file(),
-    reason=f"the ShapesWorld MM-DiT is not shipped yet ({SHAPES_MMDIT} has no model_index.json)",
-)
+def test_the_shapesworld_mmdit_ships_under_30_mb_and_loads_by_name(tmp_path, capsys):
+    from ait2i.cli import load_model, main
+
+    assert (SHAPES_MMDIT / "model_index.json").is_file() and (SHAPES_MMDIT / "TRAINING.json").is_file()
+    size = sum(f.stat().st_size for f in SHAPES_MMDIT.rglob("*") if f.is_file())
+    assert size <= 30e6, size
+    pipe = load_model("shapesworld-mmdit")
+    assert type(pipe).__name__ == "StableDiffusion3Pipeline" and pipe.text_encoder_3 is None
+    assert main(["tokens", "a red circle", "--model", "shapesworld-mmdit"]) == 0
+    assert capsys.readouterr().out.splitlines()[3].split() == ["2", "red", "red"]
+    out = tmp_path / "img.png"
+    argv = ["generate", "a red circle and a blue square", "--subjects", "red circle", "blue square", "--model",
+            "shapesworld-mmdit", "--steps", "2", "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    assert out.is_file()
+
+
 def test_guidance_lowers_the_loss_on_the_shapesworld_mmdit():
     from ait2i.shapes.model import load_sd3_pipeline
 
