@@ -13,22 +13,27 @@ keys; ``"clip"``, the softmax over the 77 CLIP keys alone (maps summing to 1, as
 quarter of the depth (block 1 of 4; 6 of SD3-medium's 24). The guided pass stops after it, so it costs about a
 quarter of a forward pass; ``"joint"`` adds an ``N_img x N_img`` logit matrix per read block (the normaliser).
 
-Both choices were measured on the ShapesWorld MM-DiT (training export at step 632 of 3000), 8 prompts (4 "two", 4
-"three" objects) x 2 seeds, 10 steps, guidance scale 4, ``ait2i`` at ``scale_factor`` 20 against 0. "reduction" is
-the relative drop of the summed loss over steps 1-4; "lift" is the share of a subject's map (steps 2 and 5 of the
-unguided run) on its colour's pixels in the final image over the area share of those pixels (1 = no better than
-uniform). Standard deviations of the reduction 0.01-0.07 (n = 16).
+Both choices were first measured on the ShapesWorld MM-DiT's training export at step 632 (8 prompts), and measured
+again on the shipped model (step 4951) with ``python benchmarks/sd3_read_choice.py --per-category 2 --seeds 0-1``:
+4 prompts (2 "two", 2 "three" objects) x 2 seeds, 10 steps, guidance scale 4, ``ait2i`` at ``scale_factor`` 20
+against 0. "reduction" is the relative drop of the summed loss over steps 1-4 (mean +- sd over the 8 runs); "lift"
+is the share of a subject's map (steps 2 and 5 of the unguided run) on its colour's pixels in the final image over
+the area share of those pixels (1 = no better than uniform).
 
-=========  =================  =================  =================
-blocks     clip (red./lift)   text (red./lift)   joint (red./lift)
-=========  =================  =================  =================
-0          +0.006 / 1.06      +0.025 / 0.89      +0.014 / 0.81
-1          +0.021 / 1.10      +0.043 / 1.19      **+0.086 / 1.25**
-2          +0.006 / 1.04      +0.052 / 1.21      +0.075 / 0.88
-3          +0.006 / 0.96      +0.025 / 0.90      +0.103 / 0.96
-0, 1       +0.019 / 1.08      -0.003 / 1.01      +0.007 / 0.95
-0-3        +0.008 / 1.04      +0.004 / 1.03      +0.000 / 0.95
-=========  =================  =================  =================
+=========  =====================  =====================  =====================
+blocks     clip (red. / lift)     text (red. / lift)     joint (red. / lift)
+=========  =====================  =====================  =====================
+0          +0.000 +- 0.011 / 1.00 +0.009 +- 0.012 / 0.89 -0.005 +- 0.016 / 0.85
+1          +0.037 +- 0.020 / 1.03 +0.041 +- 0.064 / 1.34 **+0.100 +- 0.068 / 1.37**
+2          +0.039 +- 0.055 / 1.03 -0.007 +- 0.081 / 1.47 +0.125 +- 0.114 / 1.19
+3          +0.039 +- 0.037 / 0.84 +0.038 +- 0.039 / 1.06 +0.065 +- 0.087 / 1.27
+0, 1       +0.016 +- 0.018 / 1.00 +0.028 +- 0.023 / 1.09 +0.047 +- 0.060 / 1.05
+0-3        -0.000 +- 0.044 / 0.96 +0.025 +- 0.029 / 1.19 +0.031 +- 0.042 / 1.09
+=========  =====================  =====================  =====================
+
+The default (block 1, within the joint softmax) is again the best balance of the two (block 2 lets guidance act a
+little more but its maps point less well; the "text" normalisation at block 2 points best but guidance barely
+acts through it); the sample is small (sd of the reduction up to 0.11), so neighbouring choices are not resolved.
 
 **Token layout.** ``StableDiffusion3Pipeline.encode_prompt`` builds the context as ``[CLIP (77 tokens: the two
 CLIP encoders' hidden states concatenated on channels, zero-padded to joint_attention_dim) ; T5 (max_sequence_length
