@@ -175,6 +175,20 @@ def check_tokenizers_agree(pipe, prompt: str, first: str = "tokenizer", second: 
     )
 
 
+def check_sequence_length(tokenizer, text: str, limit: int) -> None:
+    """Refuse a prompt longer than the ``limit`` T5 tokens a pipeline keeps (it would truncate the end silently).
+
+    Raises:
+        ValueError: naming the length and the fixes.
+    """
+    n = len(tokenizer(text).input_ids)
+    if n > limit:
+        raise ValueError(
+            f"the prompt is {n} T5 tokens (with </s>), over max_sequence_length={limit}: the pipeline truncates "
+            "it, so its end and any subject there are not encoded; shorten it or raise max_sequence_length"
+        )
+
+
 #: Substrings of ``diffusers.hooks`` hook names that reuse activations across steps (first-block cache, pyramid
 #: attention broadcast, FasterCache, TaylorSeer, MagCache, text KV cache, ...): the guided pass would read stale
 #: activations.

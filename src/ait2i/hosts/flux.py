@@ -38,16 +38,15 @@ check_denoiser`). ``FlowMatchEulerDiscreteScheduler`` only.
 from __future__ import annotations
 
 import inspect
-from contextlib import contextmanager
 from typing import ClassVar
 
 import torch
 
 from ..attention import WrappingProcessor
 from ..subjects import EndToken, end_token_index, token_layout
-from .base import CallbackHost, Host
+from .base import CallbackHost, Host, check_sequence_length
 from .registry import register_host
-from .sd3 import FLOW_SCHEDULERS, JointAttentionStore, quarter_depth
+from .sd3 import FLOW_SCHEDULERS, capture_blocks, quarter_depth
 
 #: How the image-query x text-key probabilities are normalised: within the joint softmax, or over the text keys.
 FLUX_NORMALISATIONS = ("joint", "text")
@@ -80,7 +79,9 @@ def flux_text_probabilities(attn, hidden_states, context, rotary, normalise: str
 
     n_txt = context.shape[1]
     query = heads(attn.to_q(hidden_states), attn.norm_q)  # the image queries only (the text ones are not read)
-    key = torch.cat([heads(attn.add_k_proj(context), attn.norm_added_k), heads(attn.to_k(hidden_states), attn.norm_k)], 1)
+    key = torch.cat(
+        [heads(attn.add_k_proj(context), attn.norm_added_k), heads(attn.to_k(hidden_states), attn.norm_k)], 1
+    )
     if rotary is not None:  # (cos, sin) of the joint sequence [text ; image]
         query = apply_rotary_emb(query, tuple(r[n_txt:] for r in rotary), sequence_dim=1)
         key = apply_rotary_emb(key, rotary, sequence_dim=1)
@@ -108,21 +109,14 @@ class FluxCaptureProcessor(WrappingProcessor):
         return self.original(attn, hidden_states, *args, **kwargs)
 
 
-@contextmanager
 def capture_flux_attention(transformer, blocks, grid, res, normalise: str = "joint"):
     """Install :class:`FluxCaptureProcessor` on the double-stream ``blocks``; yield the store; always restore."""
-    original = dict(transformer.attn_processors)
     layers = [f"transformer_blocks.{i}.attn.processor" for i in blocks]
-    missing = [n for n in layers if n not in original]
-    if missing:
-        raise ValueError(f"{type(transformer).__name__} has no double-stream attention {missing}")
-    store = JointAttentionStore(grid, res, layers)
-    procs = {n: (FluxCaptureProcessor(store, n, p, normalise) if n in layers else p) for n, p in original.items()}
-    transformer.set_attn_processor(procs)
-    try:
-        yield store
-    finally:
-        transformer.set_attn_processor(original)
+
+    def make(store, name, original):
+        return FluxCaptureProcessor(store, name, original, normalise)
+
+    return capture_blocks(transformer, layers, grid, res, make, "double-stream attention")
 
 
 def packed_grid(image_ids: torch.Tensor) -> tuple[int, int]:
@@ -196,12 +190,7 @@ class FluxHost(CallbackHost):
                 "`prompt_2` unset (or pass the same text as the prompt)"
             )
         limit = self.kwargs.get("max_sequence_length") or self.max_sequence_length
-        n = len(pipe.tokenizer_2(self.text).input_ids)
-        if n > limit:
-            raise ValueError(
-                f"the prompt is {n} T5 tokens (with </s>), over max_sequence_length={limit}: the pipeline truncates "
-                "it, so its end and any subject there are not encoded; shorten it or raise max_sequence_length"
-            )
+        check_sequence_length(pipe.tokenizer_2, self.text, limit)
 
     # -- text side ----------------------------------------------------------------------------------------------
     @property

@@ -39,7 +39,6 @@ words: pass ``clean_caption=False``); a prompt longer than ``max_sequence_length
 from __future__ import annotations
 
 import inspect
-from contextlib import contextmanager
 from dataclasses import replace
 from typing import ClassVar
 
@@ -47,9 +46,9 @@ import torch
 
 from ..attention import CaptureProcessor, token_grid_res
 from ..subjects import EndToken, end_token_index, token_layout
-from .base import intercept
+from .base import check_sequence_length, intercept
 from .registry import register_host
-from .sd3 import JointAttentionStore, first_half
+from .sd3 import capture_blocks, first_half
 from .stephook import StepHookHost
 
 
@@ -74,23 +73,11 @@ class PipelineTokenizer:
         return self.tokenizer.tokenize(_preprocess(text), *args, **kwargs)
 
 
-@contextmanager
 def capture_cross_attention(transformer, blocks, grid, res):
     """Install :class:`~ait2i.attention.CaptureProcessor` on the ``attn2`` of ``blocks``; yield the store (maps
     pooled from ``grid`` to ``res``); always restore the processors."""
-    original = dict(transformer.attn_processors)
     layers = [f"transformer_blocks.{i}.attn2.processor" for i in blocks]
-    missing = [n for n in layers if n not in original]
-    if missing:
-        raise ValueError(f"{type(transformer).__name__} has no cross-attention {missing}")
-    store = JointAttentionStore(grid, res, layers)
-    transformer.set_attn_processor(
-        {n: CaptureProcessor(store, n, p) if n in layers else p for n, p in original.items()}
-    )
-    try:
-        yield store
-    finally:
-        transformer.set_attn_processor(original)
+    return capture_blocks(transformer, layers, grid, res, CaptureProcessor, "cross-attention")
 
 
 @register_host
@@ -121,12 +108,7 @@ class PixArtAlphaHost(StepHookHost):
                     "subjects name are not the ones encoded; pass clean_caption=False (or the cleaned prompt)"
                 )
         limit = self.kwargs.get("max_sequence_length") or self.max_sequence_length
-        n = len(pipe.tokenizer(self.text).input_ids)
-        if n > limit:
-            raise ValueError(
-                f"the prompt is {n} T5 tokens (with </s>), over max_sequence_length={limit}: the pipeline truncates "
-                "it, so its end and any subject there are not encoded; shorten it or raise max_sequence_length"
-            )
+        check_sequence_length(pipe.tokenizer, self.text, limit)
 
     # -- text side ----------------------------------------------------------------------------------------------
     @classmethod

@@ -146,22 +146,35 @@ class JointCaptureProcessor(WrappingProcessor):
 
 
 @contextmanager
-def capture_joint_attention(transformer, blocks, grid, res, n_keys: int = 77, normalise: str = "joint"):
-    """Install :class:`JointCaptureProcessor` on the joint attention of ``blocks``; yield the store; always restore."""
+def capture_blocks(transformer, layers: list[str], grid, res, make_processor, what: str):
+    """Install ``make_processor(store, name, original)`` on the attention processors ``layers`` of a transformer;
+    yield their :class:`JointAttentionStore` (maps pooled from ``grid`` to ``res``); always restore the processors.
+
+    Raises:
+        ValueError: a layer the transformer does not have (``what`` names the kind of attention expected).
+    """
     original = dict(transformer.attn_processors)
-    layers = [f"transformer_blocks.{i}.attn.processor" for i in blocks]
     missing = [n for n in layers if n not in original]
     if missing:
-        raise ValueError(f"{type(transformer).__name__} has no joint attention {missing}")
+        raise ValueError(f"{type(transformer).__name__} has no {what} {missing}")
     store = JointAttentionStore(grid, res, layers)
-    procs = {
-        n: (JointCaptureProcessor(store, n, p, n_keys, normalise) if n in layers else p) for n, p in original.items()
-    }
-    transformer.set_attn_processor(procs)
+    transformer.set_attn_processor(
+        {n: (make_processor(store, n, p) if n in layers else p) for n, p in original.items()}
+    )
     try:
         yield store
     finally:
         transformer.set_attn_processor(original)
+
+
+def capture_joint_attention(transformer, blocks, grid, res, n_keys: int = 77, normalise: str = "joint"):
+    """Install :class:`JointCaptureProcessor` on the joint attention of ``blocks``; yield the store; always restore."""
+    layers = [f"transformer_blocks.{i}.attn.processor" for i in blocks]
+
+    def make(store, name, original):
+        return JointCaptureProcessor(store, name, original, n_keys, normalise)
+
+    return capture_blocks(transformer, layers, grid, res, make, "joint attention")
 
 
 def first_half(num_blocks: int) -> list[int]:
