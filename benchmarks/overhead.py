@@ -244,12 +244,11 @@ def pixart_components(scheduler: str = "dpm", seed: int = 0) -> dict:
     embedding table is small; its width (4096), heads and feed-forward are T5-XXL's, its depth ``PIXART_T5_LAYERS``.
     """
     from diffusers import DDPMScheduler, PixArtTransformer2DModel
-    from transformers import AutoTokenizer
 
     from ait2i.hosts.schedulers import scheduler_from_name
-    from ait2i.testing import t5_tokenizer_dir
+    from ait2i.testing import t5_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(t5_tokenizer_dir())
+    tok = t5_tokenizer()
     torch.manual_seed(seed)
     transformer = PixArtTransformer2DModel(
         num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
@@ -280,11 +279,11 @@ def _t5_stand_in(tok):
 def flux_components(seed: int = 0) -> dict:
     """Random components with the architecture of FLUX.1-dev (published configs) and the shallow T5 stand-in."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import AutoTokenizer, CLIPTextModel
+    from transformers import CLIPTextModel
 
-    from ait2i.testing import clip_tokenizer, t5_tokenizer_dir
+    from ait2i.testing import clip_tokenizer, t5_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(t5_tokenizer_dir())
+    tok = t5_tokenizer()
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
@@ -297,7 +296,9 @@ def flux_components(seed: int = 0) -> dict:
     )  # fmt: skip
     return {
         "transformer": transformer,
-        "vae": _sdxl_vae(16, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False),
+        "vae": _sdxl_vae(
+            16, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False
+        ),
         "scheduler": scheduler,
         "text_encoder": CLIPTextModel(_clip_text_config("L")),
         "tokenizer": clip_tokenizer(),

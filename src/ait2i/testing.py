@@ -259,9 +259,7 @@ def tiny_sd3_pipeline(seed: int = 0, with_t5: bool = False):
         num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
         pos_embed_max_size=16, qk_norm="rms_norm",
     )  # fmt: skip
-    with torch.no_grad():  # a non-trivial output and modulation (diffusers' init zeroes nothing, but be sure)
-        for p in transformer.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    _perturb(transformer)  # diffusers' init zeroes nothing here, but be sure
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 8), layers_per_block=1,
@@ -287,6 +285,23 @@ def t5_tokenizer_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "tests" / "data" / "t5-tokenizer"
 
 
+def t5_tokenizer():
+    """The tiny SentencePiece-style T5 tokenizer of :func:`t5_tokenizer_dir` (a source checkout's test data)."""
+    from transformers import AutoTokenizer
+
+    d = t5_tokenizer_dir()
+    if not (d / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"no T5 tokenizer at {d} (a source checkout's tests/data); pass tokenizer=")
+    return AutoTokenizer.from_pretrained(d)
+
+
+def _perturb(transformer) -> None:
+    """Add small noise to every weight, so that zero-initialised modulations and outputs are non-trivial."""
+    with torch.no_grad():
+        for p in transformer.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+
+
 def tiny_pixart_pipeline(
     kind: str = "alpha",
     scheduler: str = "dpm",
@@ -303,21 +318,15 @@ def tiny_pixart_pipeline(
     """
     import diffusers
     from diffusers import AutoencoderKL, PixArtTransformer2DModel
-    from transformers import AutoTokenizer, T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel
 
-    if tokenizer is None:
-        d = t5_tokenizer_dir()
-        if not (d / "tokenizer.json").is_file():
-            raise FileNotFoundError(f"no T5 tokenizer at {d} (a source checkout's tests/data); pass tokenizer=")
-        tokenizer = AutoTokenizer.from_pretrained(d)
+    tokenizer = tokenizer if tokenizer is not None else t5_tokenizer()
     torch.manual_seed(seed)
     transformer = PixArtTransformer2DModel(
         num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=8, num_layers=num_layers,
         cross_attention_dim=24, caption_channels=32, sample_size=sample_size, patch_size=2, norm_num_groups=1,
     )  # fmt: skip
-    with torch.no_grad():  # a non-trivial output and modulation
-        for p in transformer.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    _perturb(transformer)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8,) * 4, layers_per_block=1, latent_channels=4,
@@ -344,13 +353,9 @@ def tiny_flux_pipeline(seed: int = 0, tokenizer=None, num_layers: int = 4, guida
     4/6/6), a 1-block ``AutoencoderKL`` (scale factor 1, 4 latent channels, packed 2x2 into 16-channel tokens: a
     32x32 image is a 16x16 token grid). Pass ``height=32, width=32``."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    if tokenizer is None:
-        d = t5_tokenizer_dir()
-        if not (d / "tokenizer.json").is_file():
-            raise FileNotFoundError(f"no T5 tokenizer at {d} (a source checkout's tests/data); pass tokenizer=")
-        tokenizer = AutoTokenizer.from_pretrained(d)
+    tokenizer = tokenizer if tokenizer is not None else t5_tokenizer()
     torch.manual_seed(seed)
     clip = CLIPTextModel(
         CLIPTextConfig(
@@ -364,9 +369,7 @@ def tiny_flux_pipeline(seed: int = 0, tokenizer=None, num_layers: int = 4, guida
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 6, 6),
     )  # fmt: skip
-    with torch.no_grad():  # a non-trivial output and modulation
-        for p in transformer.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    _perturb(transformer)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
         block_out_channels=(8,), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=32,
