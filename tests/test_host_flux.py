@@ -7,11 +7,16 @@ bit for bit, guided runs record finite losses and move the latents, the capture 
 sees, state restored, refusals, the CLI on a saved Flux folder.
 """
 
-import dataclasses
-
 import pytest
 import torch
-from transformer_host_checks import method_moves_the_latents, none_with_maps_equals_stock
+from transformer_host_checks import (
+    PROMPT,
+    SUBJECTS,
+    gen,
+    method_moves_the_latents,
+    none_with_maps_equals_stock,
+    two_images_with_refinement_rows,
+)
 
 import ait2i
 from ait2i import AIT2IConfig
@@ -22,12 +27,7 @@ from ait2i.testing import tiny_flux_pipeline
 
 pytestmark = pytest.mark.slow
 
-PROMPT, SUBJECTS = "a red car and a blue bench", ["red car", "blue bench"]
 KW = dict(num_inference_steps=4, output_type="latent", height=32, width=32, max_sequence_length=32)
-
-
-def _gen(seed=0):
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_host_is_picked_and_subjects_resolve_on_t5(pipe):
     assert host.eot_index == end_token_index(pipe.tokenizer_2, PROMPT)
     toks = dict(prompt_tokens(pipe.tokenizer_2, PROMPT))
     assert toks[0] == "\u2581a" and toks[host.eot_index] == "</s>"  # no start token: the prompt starts at 0
-    out = ait2i.generate(pipe, PROMPT, SUBJECTS, AIT2IConfig(max_guided_steps=0.25), generator=_gen(), **KW)
+    out = ait2i.generate(pipe, PROMPT, SUBJECTS, AIT2IConfig(max_guided_steps=0.25), generator=gen(), **KW)
     car, bench = out.diagnostics.subjects
     assert toks[car.tokens[0]] == "\u2581car" and toks[bench.tokens[0]] == "\u2581bench"
 
@@ -69,15 +69,15 @@ def test_schnell_style_transformer_without_guidance_embedding():
 
 def test_true_cfg_with_a_negative_prompt(pipe):
     kw = dict(KW, negative_prompt="a green tree", true_cfg_scale=2.0)
-    stock = pipe(PROMPT, generator=_gen(), **kw).images
-    rec = ait2i.generate(pipe, PROMPT, SUBJECTS, "none", record_maps=(0,), generator=_gen(), **kw)
+    stock = pipe(PROMPT, generator=gen(), **kw).images
+    rec = ait2i.generate(pipe, PROMPT, SUBJECTS, "none", record_maps=(0,), generator=gen(), **kw)
     assert torch.equal(rec.images, stock)
     # the guided pass conditions on the prompt's encoding, not the negative prompt's (the pipeline's second call)
     seen = []
     hook = pipe.transformer.context_embedder.register_forward_hook(lambda m, a, o: seen.append(a[0].clone()))
     try:
         one = dict(kw, num_inference_steps=1)
-        ait2i.generate(pipe, PROMPT, SUBJECTS, "none", record_maps=(0,), generator=_gen(), **one)
+        ait2i.generate(pipe, PROMPT, SUBJECTS, "none", record_maps=(0,), generator=gen(), **one)
     finally:
         hook.remove()
     with torch.no_grad():
@@ -88,11 +88,7 @@ def test_true_cfg_with_a_negative_prompt(pipe):
 
 
 def test_two_images_per_prompt_with_refinement_rows(pipe):
-    cfg = dataclasses.replace(ait2i.get_method("attend-and-excite"), refinement={0: 0.99}, max_refinement_steps=2)
-    out = ait2i.generate(pipe, PROMPT, SUBJECTS, cfg, num_images_per_prompt=2, generator=[_gen(0), _gen(1)], **KW)
-    first = out.diagnostics.steps[0]
-    assert len(first.loss) == 2 and first.refinement_iterations == [2, 2]
-    assert out.images.shape[0] == 2 and torch.isfinite(out.images).all()
+    two_images_with_refinement_rows(pipe, KW)
 
 
 def test_guided_pass_gets_the_denoisers_inputs(pipe):
@@ -104,7 +100,7 @@ def test_guided_pass_gets_the_denoisers_inputs(pipe):
 
     hook = pipe.transformer.register_forward_pre_hook(spy, with_kwargs=True)
     try:
-        ait2i.generate(pipe, PROMPT, SUBJECTS, AIT2IConfig(max_guided_steps=0.25), generator=_gen(),
+        ait2i.generate(pipe, PROMPT, SUBJECTS, AIT2IConfig(max_guided_steps=0.25), generator=gen(),
                        guidance_scale=4.0, joint_attention_kwargs={"scale": 1.0}, **KW)  # fmt: skip
     finally:
         hook.remove()
@@ -180,11 +176,11 @@ def test_maps_of_a_real_run_are_the_processors_attention_with_its_rotary_positio
 
     monkeypatch.setattr(JointAttentionStore, "add", add)
     attn = pipe.transformer.transformer_blocks[1].attn
-    hook = attn.register_forward_pre_hook(
-        lambda m, a, k: inputs.append({n: v for n, v in k.items()}), with_kwargs=True
-    )
+    hook = attn.register_forward_pre_hook(lambda m, a, k: inputs.append({n: v for n, v in k.items()}), with_kwargs=True)
     try:
-        ait2i.generate(pipe, PROMPT, SUBJECTS, "none", record_maps=(0,), generator=_gen(), **dict(KW, num_inference_steps=1))
+        ait2i.generate(
+            pipe, PROMPT, SUBJECTS, "none", record_maps=(0,), generator=gen(), **dict(KW, num_inference_steps=1)
+        )
     finally:
         hook.remove()
     first = inputs[0]  # the guided pass comes before the loop's call
@@ -195,10 +191,10 @@ def test_maps_of_a_real_run_are_the_processors_attention_with_its_rotary_positio
 
 
 def test_attn_res_pools_the_token_grid(pipe):
-    out = ait2i.generate(pipe, PROMPT, SUBJECTS, AIT2IConfig(attn_res=8), record_maps=(0,), generator=_gen(), **KW)
+    out = ait2i.generate(pipe, PROMPT, SUBJECTS, AIT2IConfig(attn_res=8), record_maps=(0,), generator=gen(), **KW)
     assert out.diagnostics.maps[0].shape == (1, 2, 8, 8)
     with pytest.raises(ValueError, match="token grid is 16x16"):
-        ait2i.generate(pipe, PROMPT, SUBJECTS, AIT2IConfig(attn_res=5), generator=_gen(), **KW)
+        ait2i.generate(pipe, PROMPT, SUBJECTS, AIT2IConfig(attn_res=5), generator=gen(), **KW)
 
 
 def test_refusals(pipe):
@@ -217,7 +213,7 @@ def test_refusals(pipe):
     with pytest.raises(ValueError, match="has no effect without a negative prompt"):
         ait2i.generate(pipe, PROMPT, SUBJECTS, true_cfg_scale=3.0, **KW)
     for same in (PROMPT, ""):  # the same words, or empty (the pipeline reads `prompt_2 or prompt`), are fine
-        ok = ait2i.generate(pipe, PROMPT, SUBJECTS, prompt_2=same, generator=_gen(), **KW)
+        ok = ait2i.generate(pipe, PROMPT, SUBJECTS, prompt_2=same, generator=gen(), **KW)
         assert ok.diagnostics.steps
     from diffusers import EulerDiscreteScheduler
 

@@ -6,13 +6,16 @@ pipeline bit for bit, guided runs record finite losses and move the latents, sta
 of guidance (the loss goes down) is checked on the trained ShapesWorld MM-DiT.
 """
 
-import dataclasses
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from transformer_host_checks import method_moves_the_latents, none_with_maps_equals_stock
+from transformer_host_checks import (
+    method_moves_the_latents,
+    none_with_maps_equals_stock,
+    two_images_with_refinement_rows,
+)
 
 import ait2i
 from ait2i import AIT2IConfig
@@ -54,12 +57,7 @@ def test_methods_run_record_finite_losses_and_move_the_latents(pipe, method):
 
 
 def test_two_images_per_prompt_with_refinement_rows(pipe):
-    cfg = dataclasses.replace(ait2i.get_method("attend-and-excite"), refinement={0: 0.99}, max_refinement_steps=2)
-    gens = [_gen(0), _gen(1)]
-    out = ait2i.generate(pipe, PROMPT, SUBJECTS, cfg, num_images_per_prompt=2, generator=gens, **KW)
-    first = out.diagnostics.steps[0]
-    assert len(first.loss) == 2 and first.refinement_iterations == [2, 2]
-    assert out.images.shape[0] == 2 and torch.isfinite(out.images).all()
+    two_images_with_refinement_rows(pipe, KW)
 
 
 def test_guided_timesteps_are_the_loops(pipe):

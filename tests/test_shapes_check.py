@@ -310,14 +310,19 @@ def test_tilted_squares_and_stars_at_every_size():
             assert d.shape == "star", (size, angle)
 
 
-def test_star_is_told_from_the_other_shapes_at_random():
-    rng = np.random.default_rng([CHECK_NAMESPACE, 12])
+def _confusion(rng) -> dict:
+    """``{(drawn shape, read shape): count}`` over 60 random single-shape scenes per shape of ``R.ALL_SHAPES``."""
     confusion = {}
     for shape in R.ALL_SHAPES:
         for _ in range(60):
             spec = S(str(rng.choice(list(R.COLORS))), shape, *rng.uniform(9, 23, 2), float(rng.uniform(9, 16)))
             (d,) = [d for d in check(R.render(R.Scene([spec], int(rng.integers(20, 71))))) if not d.is_noise]
             confusion[(shape, d.shape)] = confusion.get((shape, d.shape), 0) + 1
+    return confusion
+
+
+def test_star_is_told_from_the_other_shapes_at_random():
+    confusion = _confusion(np.random.default_rng([CHECK_NAMESPACE, 12]))
     print(confusion)
     for shape in R.SHAPES:
         assert confusion.get((shape, "star"), 0) == 0  # nothing else is ever a star
@@ -421,13 +426,7 @@ def test_rings_at_every_size_position_and_colour():
 
 
 def test_ring_is_told_from_the_other_shapes_at_random():
-    rng = np.random.default_rng([CHECK_NAMESPACE, 21])
-    confusion = {}
-    for shape in R.ALL_SHAPES:
-        for _ in range(60):
-            spec = S(str(rng.choice(list(R.COLORS))), shape, *rng.uniform(9, 23, 2), float(rng.uniform(9, 16)))
-            (d,) = [d for d in check(R.render(R.Scene([spec], int(rng.integers(20, 71))))) if not d.is_noise]
-            confusion[(shape, d.shape)] = confusion.get((shape, d.shape), 0) + 1
+    confusion = _confusion(np.random.default_rng([CHECK_NAMESPACE, 21]))
     print(confusion)
     for shape in ("circle", "square", "triangle", "star"):
         assert confusion.get((shape, "ring"), 0) == 0  # nothing else is ever a ring

@@ -40,3 +40,12 @@ def method_moves_the_latents(pipe, method: str, kw: dict, no_leftovers) -> None:
     assert not torch.equal(out.images, still.images)
     assert torch.equal(still.images, pipe(PROMPT, generator=gen(), **kw).images)  # step size 0 = stock
     no_leftovers(pipe, before)
+
+
+def two_images_with_refinement_rows(pipe, kw: dict) -> None:
+    """Two images per prompt, A&E refinement on both rows: per-image losses and iterations, finite images."""
+    cfg = dataclasses.replace(ait2i.get_method("attend-and-excite"), refinement={0: 0.99}, max_refinement_steps=2)
+    out = ait2i.generate(pipe, PROMPT, SUBJECTS, cfg, num_images_per_prompt=2, generator=[gen(0), gen(1)], **kw)
+    first = out.diagnostics.steps[0]
+    assert len(first.loss) == 2 and first.refinement_iterations == [2, 2]
+    assert out.images.shape[0] == 2 and torch.isfinite(out.images).all()
