@@ -115,8 +115,9 @@ def main(argv=None) -> int:
     lines = [
         f"`{command}`", "",
         f"model {args.model}, {len(items)} prompts (two, three) x seeds {seeds}, {args.steps} steps, guidance scale "
-        f"{args.guidance_scale}, ait2i scale_factor {args.scale} vs 0; reduction: relative drop of the summed loss over "
-        "steps 1-4 (mean, sd); lift: map share on the subject's colour over its area share (steps 2 and 5, unguided)",
+        f"{args.guidance_scale}, ait2i scale_factor {args.scale} vs 0; reduction: relative drop of the summed loss "
+        "over steps 1-4 (mean, sd); lift: map share on the subject's colour over its area share (steps 2 and 5, "
+        "unguided)",
         "", "| blocks | " + " | ".join(f"{n} (red. / lift)" for n in MAP_NORMALISATIONS) + " |",
         "|---|" + "---|" * len(MAP_NORMALISATIONS),
     ]  # fmt: skip

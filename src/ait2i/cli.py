@@ -271,7 +271,9 @@ def load_model(model: str | None, dtype: str = "float32", scheduler: str = "defa
             with warnings.catch_warnings():  # diffusers >= 0.36 renames torch_dtype; older ones know only it
                 warnings.simplefilter("ignore", FutureWarning)
                 pipe = DiffusionPipeline.from_pretrained(
-                    str(path) if path.exists() else model, torch_dtype=torch_dtype, use_safetensors=True,
+                    str(path) if path.exists() else model,
+                    torch_dtype=torch_dtype,
+                    use_safetensors=True,
                     **_absent_components(path / "model_index.json"),
                 )
         except Exception as e:  # noqa: BLE001 - network, missing files, wrong format: one clear message
