@@ -276,14 +276,15 @@ def sample_scene(
     raise RuntimeError(f"could not place {num_objects} shapes without overlap")  # pragma: no cover
 
 
-def sample_training_scene(rng: np.random.Generator | int) -> Scene:
+def sample_training_scene(rng: np.random.Generator | int, mix: Sequence[float] = TRAINING_MIX) -> Scene:
     """Samples a scene from the training mix (see the module docstring); never uses a :data:`HELD_OUT` pair.
 
     Args:
         rng (`np.random.Generator` or `int`): random source (an int is used as a seed).
+        mix (three floats, *optional*, defaults to :data:`TRAINING_MIX`): probabilities of 1, 2 and 3 objects.
     """
     rng = _as_rng(rng)
-    n = int(rng.choice([1, 2, 3], p=TRAINING_MIX))
+    n = int(rng.choice([1, 2, 3], p=list(mix)))
     while True:
         colors = [str(c) for c in rng.choice(list(COLORS), size=n, replace=False)]
         shapes = [str(SHAPES[i]) for i in rng.integers(0, len(SHAPES), size=n)]

@@ -89,7 +89,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch threads; 0 = adaptive: every 200 steps, time 20 steps on 1 and on 2 threads, keep the faster",
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="mmdit: warm-start from an exported pipeline folder (e.g. the shipped src/ait2i/shapes/pretrained_mmdit): "
+        "its transformer and text encoders start the models and their EMA; optimizer and LR schedule start fresh "
+        "(with --warmup). A new run: its steps count from 0",
+    )
+    p.add_argument(
+        "--mix",
+        default=None,
+        help="probabilities of 1, 2 and 3 objects per training scene, e.g. 0.25,0.55,0.20 "
+        f"(default {','.join(map(str, R.TRAINING_MIX))})",
+    )
     args = p.parse_args(argv)
+    if args.mix is None:
+        args.mix = tuple(R.TRAINING_MIX)
+    else:
+        try:
+            args.mix = tuple(float(v) for v in args.mix.split(","))
+        except ValueError:
+            raise ValueError(f"--mix must be three comma-separated numbers, got {args.mix!r}") from None
+        if len(args.mix) != 3 or any(not math.isfinite(v) or v < 0 for v in args.mix) or abs(sum(args.mix) - 1) > 1e-6:
+            raise ValueError(f"--mix must be three non-negative probabilities summing to 1, got {args.mix}")
+    if args.init_from is not None:
+        if args.arch != "mmdit":
+            raise ValueError("--init-from applies to --arch mmdit only")
+        if args.resume:
+            raise ValueError("--init-from starts a new run; --resume continues OUT/ckpt.pt: give one of them")
+        if not (Path(args.init_from) / "transformer" / "config.json").is_file():
+            raise ValueError(
+                f"--init-from {args.init_from}: not an exported pipeline folder (no transformer/config.json)"
+            )
     for k, v in ARCH_DEFAULTS[args.arch].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -115,12 +146,14 @@ def lr_at(step: int, args: argparse.Namespace) -> float:
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def make_batch(seed: int, step: int, batch_size: int, cfg_drop: float) -> tuple[torch.Tensor, list[str]]:
+def make_batch(
+    seed: int, step: int, batch_size: int, cfg_drop: float, mix: tuple[float, ...] = R.TRAINING_MIX
+) -> tuple[torch.Tensor, list[str]]:
     """The batch of step ``step``: images in [-1, 1] (B, 3, 32, 32) and captions ("" for dropped ones)."""
     rng = np.random.default_rng([seed, step])
     images, captions = [], []
     for _ in range(batch_size):
-        scene = R.sample_training_scene(rng)
+        scene = R.sample_training_scene(rng, mix)
         cap = R.caption(scene, rng)
         captions.append("" if rng.random() < cfg_drop else cap)
         images.append(R.to_array(R.render(scene)))
@@ -300,8 +333,21 @@ class MMDiTArch:
 
     def __init__(self, args: argparse.Namespace, tokenizer):
         self.tokenizer = tokenizer
-        te, te2 = M.build_sd3_text_encoders(width=args.text_width)
-        transformer = M.build_mmdit(width=args.width, layers=args.layers, text_width=args.text_width)
+        if args.init_from is not None:  # warm start: the exported (EMA) weights, in float32
+            from diffusers import SD3Transformer2DModel
+            from transformers import CLIPTextModelWithProjection
+
+            src = Path(args.init_from)
+            transformer = SD3Transformer2DModel.from_pretrained(src / "transformer", torch_dtype=torch.float32)
+            te = CLIPTextModelWithProjection.from_pretrained(src / "text_encoder", torch_dtype=torch.float32)
+            te2 = CLIPTextModelWithProjection.from_pretrained(src / "text_encoder_2", torch_dtype=torch.float32)
+            transformer.train(), te.train(), te2.train()
+            args.width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+            args.layers = transformer.config.num_layers
+            args.text_width = te.config.hidden_size
+        else:
+            te, te2 = M.build_sd3_text_encoders(width=args.text_width)
+            transformer = M.build_mmdit(width=args.width, layers=args.layers, text_width=args.text_width)
         self.models = {"transformer": transformer, "text_encoder": te, "text_encoder_2": te2}
         self.emas = {k: copy.deepcopy(m).requires_grad_(False) for k, m in self.models.items()}
         # Training runs the 256 zero "T5" tokens of the pipeline as one token (exactly equivalent, much faster);
@@ -334,7 +380,8 @@ class MMDiTArch:
             "arch": "mmdit", "pipeline": "StableDiffusion3Pipeline (text_encoder_3=None, tokenizer_3=None)",
             "objective": "rectified flow (velocity noise - x0), logit-normal(0, 1) timesteps",
             "vae": "shipped ShapesWorld autoencoder (pretrained/vae), frozen, shift_factor 0.0",
-            "transformer_config": dict(self.models["transformer"].config), "parameters": count,
+            "parameters": count,
+            "transformer_config": {k: v for k, v in self.models["transformer"].config.items() if not k.startswith("_")},
         }  # fmt: skip
 
 
@@ -374,6 +421,12 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_rng_state(ck["torch_rng"])
         step, history = ck["step"], ck["history"]
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
+    if args.init_from is not None:
+        src_info = Path(args.init_from) / "TRAINING.json"
+        history["init_from"] = {
+            "folder": str(args.init_from),
+            "training": json.loads(src_info.read_text()) if src_info.is_file() else None,
+        }
     if args.arch != "unet" and history["vae_psnr"] is None:  # the autoencoder is frozen from the start
         history["vae_psnr"] = vae_psnr(vae)
     command = " ".join([Path(sys.executable).name, "-m", "ait2i.shapes.train", *sys.argv[1:]])
@@ -393,7 +446,8 @@ def main(argv: list[str] | None = None) -> None:
             "seed": args.seed, "steps": step, "batch_size": args.batch_size, "images_seen": step * args.batch_size,
             "commit": history["runs"][0]["commit"], "runs": history["runs"], "vae_psnr_db": history["vae_psnr"],
             "command": history["runs"][0]["command"], "ema_decay": args.ema, "lr": args.lr, "planned_steps": args.steps,
-            "throughput_images_per_s": images_seen / max(1e-9, time.time() - t0), **arch.extra_info(),
+            "throughput_images_per_s": images_seen / max(1e-9, time.time() - t0), "mix": list(args.mix),
+            "init_from": history.get("init_from"), **arch.extra_info(),
         }  # fmt: skip
 
     def checkpoint() -> None:
@@ -420,7 +474,7 @@ def main(argv: list[str] | None = None) -> None:
                 best_threads = min(step_time, key=step_time.get)
             threads = best_threads
             torch.set_num_threads(threads)
-        x0, caps = make_batch(args.seed, step, args.batch_size, args.cfg_drop)
+        x0, caps = make_batch(args.seed, step, args.batch_size, args.cfg_drop, args.mix)
         ids = tokens(caps)
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         for pg in opt.param_groups:

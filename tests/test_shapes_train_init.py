@@ -1,0 +1,48 @@
+"""Warm-starting the ShapesWorld MM-DiT from an exported folder (``--init-from``) and the training mix (``--mix``)."""
+
+import pytest
+import torch
+
+from ait2i.shapes import model as M
+from ait2i.shapes import render as R
+from ait2i.shapes import train as T
+
+
+def test_mix_is_validated():
+    assert T.parse_args(["--arch", "mmdit", "--out", "x"]).mix == tuple(R.TRAINING_MIX)
+    assert T.parse_args(["--arch", "mmdit", "--out", "x", "--mix", "0.2,0.5,0.3"]).mix == (0.2, 0.5, 0.3)
+    for bad in ("0.5,0.5", "0.5,0.6,0.1", "a,b,c", "nan,0.5,0.5", "-0.1,0.6,0.5"):
+        with pytest.raises(ValueError, match="--mix"):
+            T.parse_args(["--arch", "mmdit", "--out", "x", f"--mix={bad}"])
+
+
+def test_mix_changes_the_object_counts():
+    counts = {n: 0 for n in (1, 2, 3)}
+    for i in range(400):
+        counts[len(R.sample_training_scene(i, (0.0, 0.0, 1.0)).objects)] += 1
+    assert counts == {1: 0, 2: 0, 3: 400}
+
+
+def test_init_from_refusals(tmp_path):
+    shipped = str(M.pretrained_mmdit_dir())
+    with pytest.raises(ValueError, match="mmdit only"):
+        T.parse_args(["--out", "x", "--init-from", shipped])
+    with pytest.raises(ValueError, match="give one of them"):
+        T.parse_args(["--arch", "mmdit", "--out", "x", "--init-from", shipped, "--resume"])
+    with pytest.raises(ValueError, match="not an exported pipeline folder"):
+        T.parse_args(["--arch", "mmdit", "--out", "x", "--init-from", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_init_from_starts_from_the_exported_weights():
+    shipped = M.pretrained_mmdit_dir()
+    args = T.parse_args(["--arch", "mmdit", "--out", "x", "--init-from", str(shipped)])
+    arch = T.MMDiTArch(args, None)
+    from diffusers import SD3Transformer2DModel
+
+    ref = SD3Transformer2DModel.from_pretrained(shipped / "transformer", torch_dtype=torch.float32)
+    for (name, p), (_, q) in zip(arch.models["transformer"].named_parameters(), ref.named_parameters()):
+        assert torch.equal(p, q), name
+    ema = dict(arch.emas["transformer"].named_parameters())
+    assert all(torch.equal(ema[n], p) for n, p in ref.named_parameters())
+    assert args.layers == ref.config.num_layers and all(p.dtype == torch.float32 for p in ref.parameters())
