@@ -192,7 +192,26 @@ def plan(args, suite_spec: str):
     seeds = parse_seeds(args.seeds or suite.seeds or PROTOCOLS[protocol["name"]].seeds)
     if args.model is not None and not Path(args.model).exists() and (args.model.startswith((".", "/", "~"))):
         raise ValueError(f"could not load the model {args.model!r}: no such folder")
+    check_out_folder(Path(args.out))
     return Run(suite, methods, seeds, protocol, model_identity(args.model), Path(args.out), args.data_dir), device
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse a run folder path that names a file (or lies under one) before anything is loaded."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == out else f"lies under the file {p}"
+                raise ValueError(f"--out {out} {what}; give a folder (it is created if missing)")
+            return
+
+
+def check_out_file(out: Path) -> None:
+    """Refuse an output file whose folder is missing, or that names a folder, before anything is computed."""
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name, e.g. {out / 'compare.md'}")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.parent} is missing; create it first")
 
 
 def _generate(args, run, device, scorers=None) -> None:
@@ -224,6 +243,7 @@ def _generate(args, run, device, scorers=None) -> None:
     print(
         f"[{rank}/{world}] {run.suite.name}: {rep.assigned} assigned, {rep.skipped} already done, "
         f"{len(rep.generated)} generated ({rate:.2f} img/s), {len(rep.regenerated)} unreadable regenerated"
+        + (f", {len(rep.scored)} saved earlier but unscored, scored now" if rep.scored else "")
     )
 
 
@@ -287,7 +307,8 @@ def cmd_score(args) -> int:
 
     out = Path(args.run_dir)
     manifest = read_manifest(out)
-    suite = run_from_manifest(out, args.data_dir).suite
+    run = run_from_manifest(out, args.data_dir)
+    suite = run.suite
     names = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else list(suite.scorers)
     if not names:
         raise ValueError(
@@ -311,8 +332,9 @@ def cmd_score(args) -> int:
         batch_size=args.batch_size,
         progress=not args.quiet,
     )
-    planned = len(run_from_manifest(out, args.data_dir).units()) * len(manifest["seeds"])
-    missing = ["?"] * (planned - len(rows))
+    scored = {r["image"] for r in rows}
+    missing = [run.path(lab, it, s) for lab, _, it in run.units() for s in run.seeds]
+    missing = [rel for rel in missing if rel not in scored]
     print(markdown(write_scores(out, rows, manifest, scorers, missing, args.reference)))
     return 0
 
@@ -320,12 +342,17 @@ def cmd_score(args) -> int:
 def cmd_compare(args) -> int:
     from .report import compare
 
+    if args.out:
+        check_out_file(Path(args.out))
     table = compare(args.run_dirs, args.allow_mismatch)
+    print(table)  # first: the table is never lost to a failed write
     if args.out:
         from .runner import write_atomic
 
-        write_atomic(Path(args.out), table)
-    print(table)
+        try:
+            write_atomic(Path(args.out), table)
+        except OSError as e:
+            raise ValueError(f"could not write {args.out} ({e}); the table is printed above") from None
     return 0
 
 
@@ -338,26 +365,25 @@ def _run_and_summarize(args, spec: str, scorers: dict) -> tuple:
     """Generate ``spec`` with ``scorers`` run on each batch (resumable, sharded), then summarise the folder's rows
     of this plan into ``scores.json``/``scores.md``; returns ``(run, scores)`` (``scores`` None for a shard)."""
     from .report import markdown, write_scores
-    from .runner import load_rows, read_manifest
+    from .runner import check_manifest, matched_rows, read_manifest
 
     run, device = plan(args, spec)
     if args.reference and args.reference not in [m for m, _ in run.methods]:
         raise ValueError(f"reference {args.reference!r} is not among the methods {[m for m, _ in run.methods]}")
-    if not args.summarize_only:
+    if args.summarize_only:
+        read_manifest(run.out)  # a run folder of this version
+        check_manifest(run.out, run.manifest(), False)  # a request unlike the folder is refused, not relabelled
+    else:
         _generate(args, run, device, scorers)
     if args.shard is not None:
         return run, None
-    wanted = {(lab, it.category, it.index, s) for lab, _, it in run.units() for s in run.seeds}
-    keys = [k for sc in scorers.values() for k in sc.keys]
-    latest = {}
-    for r in load_rows(run.out):  # the latest row of each image
-        if all(k in r for k in keys):
-            latest[(r["method"], r["category"], r.get("index"), r["seed"])] = r
-    rows = [r for k, r in latest.items() if k in wanted]
+    # only rows of the PNGs on disk, byte for byte, made as this request asks
+    rows, missing = matched_rows(run, [k for sc in scorers.values() for k in sc.keys])
     if not rows:
         raise ValueError(f"{run.out} holds no checked images of this run yet")
-    missing = sorted(k for k in wanted if k not in latest)
-    scores = write_scores(run.out, rows, read_manifest(run.out), scorers, missing, args.reference)
+    scope = read_manifest(run.out)
+    scope.update({k: v for k, v in run.manifest().items() if k in ("limit", "seeds", "methods")})  # what was asked
+    scores = write_scores(run.out, rows, scope, scorers, missing, args.reference)
     print(markdown(scores))
     return run, scores
 

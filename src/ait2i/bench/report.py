@@ -16,12 +16,31 @@ def summarize(rows: Sequence[dict], keys: Sequence[str], reference: str | None =
 
     Returns:
         `dict`: ``{"methods": {label: {key: {category or "all": stats.summarize}}}, "paired": {label: {key:
-        {category or "all": stats.paired}}}, "reference": label}``.
+        {category or "all": stats.paired}}}, "reference": label, "images": per method, "prompts": per method,
+        "left_out": {label: images}}``.
 
-    Only the (item, seed) images every method has are compared pair by pair (an item is one prompt of one
-    category, or one layout of a prompt); ``reference`` defaults to the first method when there are several.
+    With several methods, every table covers only the (item, seed) images every method has (an item is one prompt
+    of one category, or one layout of a prompt), so no method's mean rests on images the others lack; the images
+    left out are counted per method in ``left_out``. ``reference`` defaults to the first method.
+
+    Raises:
+        `ValueError`: the methods have no image in common.
     """
     methods = list(dict.fromkeys(r["method"] for r in rows))
+
+    def image(r):
+        return r["category"], r.get("index"), r["prompt"], r["seed"]
+
+    left_out: dict = {}
+    if len(methods) > 1:
+        have = {m: {image(r) for r in rows if r["method"] == m} for m in methods}
+        common = set.intersection(*have.values())
+        if not common:
+            raise ValueError(
+                f"the methods {methods} have no (prompt, seed) image in common; summarise them one at a time"
+            )
+        left_out = {m: len(have[m] - common) for m in methods if have[m] - common}
+        rows = [r for r in rows if image(r) in common]
     cats = list(dict.fromkeys(r["category"] for r in rows))
     vals: dict = {}
     for r in rows:
@@ -29,7 +48,15 @@ def summarize(rows: Sequence[dict], keys: Sequence[str], reference: str | None =
         for k in keys:
             if r.get(k) is not None:
                 vals.setdefault((r["method"], k, r["category"]), {})[(unit, r["seed"])] = float(r[k])
-    out: dict = {"methods": {}, "paired": {}, "reference": None}
+    images = {image(r) for r in rows}
+    out: dict = {
+        "methods": {},
+        "paired": {},
+        "reference": None,
+        "images": len(images),
+        "prompts": len({i[:3] for i in images}),
+        "left_out": left_out,
+    }
 
     def pooled(m, k):
         return {key: v for c in cats for key, v in vals.get((m, k, c), {}).items()}
@@ -81,10 +108,26 @@ def _dcell(s: dict) -> str:
     return f"**{text}**" if s["low"] > 0 or s["high"] < 0 else text
 
 
+def coverage_line(summ: dict) -> str:
+    """What the tables cover: the images per method, and those left out because not every method has them."""
+    n = len(summ["methods"])
+    text = f"The tables cover {summ['images']} images (prompts: {summ['prompts']}, with their seeds)" + (
+        f", the same images for each of the {n} methods" if n > 1 else ""
+    )
+    if summ.get("left_out"):
+        text += "; left out because not every method has them: " + ", ".join(
+            f"{m} {k} images" for m, k in summ["left_out"].items()
+        )
+    return text + "."
+
+
 def markdown(scores: dict) -> str:
-    """A scored run (``scores.json`` content) as markdown: protocol line, scores, paired differences."""
+    """A scored run (``scores.json`` content) as markdown: protocol line, coverage, scores, paired differences."""
     summ, keys = scores["summary"], scores["keys"]
-    lines = [protocol_line(scores["manifest"]), "", "| metric | category | method | images | mean [95% CI] |"]
+    lines = [protocol_line(scores["manifest"])]
+    if "images" in summ:  # scores.json files written before coverage was recorded lack it
+        lines.append(coverage_line(summ))
+    lines += ["", "| metric | category | method | images | mean [95% CI] |"]
     lines.append("|---|---|---|---|---|")
     for k in keys:
         for m, per in summ["methods"].items():

@@ -18,13 +18,19 @@
   so shards starting together merge their methods and seeds instead of overwriting each other.
 * **Subjects** per method (:func:`method_subjects`): an item's boxed subjects (``"red circle@x0,y0,x1,y1"``) go
   as they are to methods that read boxes (``uses_boxes``), without their boxes to the others.
-* **Rows** (``rows.jsonl``): one JSON line per scored image, appended with one ``O_APPEND`` write; each row
-  names the ``image_id`` of the PNG it read, so a regenerated image is scored again.
+* **Rows** (``rows.jsonl``): one JSON line per scored image, appended with one ``O_APPEND`` write under the
+  folder's ``flock``; each row names the PNG it read by path, ``image_id`` and ``sha256`` (of the file's bytes).
+  A row counts only while its PNG is on disk unchanged and carries the parameters of the request
+  (:func:`check_images`, :func:`matched_rows`), so a regenerated, truncated or replaced image is never summarised
+  with another image's scores. An image saved but not scored (a kill between the two) is scored on resume; a
+  half-written last line (a kill or a full disk) is dropped with a warning before the next append, and its image
+  is scored again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -175,24 +181,57 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
+TORN = "half-written last line"
+
+
 def append_rows(path: Path, rows: Sequence[dict]) -> None:
-    """Append rows with one ``O_APPEND`` write, so processes sharing a folder never interleave lines."""
+    """Append rows with one ``O_APPEND`` write under the folder's ``flock``, so processes sharing a folder never
+    interleave lines. A half-written last line left by a killed process is dropped first (with a warning), so the
+    new rows never join it."""
     data = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
+    with folder_lock(path.parent):
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            _drop_torn_tail(fd, path)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+
+
+def _drop_torn_tail(fd: int, path: Path) -> None:
+    size = os.fstat(fd).st_size
+    if not size or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    keep, chunk = size, 1 << 16
+    while keep > 0:  # the last newline: everything after it is the torn line
+        start = max(0, keep - chunk)
+        pos = os.pread(fd, keep - start, start).rfind(b"\n")
+        if pos >= 0:
+            keep = start + pos + 1
+            break
+        keep = start
+    os.ftruncate(fd, keep)
+    print(
+        f"[ait2i bench] {path}: dropped a {TORN} ({size - keep} bytes; a run killed while writing it); its image "
+        "is scored again",
+        file=sys.stderr,
+    )
 
 
 def load_rows(out: str | os.PathLike) -> list[dict]:
-    """The rows of ``rows.jsonl``; a truncated last line (a process killed mid-write) is ignored."""
+    """The rows of ``rows.jsonl``. A half-written last line (a process killed mid-write) is left out with a
+    warning; the next run that appends drops it and scores its image again.
+
+    Raises:
+        `ValueError`: a line other than the last is not JSON (the file was damaged by something else).
+    """
     path = Path(out) / ROWS
     if not path.exists():
         return []
-    lines = path.read_text().split("\n")
+    text = path.read_text()
+    lines = text.split("\n")
     rows = []
     for i, line in enumerate(lines):
         if line.strip():
@@ -200,24 +239,47 @@ def load_rows(out: str | os.PathLike) -> list[dict]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 if i != len(lines) - 1:
-                    raise ValueError(f"{path}: line {i + 1} is not JSON; the file is damaged, move it away") from None
+                    raise ValueError(
+                        f"{path}: line {i + 1} is not JSON; the file is damaged. Move it away and rerun the same "
+                        "command: every image without a row is scored again"
+                    ) from None
+    if text and not text.endswith("\n"):
+        print(
+            f"[ait2i bench] {path} ends with a {TORN} (a run killed while writing it): left out; the next run "
+            "scores its image again",
+            file=sys.stderr,
+        )
     return rows
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (what ties a row to the PNG it scored)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def png_params(path: Path) -> dict | None:
     """The parameters of a PNG that decodes completely, else None."""
+    return png_record(path)[0]
+
+
+def png_record(path: Path) -> tuple[dict | None, str | None]:
+    """``(parameters, sha256)`` of a PNG read once: ``(None, None)`` if it is missing or does not decode
+    completely."""
+    import io
+
     from PIL import Image
 
     from ..metadata import read_png_params
 
     try:
-        with Image.open(path) as im:
+        data = Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
             if im.format != "PNG":
-                return None
+                return None, None
             im.load()
-        return read_png_params(path)
+        return read_png_params(io.BytesIO(data)), hashlib.sha256(data).hexdigest()
     except Exception:  # noqa: BLE001 - any decoding failure means "regenerate"
-        return None
+        return None, None
 
 
 # -- lock --------------------------------------------------------------------------------------------------------
@@ -309,7 +371,18 @@ def read_manifest(out: str | os.PathLike) -> dict:
             f"{out} was written by an older ait2i bench (manifest format {m.get('format', 1)}, images without a "
             f"method folder, no protocol); this version cannot resume or score it. Start a new --out folder."
         )
+    lacking = [k for k, t in REQUIRED.items() if not isinstance(m.get(k), t)]
+    if lacking:
+        raise ValueError(
+            f"{path} lacks {', '.join(lacking)} (or has the wrong type: expected "
+            + ", ".join(f"{k} {t.__name__}" for k, t in REQUIRED.items())
+            + "); it was not written by `ait2i bench` or was edited. Restore it, or start a new --out folder."
+        )
     return m
+
+
+#: Fields every format-2 manifest has, with their JSON types.
+REQUIRED = {"suite": str, "protocol": dict, "model": str, "methods": dict, "seeds": list}
 
 
 def check_manifest(out: Path, new: dict, force: bool = False) -> dict:
@@ -332,6 +405,12 @@ def check_manifest(out: Path, new: dict, force: bool = False) -> dict:
         for lab, cfg in new["methods"].items()
         if lab in old.get("methods", {}) and old["methods"][lab] != cfg
     ]
+    folders = {method_dir(lab): lab for lab in old.get("methods", {})}
+    diff += [
+        f"method {lab!r} would write into the folder {method_dir(lab)!r} of the method {folders[method_dir(lab)]!r}"
+        for lab in new["methods"]
+        if folders.get(method_dir(lab), lab) != lab
+    ]
     if new["suite"].startswith("t2i-compbench") and old.get("seeds") != new["seeds"]:
         diff.append(f"seeds: folder has {old.get('seeds')}, this run {new['seeds']} (they fix the image index)")
     if diff and not force:
@@ -348,9 +427,10 @@ def check_manifest(out: Path, new: dict, force: bool = False) -> dict:
 
 
 @contextlib.contextmanager
-def _manifest_lock(out: Path):
-    """Serialise read-merge-write of the manifest between processes sharing ``out`` (a blocking ``flock``,
-    released by the kernel if the holder dies, so it is never stale; a no-op where ``fcntl`` is missing)."""
+def folder_lock(out: Path):
+    """Serialise read-merge-write of the manifest and appends to ``rows.jsonl`` between processes sharing ``out``
+    (a blocking ``flock``, released by the kernel if the holder dies, so it is never stale; a no-op where
+    ``fcntl`` is missing)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
@@ -371,7 +451,7 @@ def write_manifest(out: Path, new: dict, force: bool = False) -> dict:
     every process of the folder takes for this, so shards starting together merge rather than overwrite each
     other. Atomic (``os.replace``) and idempotent: a manifest that would not change is not rewritten."""
     out.mkdir(parents=True, exist_ok=True)
-    with _manifest_lock(out):
+    with folder_lock(out):
         merged = check_manifest(out, new, force)
         text = json.dumps(merged, indent=1)
         path = out / MANIFEST
@@ -455,8 +535,85 @@ def mismatch(params: dict | None, expected: dict) -> list[str]:
 
 
 @dataclass
+class Images:
+    """The planned images of a run as its folder holds them (paths relative to the folder).
+
+    Args:
+        present (`list`): ``(label, item, seed, path, image_id, sha256)`` of each PNG that decodes and carries the
+            parameters of the run.
+        missing (`list[str]`): absent or unreadable (truncated) PNGs.
+        wrong (`list[str]`): PNGs made with other parameters (``"path (field, ...)"``).
+    """
+
+    present: list = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    wrong: list[str] = field(default_factory=list)
+
+    def refuse_wrong(self, out: Path) -> None:
+        if self.wrong:
+            raise ValueError(
+                f"{len(self.wrong)} image(s) in {out} were not made by the run its manifest describes: "
+                + "; ".join(self.wrong[:5])
+                + ". Regenerate them with --force."
+            )
+
+
+def check_images(run: Run) -> Images:
+    """Read every planned PNG of ``run`` once: its parameters against the plan, and its SHA-256."""
+    images = Images()
+    for label, _, item in run.units():
+        for seed in run.seeds:
+            rel = run.path(label, item, seed)
+            params, sha = png_record(run.out / rel)
+            if params is None:
+                images.missing.append(rel)
+                continue
+            bad = mismatch(params, expected_params(run, label, item, seed))
+            if bad:
+                images.wrong.append(f"{rel} ({', '.join(bad)})")
+            else:
+                images.present.append((label, item, seed, rel, params.get("image_id"), sha))
+    return images
+
+
+def _row_key(image: str, image_id: str | None, sha: str | None) -> tuple:
+    return image, image_id, sha
+
+
+def row_index(rows: Sequence[dict], keys: Sequence[str]) -> dict:
+    """The rows that carry every value of ``keys``, by (path, image id, SHA-256) of the PNG they scored (the
+    latest row of each); rows without a hash (written before rows were tied to bytes) are left out."""
+    return {
+        _row_key(r.get("image"), r.get("image_id"), r["sha256"]): r
+        for r in rows
+        if r.get("sha256") and all(k in r for k in keys)
+    }
+
+
+def matched_rows(run: Run, keys: Sequence[str]) -> tuple[list[dict], list[str]]:
+    """The rows of the planned images of ``run`` exactly as they are on disk, and the planned images that have
+    none (absent, unreadable, or saved but not scored), paths relative to the folder.
+
+    Raises:
+        `ValueError`: a PNG of the plan was made with other parameters than ``run`` (another request).
+    """
+    images = check_images(run)
+    images.refuse_wrong(run.out)
+    have = row_index(load_rows(run.out), keys)
+    rows, missing = [], list(images.missing)
+    for *_, rel, iid, sha in images.present:
+        row = have.get(_row_key(rel, iid, sha))
+        if row is None:
+            missing.append(rel)
+        else:
+            rows.append(row)
+    return rows, missing
+
+
+@dataclass
 class Report:
-    """What one process did (paths relative to the run folder)."""
+    """What one process did (paths relative to the run folder); ``scored``: images saved by an earlier run that
+    was stopped before scoring them, scored now."""
 
     rank: int
     world: int
@@ -464,6 +621,7 @@ class Report:
     skipped: int = 0
     generated: list[str] = field(default_factory=list)
     regenerated: list[str] = field(default_factory=list)
+    scored: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -507,7 +665,7 @@ def generate(
     report = Report(rank, world)
     with shard_lock(out, rank, world):
         write_manifest(out, run.manifest(), force)
-        todo = []
+        todo, done = [], []
         for label, cfg, item in shard(run.units(), rank, world):
             seeds = []
             for seed in run.seeds:
@@ -515,9 +673,11 @@ def generate(
                 rel = run.path(label, item, seed)
                 path = out / rel
                 if path.exists() and not force:
-                    bad = mismatch(png_params(path), expected_params(run, label, item, seed))
+                    params, sha = png_record(path)
+                    bad = mismatch(params, expected_params(run, label, item, seed))
                     if not bad:
                         report.skipped += 1
+                        done.append((label, item, seed, rel, params.get("image_id"), sha))
                         continue
                     if bad != ["unreadable"]:
                         raise ValueError(
@@ -529,6 +689,16 @@ def generate(
                 todo.append((label, cfg, item, seeds))
         if report.regenerated:
             print(f"[ait2i bench] {len(report.regenerated)} unreadable image(s) regenerated", file=sys.stderr)
+        if scorers and done:  # saved by a run stopped before it scored them (or whose row was torn)
+            have = row_index(load_rows(out), [k for sc in scorers.values() for k in sc.keys])
+            unscored = [p for p in done if _row_key(*p[3:]) not in have]
+            if unscored:
+                print(
+                    f"[ait2i bench] {len(unscored)} image(s) saved earlier but not scored: scoring them",
+                    file=sys.stderr,
+                )
+                _score_present(out, scorers, unscored, batch_size or len(run.seeds))
+                report.scored = [p[3] for p in unscored]
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -547,7 +717,7 @@ def generate(
                         (out / rel).parent.mkdir(parents=True, exist_ok=True)
                         params = dict(expected_params(run, label, item, seed), image_id=uuid.uuid4().hex)
                         save_png(image, out / rel, params)
-                        saved.append((rel, seed, params["image_id"]))
+                        saved.append((rel, seed, params["image_id"], file_sha256(out / rel)))
                         report.generated.append(rel)
                         if on_saved is not None:
                             on_saved(rel)
@@ -580,7 +750,8 @@ def _generate_batch(pipe, run: Run, cfg, item: Item, seeds: list[int], generate_
 
 
 def score_images(scorers: dict, images, label: str, item: Item, saved) -> list[dict]:
-    """One row per image: its identity, then every scorer's values."""
+    """One row per image: its identity (``saved``: ``(path, seed, image_id, sha256)`` of each PNG), then every
+    scorer's values."""
     rows = [
         {
             "method": label,
@@ -590,8 +761,9 @@ def score_images(scorers: dict, images, label: str, item: Item, saved) -> list[d
             "seed": seed,
             "image": rel,
             "image_id": image_id,
+            "sha256": sha,
         }
-        for rel, seed, image_id in saved
+        for rel, seed, image_id, sha in saved
     ]
     for scorer in scorers.values():
         for row, vals in zip(rows, scorer.score(images, item)):
@@ -609,72 +781,69 @@ def score(
     batch_size: int = 16,
     progress: bool = True,
 ) -> list[dict]:
-    """Score every planned image of a run folder that has no row yet; returns the rows of the planned images.
+    """Score every planned image of a run folder that has no row tied to its current bytes (path, image id and
+    SHA-256); returns the rows of the planned images present.
 
     Each PNG's parameters are checked against the manifest first; a PNG made by another run is an error.
 
     Raises:
         `ValueError`: missing images (unless ``allow_missing``), or PNGs whose parameters differ.
     """
-    from PIL import Image
-
     out = Path(out)
     run = run_from_manifest(out, data_dir)
-    planned = [(label, item, seed) for label, _, item in run.units() for seed in run.seeds]
-    missing, wrong, present = [], [], []
-    for label, item, seed in planned:
-        rel = run.path(label, item, seed)
-        params = png_params(out / rel) if (out / rel).exists() else None
-        if params is None:
-            missing.append(rel)
-            continue
-        bad = mismatch(params, expected_params(run, label, item, seed))
-        if bad:
-            wrong.append(f"{rel} ({', '.join(bad)})")
-        present.append((label, item, seed, rel, params.get("image_id")))
-    if wrong:
+    images = check_images(run)
+    images.refuse_wrong(out)
+    planned = len(images.present) + len(images.missing)
+    if images.missing and not allow_missing:
         raise ValueError(
-            f"{len(wrong)} image(s) in {out} were not made by the run its manifest describes: "
-            + "; ".join(wrong[:5])
-            + ". Regenerate them with --force."
-        )
-    if missing and not allow_missing:
-        raise ValueError(
-            f"{len(missing)} of {len(planned)} planned images are missing or unreadable in {out}: "
-            + ", ".join(missing[:10])
-            + (" ..." if len(missing) > 10 else "")
+            f"{len(images.missing)} of {planned} planned images are missing or unreadable in {out}: "
+            + ", ".join(images.missing[:10])
+            + (" ..." if len(images.missing) > 10 else "")
             + ". Rerun the same `ait2i bench generate` command (it resumes), or pass --allow-missing."
         )
-    if not present:
+    if not images.present:
         raise ValueError(f"no images to score in {out}")
     keys = [k for s in scorers.values() for k in s.keys]
-    have = {(r["image"], r.get("image_id")): r for r in load_rows(out) if all(k in r for k in keys)}
-    todo = [p for p in present if (p[3], p[4]) not in have]
     with lock(out, "score", lambda other: other == "score"):
+        have = row_index(load_rows(out), keys)
+        todo = [p for p in images.present if _row_key(*p[3:]) not in have]
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(todo), unit="img", desc=f"scoring {out.name}")
-        by_unit: dict = {}
-        for p in todo:
-            by_unit.setdefault((p[0], p[1].category, p[1].index), []).append(p)
-        for ps in by_unit.values():
-            label, item = ps[0][0], ps[0][1]
-            for k in range(0, len(ps), batch_size):
-                chunk = ps[k : k + batch_size]
-                images = []
-                for *_, rel, _ in chunk:
-                    with Image.open(out / rel) as im:
-                        images.append(im.convert("RGB"))
-                rows = score_images(scorers, images, label, item, [(rel, seed, iid) for _, _, seed, rel, iid in chunk])
-                append_rows(out / ROWS, rows)
-                have.update({(r["image"], r["image_id"]): r for r in rows})
-                if bar is not None:
-                    bar.update(len(chunk))
-        if bar is not None:
-            bar.close()
-    return [have[(rel, iid)] for *_, rel, iid in present]
+        try:
+            have.update(row_index(_score_present(out, scorers, todo, batch_size, bar), keys))
+        finally:
+            if bar is not None:
+                bar.close()
+    return [have[_row_key(*p[3:])] for p in images.present]
+
+
+def _score_present(out: Path, scorers: dict, present: Sequence, batch_size: int, bar=None) -> list[dict]:
+    """Score PNGs of the folder (``(label, item, seed, path, image_id, sha256)`` each), a prompt's images in
+    batches of ``batch_size``; append and return their rows."""
+    from PIL import Image
+
+    by_unit: dict = {}
+    for p in present:
+        by_unit.setdefault((p[0], p[1].category, p[1].index), []).append(p)
+    out_rows = []
+    for ps in by_unit.values():
+        label, item = ps[0][0], ps[0][1]
+        for k in range(0, len(ps), batch_size):
+            chunk = ps[k : k + batch_size]
+            images = []
+            for *_, rel, _, _ in chunk:
+                with Image.open(out / rel) as im:
+                    images.append(im.convert("RGB"))
+            saved = [(rel, seed, iid, sha) for _, _, seed, rel, iid, sha in chunk]
+            rows = score_images(scorers, images, label, item, saved)
+            append_rows(out / ROWS, rows)
+            out_rows += rows
+            if bar is not None:
+                bar.update(len(chunk))
+    return out_rows
 
 
 def load_pipeline(model: str | None, protocol: dict, device=None):

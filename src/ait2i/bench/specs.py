@@ -4,7 +4,9 @@
 get_method`) and variants of them; ``--set key=value`` (repeatable) applies to every guided method that has the
 setting and does not set it itself. Values are read by the config field's type: numbers, ``cosine``, ``none``,
 dicts such as ``refinement={0:0.05,10:0.5,20:0.8}``, tuples as ``from_where=up+down`` or
-``scale_range=(1.0,0.5)``. A label names the method's folder (:func:`method_dir`) and its row in every table.
+``scale_range=(1.0,0.5)``. A label names the method's folder (:func:`method_dir`) and its row in every table; it
+is written from the parsed values (:func:`canonical_value`, keys in the config's field order), so one config has
+one label and one folder whatever its spelling (``scale_range=(1,0.5)``, ``[1,0.5]`` and ``1+0.5`` alike).
 """
 
 from __future__ import annotations
@@ -103,6 +105,42 @@ def _convert(cfg: GuidanceConfig, key: str, raw: str):
     raise ValueError(f"cannot read {key}={raw!r}: expected a value of type {ann}")
 
 
+def _number(x, trim: bool) -> str:
+    """``x`` as written in a label: an ``int`` as is; a ``float`` by ``repr``, whole numbers without ``.0`` where
+    the field takes only floats (``trim``), so ``0`` and ``0.0`` agree while ``10`` (steps) and ``1.0`` (a
+    fraction) of an ``int | float`` field stay apart."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
+    if isinstance(x, int):
+        return str(x)
+    if trim and x.is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return repr(float(x))
+
+
+def canonical_value(value, annotation: str) -> str:
+    """The one spelling of a parsed setting in a label, read back to the same value by :func:`parse_method`.
+
+    ``none``; ``true``/``false``; numbers (:func:`_number`); strings as they are; tuples of strings joined by
+    ``+``; tuples of numbers as ``(a,b)``; dicts as ``{k:v,...}`` by increasing key.
+    """
+    only_float = "int" not in annotation
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda kv: float(kv[0]))
+        return "{" + ",".join(f"{_number(k, False)}:{_number(v, True)}" for k, v in items) + "}"
+    if isinstance(value, (tuple, list)):
+        if value and all(isinstance(x, str) for x in value):
+            return "+".join(value)
+        return "(" + ",".join(_number(x, only_float) for x in value) + ")"
+    if isinstance(value, (int, float)):
+        return _number(value, annotation == "float")
+    return str(value)
+
+
 def parse_method(spec: str) -> tuple[str, GuidanceConfig]:
     """One method: a preset name, or ``name:key=value,key=value`` (overrides of that preset's config).
 
@@ -110,8 +148,8 @@ def parse_method(spec: str) -> tuple[str, GuidanceConfig]:
     ``refinement={0:0.05,10:0.5,20:0.8}``, tuples as ``from_where=up+down`` or ``scale_range=(1.0,0.5)``.
 
     Returns:
-        `tuple[str, GuidanceConfig]`: the canonical label (``name:key=value,...``, keys in the given order)
-        and the config.
+        `tuple[str, GuidanceConfig]`: the canonical label (``name:key=value,...``: keys in the config's field
+        order, values as :func:`canonical_value` writes the config's parsed values) and the config.
     """
     spec = spec.strip()
     name, _, rest = spec.partition(":")
@@ -122,7 +160,7 @@ def parse_method(spec: str) -> tuple[str, GuidanceConfig]:
             raise ValueError(f"method {spec!r}: nothing after ':'; write e.g. {name}:w_isolation=0")
         return name, cfg
     fields = [f.name for f in dataclasses.fields(cfg) if f.name != "name"]
-    overrides, labels = {}, []
+    overrides = {}
     for item in _split_top(rest):
         key, eq, raw = item.partition("=")
         key = key.strip()
@@ -133,11 +171,12 @@ def parse_method(spec: str) -> tuple[str, GuidanceConfig]:
         if key in overrides:
             raise ValueError(f"method {spec!r}: {key!r} given twice")
         overrides[key] = _convert(cfg, key, raw)
-        labels.append(f"{key}={raw.strip()}")
     try:
         cfg = cfg.replace(**overrides)
     except (ValueError, TypeError) as e:
         raise ValueError(f"method {spec!r}: {e}") from None
+    types = {f.name: str(f.type) for f in dataclasses.fields(cfg)}
+    labels = [f"{k}={canonical_value(getattr(cfg, k), types[k])}" for k in fields if k in overrides]
     return f"{name}:{','.join(labels)}", cfg
 
 
@@ -187,6 +226,12 @@ def parse_methods(spec: str | Sequence[str], common: str | None = None) -> list[
                 used.update(extra)
             if label in [lab for lab, _ in out]:
                 raise ValueError(f"method {label!r} listed twice")
+            same = [lab for lab, c in out if config_dict(c) == config_dict(cfg)]
+            if same:
+                raise ValueError(f"methods {same[0]!r} and {label!r} have the same config; list it once")
+            clash = [lab for lab, _ in out if method_dir(lab) == method_dir(label)]
+            if clash:
+                raise ValueError(f"methods {clash[0]!r} and {label!r} would share the folder {method_dir(label)!r}")
             out.append((label, cfg))
     if not out:
         raise ValueError("no method given; e.g. --methods none,attend-and-excite,ait2i")
