@@ -215,3 +215,14 @@ def test_every_compbench_subject_resolves_with_the_clip_tokenizer():
     two = [s for _, p, s in color if p.count(" and ") == 1 and p.startswith(("a ", "an "))]
     assert sum(len(s) == 2 for s in two) / len(two) > 0.95
     assert json.dumps(two[0])
+
+
+def test_a_chunk_spanning_two_objects_keeps_its_nouns_object():
+    from ait2i.bench.chunks import subjects_of
+
+    # spaCy makes one chunk of these coordinated objects; the resolver refuses a phrase across two objects
+    assert subjects_of("a plastic cutlery and fluffy clouds") == ("fluffy clouds",)
+    assert subjects_of("The wooden bookshelf and glass bookends") == ("glass bookends",)
+    # conjunctions, commas and hyphens between one object's attributes stay
+    assert subjects_of("a black and white cat and a red car") == ("black white cat", "red car")
+    assert subjects_of("a smooth, cool surface") == ("smooth cool surface",)

@@ -85,15 +85,39 @@ def _clip_words(text: str) -> list[str]:
     return _CLIP_WORD.findall(text.lower())
 
 
+#: What may stand between two words of one object's subject ("black and white cat", "smooth, cool surface",
+#: "yo-yo"); anything else (another noun, an article, a preposition) means spaCy joined two objects in one chunk.
+_WITHIN_OBJECT_GAP = re.compile(r"^\s*(?:,|-|,?\s*(?:and|or))?\s*$", re.IGNORECASE)
+
+
+def _one_object(prompt: str, subject: str, offsets: list[int]) -> tuple[str, list[int]]:
+    """``subject`` cut to the words of its root noun's object.
+
+    spaCy sometimes makes one chunk of two coordinated objects ("a plastic cutlery and fluffy clouds" ->
+    "plastic fluffy clouds"); the subject resolver refuses a phrase spanning two objects, so the attribute words
+    before the other object are dropped ("fluffy clouds"), walking back from the noun until a gap holds more
+    than a conjunction, a comma or a hyphen.
+    """
+    words = subject.split()
+    keep = len(words) - 1
+    while keep > 0:
+        prev_end = offsets[keep - 1] + len(words[keep - 1])
+        if not _WITHIN_OBJECT_GAP.match(prompt[prev_end : offsets[keep]]):
+            break
+        keep -= 1
+    return " ".join(words[keep:]), offsets[keep:]
+
+
 def subjects_of(prompt: str) -> tuple[str, ...]:
     """Guidance subjects of ``prompt`` (see the module docstring), numbered as the resolver counts them:
     whole-phrase matches first; for a phrase split by punctuation, every occurrence of the noun preceded by all
-    the attribute words."""
+    the attribute words. A chunk that spans two objects keeps its root noun's object only (:func:`_one_object`)."""
     words = _clip_words(prompt)
     out = []
     for _text, _start, subject, offsets in chunks_of(prompt):
         if not subject:
             continue
+        subject, offsets = _one_object(prompt, subject, offsets)
         key = _clip_words(subject)
         first = len(_clip_words(prompt[: offsets[0]]))
         noun_at = len(_clip_words(prompt[: offsets[-1]])) + len(_clip_words(subject.split()[-1])) - 1
