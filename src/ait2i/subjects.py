@@ -14,7 +14,7 @@ read from the tokenizer by :func:`token_layout`): CLIP's BPE has a start token a
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -242,6 +242,19 @@ DETERMINERS = frozenset(
 )
 
 
+#: Words that join or relate two objects ("a red car and a blue bench", "a cat on a mat"): never a word of one
+#: subject. Between two attributes of one object a conjunction or comma may be skipped ("black and white cat" is
+#: named "black white cat"; "a smooth, cool surface" is "smooth cool surface").
+CONJUNCTIONS = frozenset("and or nor but plus & versus vs".split())
+PREPOSITIONS = frozenset(
+    "of on in at by with without under over above below behind beside near from into onto inside outside between "
+    "among against beneath atop around across along through toward towards upon within underneath".split()
+)
+_JOINERS = CONJUNCTIONS | PREPOSITIONS
+#: Punctuation inside a word ("yo-yo", "t-shirt"), skipped between any two words of a phrase.
+_IN_WORD = frozenset("- / '".split())
+
+
 def _is_subject_word(w: _Word) -> bool:
     """Articles, determiners and punctuation ("a", "the", ",") are not words of a subject."""
     return w.text.lower() not in DETERMINERS and any(ch.isalnum() for ch in w.text)
@@ -254,61 +267,135 @@ def _phrase_words(tokenizer, phrase: str) -> list[_Word]:
 
 _OCCURRENCE = re.compile(r"^(.*?)#(\d+)$")
 
+#: What a subject phrase must be, said in every refusal of a phrase.
+_ONE_OBJECT = (
+    "A subject is the words of one object in the prompt's order: its noun last, its attributes before it (e.g. "
+    "'red car' in 'a red car and a blue bench'); name one subject per object, or pass token indices as "
+    "{'tokens': [...], 'attributes': [...]} (see `ait2i tokens`)."
+)
 
-def _resolve_phrase(tokenizer, prompt: str, words: list[_Word], spec: str) -> Subject:
+
+def _span_problem(words: list[_Word], picked: list[int]) -> str | None:
+    """Why the prompt words at positions ``picked`` (increasing, the noun last) are not one object, else None.
+
+    A skipped word may be a modifier ("sports" in "red sports car"), a hyphen inside a word ("yo-yo"), or a
+    conjunction or punctuation directly between two picked attributes ("black and white cat", "smooth, cool
+    surface"); a determiner, a preposition or any other conjunction or punctuation starts or relates another
+    object.
+    """
+    chosen = set(picked)
+    attributes = set(picked[:-1])
+    for j in range(picked[0] + 1, picked[-1]):
+        if j in chosen:
+            continue
+        text = words[j].text.lower()
+        if text in _IN_WORD and j - 1 in chosen and j + 1 in chosen:  # "yo-yo"
+            continue
+        joiner = text in CONJUNCTIONS or not any(ch.isalnum() for ch in text)
+        if joiner and j - 1 in attributes and j + 1 in attributes:
+            continue
+        if joiner or text in DETERMINERS or text in PREPOSITIONS:
+            return words[j].text
+    return None
+
+
+def _candidates(words: list[_Word], keys: list) -> tuple[list[list[_Word]], list[tuple[list[_Word], str]]]:
+    """Where the phrase ``keys`` (match keys, the noun last) occurs in ``words``: ``(matches, across)``.
+
+    Contiguous occurrences first ("red car" in "a red car"); if none, the noun with its attributes in order before
+    it, each the nearest such word ("red car" in "a red sports car"), kept when they lie in one object
+    (:func:`_span_problem`) and listed in ``across`` with the word that separates them otherwise.
+    """
+    n = len(keys)
+    contiguous = [words[s : s + n] for s in range(len(words) - n + 1) if [w.match for w in words[s : s + n]] == keys]
+    if contiguous:
+        return contiguous, []
+    matches, across = [], []
+    for k in (k for k, w in enumerate(words) if w.match == keys[-1]):
+        picked = [k]
+        for key in reversed(keys[:-1]):
+            prev = [j for j in range(picked[0]) if words[j].match == key]
+            if not prev:
+                break
+            picked.insert(0, prev[-1])
+        if len(picked) < n:
+            continue
+        problem = _span_problem(words, picked)
+        if problem is None:
+            matches.append([words[j] for j in picked])
+        else:
+            across.append(([words[j] for j in picked], problem))
+    return matches, across
+
+
+def _resolve_phrase(tokenizer, prompt: str, words: list[_Word], spec: str, full: list[_Word] | None = None) -> Subject:
+    """One phrase subject; ``words`` are the words the encoder sees, ``full`` the untruncated prompt's when the
+    prompt is truncated (a word cut in half by the limit is left out of ``words``)."""
     m = _OCCURRENCE.match(spec.strip())
     phrase, occurrence = (m.group(1).strip(), int(m.group(2))) if m else (spec.strip(), None)
+    tokens_line = f"Tokens: {format_tokens(tokenizer, prompt)}"
     want = _phrase_words(tokenizer, phrase)
     if not want:
         raise ValueError(
             f"subject {spec!r} names no word (articles, determiners and punctuation are not subject words); name "
-            f"a word of the prompt. Tokens: {format_tokens(tokenizer, prompt)}"
+            f"a word of the prompt. {tokens_line}"
+        )
+    joiners = [w.text for w in want if w.text.lower() in _JOINERS]
+    if joiners:
+        parts, cur = [], []
+        for w in want:
+            if w.text.lower() in _JOINERS:
+                parts, cur = parts + [" ".join(cur)] * bool(cur), []
+            else:
+                cur.append(w.text)
+        parts += [" ".join(cur)] * bool(cur)
+        raise ValueError(
+            f"subject {phrase!r} contains {joiners[0]!r}, which joins or relates two objects, so it is not one "
+            f"object: name one subject per object (here {', '.join(repr(p) for p in parts)}). Two attributes of "
+            f"one object are named without the conjunction ('black white cat' for 'a black and white cat'). "
+            f"{_ONE_OBJECT} {tokens_line}"
         )
     keys = [w.match for w in want]
-    n = len(keys)
-    # Contiguous matches of the whole phrase first ("red car" in "a red car"), then the noun alone with each
-    # attribute taken from its nearest preceding occurrence ("red car" in "a red sports car").
-    starts = [s for s in range(len(words) - n + 1) if [w.match for w in words[s : s + n]] == keys]
-    matches = [words[s : s + n] for s in starts]
-    if not matches:
-        nouns = [k for k, w in enumerate(words) if w.match == keys[-1]]
-        for k in nouns:
-            picked, ok = [], True
-            for key in keys[:-1]:
-                prev = [j for j in range(k) if words[j].match == key]
-                if not prev:
-                    ok = False
-                    break
-                picked.append(words[prev[-1]])
-            if ok:
-                matches.append([*picked, words[k]])
-    if not matches:
-        full = [w.match for w in _prompt_words(tokenizer, prompt, truncate=False)]
-        if len(full) > len(words) and keys[-1] in full[len(words) :]:
-            raise ValueError(
-                f"subject {phrase!r} lies beyond the text encoder's {tokenizer.model_max_length}-token limit: the "
-                f"prompt is truncated after {words[-1].text!r} (token {words[-1].indices[-1]}), so the model never "
-                "sees it. Shorten the prompt or move the subject earlier."
-            )
+    matches, across = _candidates(words, keys)
+    beyond = not (matches or across) and full is not None and any(_candidates(full, keys))
+    if not matches and across and not beyond:
+        got, problem = across[0]
+        where = ", ".join(f"{w.text!r} (token {w.indices[0]})" for w in got)
         raise ValueError(
-            f"subject {phrase!r} is not in the prompt {prompt!r}. Its tokens are: {format_tokens(tokenizer, prompt)}. "
-            "Name words of the prompt, or pass token indices (see `ait2i tokens`)."
+            f"subject {phrase!r} does not name one object of the prompt {prompt!r}: its words {where} are "
+            f"separated by {problem!r}, so they belong to different objects. {_ONE_OBJECT} {tokens_line}"
+        )
+    if beyond:
+        *_, (last, piece) = prompt_tokens(tokenizer, prompt)[:-1]  # the last token the encoder sees
+        split = full[len(words)] if len(full) > len(words) and full[len(words)].indices[0] <= last else None
+        where = f" in the middle of {split.text!r}" if split is not None else ""
+        raise ValueError(
+            f"subject {phrase!r} lies beyond the text encoder's {tokenizer.model_max_length}-token limit: the "
+            f"prompt is truncated after token {last} ({piece!r}){where}, so the model never sees it. Shorten the "
+            "prompt or move the subject earlier."
+        )
+    if not matches:
+        in_prompt = {w.match for w in (full or words)}
+        order = " (its words are in the prompt, but not in this order)" if all(k in in_prompt for k in keys) else ""
+        raise ValueError(
+            f"subject {phrase!r} is not in the prompt {prompt!r}{order}. Its tokens are: "
+            f"{format_tokens(tokenizer, prompt)}. Name words of the prompt, or pass token indices (see `ait2i "
+            f"tokens`). {_ONE_OBJECT}"
         )
     if occurrence is None and len(matches) > 1:
         raise ValueError(
             f"subject {phrase!r} occurs {len(matches)} times in the prompt {prompt!r}; say which with "
-            f"{phrase!r}#1 ... #{len(matches)}. Tokens: {format_tokens(tokenizer, prompt)}"
+            f"{phrase!r}#1 ... #{len(matches)}. {tokens_line}"
         )
     if occurrence is not None and not 1 <= occurrence <= len(matches):
-        full = [w.match for w in _prompt_words(tokenizer, prompt, truncate=False)]
-        if len(full) > len(words) and keys[-1] in full[len(words) :]:
+        if full is not None and len(_candidates(full, keys)[0]) >= occurrence:
             raise ValueError(
                 f"subject {spec!r}: occurrence {occurrence} of {phrase!r} lies beyond the text encoder's "
                 f"{tokenizer.model_max_length}-token limit, so the model never sees it. Shorten the prompt."
             )
         raise ValueError(
             f"subject {spec!r}: occurrence {occurrence} asked, but {phrase!r} occurs {len(matches)} time(s) in "
-            f"{prompt!r}. Tokens: {format_tokens(tokenizer, prompt)}"
+            f"{prompt!r}. {tokens_line}"
         )
     chosen = matches[(occurrence or 1) - 1]
     noun, attrs = chosen[-1], chosen[:-1]
@@ -327,7 +414,7 @@ def _resolve_phrase(tokenizer, prompt: str, words: list[_Word], spec: str) -> Su
 def _check_indices(tokenizer, prompt: str, indices, eot: int, what: str) -> tuple[int, ...]:
     out = []
     first = layout_of(eot).first
-    for i in indices:
+    for i in _index_list(indices):
         if isinstance(i, bool) or not isinstance(i, int):
             raise ValueError(f"{what}: token indices must be ints, got {i!r}")
         if not first <= i <= eot - 1:
@@ -362,7 +449,7 @@ def check_placeholders(tokenizer, prompt: str, subjects=()) -> None:
         ValueError: naming the unknown placeholder and the loaded ones.
     """
     added = set(tokenizer.get_added_vocab())
-    texts = [prompt] + [s for s in (subjects or ()) if isinstance(s, str)]
+    texts = [prompt] + [s for s in subject_list(subjects) if isinstance(s, str)]
     for text in texts:
         for name in _PLACEHOLDER_RE.findall(text):
             if name not in added:
@@ -372,6 +459,70 @@ def check_placeholders(tokenizer, prompt: str, subjects=()) -> None:
                     f"placeholders: {loaded or 'none'}. Load it first, e.g. pipe.load_textual_inversion(path, "
                     f"token={name!r}) or ait2i.shapes.personalize.load_concept(pipe, folder, 'ti')."
                 )
+
+
+def _index_list(value) -> list:
+    """Token indices as a list of Python values: a tensor or array (``.tolist()``), one index, or a sequence."""
+    if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):
+        value = value.tolist()
+    if isinstance(value, (int, float, str)):
+        return [value]
+    return [v.tolist() if hasattr(v, "tolist") else v for v in value]
+
+
+def subject_list(subjects) -> list:
+    """The user's subjects as a list, read once: one subject (a phrase, an index, a dict, a :class:`Subject`) is
+    a list of one; a tensor or array is the (nested) list it holds (``torch.tensor([3, 7])`` is ``[3, 7]``); an
+    iterator or generator is read into a list; ``None`` is ``[]``.
+
+    Raises:
+        ValueError: an unordered set (the order of the subjects is their order in the diagnostics and pictures) or
+            something that is no subject.
+    """
+    if subjects is None:
+        return []
+    if isinstance(subjects, (str, Subject, Mapping, int)):
+        return [subjects]
+    if hasattr(subjects, "tolist") and not isinstance(subjects, (list, tuple)):  # torch / numpy
+        value = subjects.tolist()
+        return value if isinstance(value, list) else [value]
+    if isinstance(subjects, (set, frozenset)):
+        raise ValueError(
+            f"subjects {subjects!r} is an unordered set; pass a list (its order is the subjects' order in the "
+            "diagnostics and pictures)"
+        )
+    if not isinstance(subjects, Iterable):
+        raise ValueError(f"cannot read subjects {subjects!r}: give a list of phrases, token indices or Subjects")
+    return [s.tolist() if hasattr(s, "tolist") and not isinstance(s, (list, tuple)) else s for s in subjects]
+
+
+def _check_ownership(tokenizer, prompt: str, out: list[Subject], phrased: set[int]) -> None:
+    """Refuse a token claimed twice (by two subjects, or as one subject's noun and attribute) and a phrase whose
+    words span another subject's token ("red bench" over the "car" of "a red car bench")."""
+    owner: dict[int, str] = {}
+    pieces = dict(prompt_tokens(tokenizer, prompt))
+    rule = (
+        "a token belongs to one subject only, once: as its noun or as one of its attributes. "
+        f"Tokens: {format_tokens(tokenizer, prompt)}"
+    )
+    for k, s in enumerate(out):
+        for t in (*s.tokens, *s.attributes):
+            if t in owner:
+                piece = f"token {t} ({pieces.get(t)!r})"
+                if owner[t] == k:
+                    raise ValueError(f"subject {s.label!r} lists {piece} twice; {rule}")
+                raise ValueError(f"subjects {out[owner[t]].label!r} and {s.label!r} share {piece}; {rule}")
+            owner[t] = k
+    for k in sorted(phrased):
+        s = out[k]
+        own = (*s.tokens, *s.attributes)
+        inside = [t for t in range(min(own), max(own)) if owner.get(t, k) != k]
+        if inside:
+            other = out[owner[inside[0]]].label
+            raise ValueError(
+                f"subject {s.label!r} spans token {inside[0]} ({pieces.get(inside[0])!r}) of subject {other!r}, so "
+                f"its words are not one object. {_ONE_OBJECT} Tokens: {format_tokens(tokenizer, prompt)}"
+            )
 
 
 def resolve_subjects(tokenizer, prompt: str, subjects) -> list[Subject]:
@@ -385,17 +536,21 @@ def resolve_subjects(tokenizer, prompt: str, subjects) -> list[Subject]:
             are not subject words; ``"red car@0.1,0.2,0.5,0.6"`` adds a box), a token index (``[2, 5]`` is two
             subjects of one token each, as Attend-and-Excite's ``token_indices``), a list of token indices (one
             subject's noun pieces: ``[[2, 3], [5]]``), a dict ``{"tokens": [...], "attributes": [...], "label":
-            ..., "box": ...}`` or a :class:`Subject`.
+            ..., "box": ...}`` or a :class:`Subject`. A tensor, array, iterator or generator is read as the list
+            it holds (:func:`subject_list`). A phrase is the words of one object in the prompt's order, its noun
+            last: a modifier between them is skipped ("red car" in "a red sports car"), and so is a conjunction or
+            comma between two attributes ("black white cat" in "a black and white cat"); a determiner, a
+            preposition or a conjunction between them means two objects and is refused.
 
     Returns:
         `list[Subject]`, in the order given.
 
     Raises:
-        ValueError: no subject, an unknown or ambiguous word, an index out of range or on the start/end token,
-            two subjects sharing a noun token.
+        ValueError: no subject, an unknown or ambiguous word, a phrase across two objects, an index out of range
+            or on the start/end token, a token claimed twice (by two subjects, or as noun and attribute), a subject
+            beyond the text encoder's token limit.
     """
-    if isinstance(subjects, (str, Subject, dict, int)):
-        subjects = [subjects]
+    subjects = subject_list(subjects)
     if not subjects:
         raise ValueError(
             f"no subject given; name the words to guide, e.g. subjects=['cat', 'red bench']. "
@@ -404,7 +559,13 @@ def resolve_subjects(tokenizer, prompt: str, subjects) -> list[Subject]:
     check_placeholders(tokenizer, prompt, [s for s in subjects if isinstance(s, str)])
     eot = end_token_index(tokenizer, prompt)
     words = _prompt_words(tokenizer, prompt)
+    full = None
+    if len(tokenizer(prompt, truncation=False).input_ids) > tokenizer.model_max_length:  # truncated
+        full = _prompt_words(tokenizer, prompt, truncate=False)
+        if words and words[-1].pieces != full[len(words) - 1].pieces:  # the last word is cut in half: unseen
+            words = words[:-1]
     out: list[Subject] = []
+    phrased: set[int] = set()
     for spec in subjects:
         if isinstance(spec, Subject):
             s = Subject(
@@ -418,12 +579,13 @@ def resolve_subjects(tokenizer, prompt: str, subjects) -> list[Subject]:
             from .layout import split_box_spec
 
             phrase, box = split_box_spec(spec)
-            s = _resolve_phrase(tokenizer, prompt, words, phrase)
+            s = _resolve_phrase(tokenizer, prompt, words, phrase, full)
+            phrased.add(len(out))
             if box is not None:
                 s = Subject(s.label, s.tokens, s.attributes, box)
-        elif isinstance(spec, dict):
+        elif isinstance(spec, Mapping):
             toks = _check_indices(tokenizer, prompt, spec.get("tokens", ()), eot, "subject")
-            attrs = spec.get("attributes", ())
+            attrs = _index_list(spec.get("attributes", ()))
             attrs = _check_indices(tokenizer, prompt, attrs, eot, "subject attributes") if attrs else ()
             unknown = sorted(set(spec) - {"tokens", "attributes", "label", "box", "data"})
             if unknown:
@@ -441,14 +603,7 @@ def resolve_subjects(tokenizer, prompt: str, subjects) -> list[Subject]:
         else:
             raise ValueError(f"cannot read subject {spec!r}: give a phrase, token indices or a Subject")
         out.append(s)
-    seen: dict[int, str] = {}
-    for s in out:
-        for t in s.tokens:
-            if t in seen:
-                raise ValueError(
-                    f"subjects {seen[t]!r} and {s.label!r} share token {t}; each noun belongs to one subject"
-                )
-            seen[t] = s.label
+    _check_ownership(tokenizer, prompt, out, phrased)
     return out
 
 
