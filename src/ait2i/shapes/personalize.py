@@ -46,6 +46,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -199,6 +200,7 @@ def expand(caption: str, token: str = PLACEHOLDER, vectors: int = TI_VECTORS) ->
 def lora_config(rank: int = LORA_RANK, targets: str = "attn"):
     """The peft ``LoraConfig``: rank ``rank`` (alpha = rank), Gaussian init of A, zeros for B, on the UNet modules
     of :data:`LORA_TARGET_SETS` ``[targets]``."""
+    require_peft()
     from peft import LoraConfig
 
     if targets not in LORA_TARGET_SETS:
@@ -526,10 +528,123 @@ def concept_file(folder_or_file: str | os.PathLike, kind: str) -> Path:
     return path
 
 
+def require_peft() -> None:
+    """Refuse up front, naming the install, when peft (diffusers' LoRA backend) is missing.
+
+    Raises:
+        ValueError: peft cannot be imported.
+    """
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            "loading or training a LoRA needs peft (the LoRA backend of diffusers), which is not installed; it is a "
+            "dependency of ait2i: reinstall it (`pip install -e .`) or `pip install 'peft>=0.15'`"
+        ) from None
+
+
+def read_concept_file(path: Path, what: str = "concept") -> dict[str, torch.Tensor]:
+    """Every tensor of a concept's safetensors file, each checked to be finite.
+
+    Raises:
+        ValueError: naming the file, when it is truncated or corrupt, or holds a NaN or infinite value.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is truncated or corrupt ({e}); re-train the {what} or re-download the file") from None
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(
+            f"{path}: the {what} is not finite (NaN or inf) in {bad[:5]}{more}; it would turn every image it "
+            "touches into NaN. Re-train it (a lower learning rate) or re-download the file."
+        )
+    return tensors
+
+
+#: The first tensor of each LoRA layer, in the key formats ``load_lora_weights`` reads (peft, old diffusers, kohya).
+_LORA_DOWN_KEY = re.compile(r"\.(lora_A|lora\.down|lora_down|lora_linear_layer\.down)\.weight$")
+
+
+def _key_prefix(key: str) -> str:
+    head = key.split(".", 1)[0]
+    return "_".join(head.split("_")[:2]) if head.startswith("lora_") else head  # kohya: lora_unet_..., lora_te_...
+
+
+def _lora_layers(pipe, adapter: str) -> int:
+    """How many of the pipeline's modules hold a LoRA layer of ``adapter`` (peft's ``lora_A`` /
+    ``lora_embedding_A`` dicts, keyed by adapter name)."""
+    n = 0
+    for name in getattr(pipe, "_lora_loadable_modules", ("unet", "text_encoder")):
+        comp = getattr(pipe, name, None)
+        if isinstance(comp, torch.nn.Module):
+            for m in comp.modules():
+                held = [getattr(m, a, None) for a in ("lora_A", "lora_embedding_A")]
+                n += any(isinstance(d, torch.nn.Module) and adapter in d for d in held)
+    return n
+
+
+def _adapter_loaded(pipe, adapter: str) -> bool:
+    return any(adapter in names for names in pipe.get_list_adapters().values())
+
+
+def _load_lora(pipe, path: Path, tensors: dict[str, torch.Tensor], adapter: str) -> None:
+    """``load_lora_weights`` and a check that every LoRA layer of the file went into the pipeline; on a refusal or
+    an error the adapter is deleted again, so the pipeline is as it was."""
+    if _adapter_loaded(pipe, adapter):
+        raise ValueError(
+            f"adapter {adapter!r} is already loaded in this pipeline ({pipe.get_list_adapters()}); pass another "
+            "adapter_name, or pipe.delete_adapters(name) first"
+        )
+    expected = list(getattr(pipe, "_lora_loadable_modules", ("unet", "text_encoder")))
+    in_file = len({_LORA_DOWN_KEY.sub("", k) for k in tensors if _LORA_DOWN_KEY.search(k)})
+    try:
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
+        n = _lora_layers(pipe, adapter)
+        if n == 0 or n < in_file:
+            found = sorted({_key_prefix(k) for k in tensors})
+            what = "no LoRA layer" if n == 0 else f"only {n} of the {in_file} LoRA layers"
+            raise ValueError(
+                f"{path}: {what} of this file went into the pipeline: its keys start with {found}, expected "
+                f"keys under {expected} (e.g. 'unet.down_blocks.0.attentions.0.proj_in.lora_A.weight'); diffusers "
+                "skips the others with a warning. Rename the keys to the pipeline's component names."
+            )
+    except BaseException:
+        if _adapter_loaded(pipe, adapter):
+            pipe.delete_adapters(adapter)
+        raise
+
+
+def _load_ti(pipe, path: Path, tensors: dict[str, torch.Tensor], token: str) -> None:
+    """``load_textual_inversion`` and a check that the placeholder is in the tokenizer with the file's vectors;
+    on a refusal the placeholder is unloaded again."""
+    pipe.load_textual_inversion(str(path), token=token)
+    vec = next(iter(tensors.values())) if len(tensors) == 1 else None  # (V, D); one file per encoder: not compared
+    vectors = 1 if vec is None or vec.ndim == 1 else vec.shape[0]
+    names = [token] + [f"{token}_{k}" for k in range(1, vectors)]  # as diffusers names a multi-vector placeholder
+    added = pipe.tokenizer.get_added_vocab()
+    problem = None
+    if any(n not in added for n in names):
+        problem = f"the placeholder {token!r} is not in the tokenizer after loading (added tokens: {sorted(added)})"
+    elif vec is not None:
+        emb = pipe.text_encoder.get_input_embeddings().weight
+        got = emb[pipe.tokenizer.convert_tokens_to_ids(names)].detach()
+        if not torch.equal(got, vec.reshape(got.shape).to(got.dtype)):
+            problem = f"the text encoder's rows of {names} are not the file's vectors after loading"
+    if problem:
+        pipe.unload_textual_inversion([n for n in names if n in added])
+        raise ValueError(f"{path}: {problem}")
+
+
 def load_concept(
     pipe, folder_or_file: str | os.PathLike, kind: str, token: str | None = None, adapter_name: str | None = None
 ) -> str:
-    """Loads a textual inversion (``kind="ti"``) or a LoRA (``kind="lora"``) into ``pipe``; safetensors only.
+    """Loads a textual inversion (``kind="ti"``) or a LoRA (``kind="lora"``) into ``pipe``; safetensors only, and
+    checked: it returns only when the concept is in the pipeline.
 
     Args:
         pipe: a diffusers pipeline with ``load_textual_inversion`` / ``load_lora_weights``.
@@ -545,25 +660,32 @@ def load_concept(
     Returns:
         `str`: the placeholder (``"<star>"``; multi-vector placeholders expand in prompts as diffusers does) or,
         for a LoRA, its trigger word from ``TRAINING.json`` (``"star"``), else the adapter name.
+
+    Raises:
+        ValueError: naming the file, when it is not safetensors, truncated or corrupt, holds a NaN or infinite
+            value; for a LoRA, when peft is missing, the adapter name is taken, or not every LoRA layer of the file
+            went into the pipeline (keys under a prefix the pipeline does not read: the prefixes found and those
+            expected are named); for a textual inversion, when the placeholder is not in the tokenizer with the
+            file's vectors afterwards. The pipeline is then as it was.
     """
     path = concept_file(folder_or_file, kind)
+    if kind == "lora":
+        require_peft()
+    tensors = read_concept_file(path, "textual-inversion embedding" if kind == "ti" else "LoRA")
     meta_path = path.parent / "TRAINING.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if kind == "ti":
         if token is None:
             token = meta.get("token")
         if token is None:
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                keys = list(f.keys())
+            keys = list(tensors)
             token = keys[0] if len(keys) == 1 and keys[0] not in ("string_to_param", "emb_params") else None
         if token is None:
             raise ValueError(f"{path}: say which placeholder the embedding is for with token='<...>'")
-        pipe.load_textual_inversion(str(path), token=token)
+        _load_ti(pipe, path, tensors, token)
         return token
     adapter = adapter_name or path.parent.name or "concept"
-    pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
+    _load_lora(pipe, path, tensors, adapter)
     return meta.get("trigger_word", adapter)
 
 
@@ -720,6 +842,38 @@ def _row_key(r: dict) -> tuple:
     return (r.get("concept_set", "star"), r["kind"], r["method"], r["prompt"], r["seed"])
 
 
+def measure_methods() -> dict:
+    """The configs ``measure`` runs, by method name: those of the benchmark's default method set
+    (``ait2i bench shapes``, :data:`ait2i.bench.specs.METHOD_SETS` ``"default"``), so Attend-and-Excite guides
+    and refines at the same fractions of the run as there (at 20 steps: steps 0-9, refinement at 0, 4 and 8)
+    instead of its 50-step windows."""
+    from ait2i.bench.specs import parse_methods
+
+    return {cfg.name: cfg for _, cfg in parse_methods("default")}
+
+
+def _row_settings(method_config: dict, args: argparse.Namespace) -> dict:
+    """What a row records of how its image was made, beyond its prompt and seed; a resume must match it."""
+    return {"method_config": method_config, "steps": args.steps, "guidance_scale": args.cfg}
+
+
+def _check_resume(old: list[dict], rows_path: Path, settings: dict[str, dict]) -> None:
+    """Refuse to add rows of a method to a folder whose rows of that method were made otherwise (``settings``:
+    method -> :func:`_row_settings`), rows from before these were recorded included."""
+    for r in old:
+        want = settings.get(r["method"])
+        got = {k: r.get(k) for k in want or ()}
+        if want is not None and got != want:
+            keys = [k for k in want if got[k] != want[k]]
+            was = (
+                {k: got[k] for k in keys} if r.get("method_config") else "not recorded: made before measure recorded it"
+            )
+            raise ValueError(
+                f"{rows_path} holds {r['method']} rows made with another config ({was}) than this run's "
+                f"({ {k: want[k] for k in keys} }); measure into another --out folder"
+            )
+
+
 def measure(args: argparse.Namespace) -> None:
     """The ``measure`` command: generates every (concept set, kind, method, prompt, seed), scores it, appends rows
     to ``OUT/rows.jsonl`` (a rerun skips what is there) and writes ``OUT/summary.md``. A (concept set, kind) whose
@@ -727,6 +881,7 @@ def measure(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     import ait2i
+    from ait2i.bench.specs import config_dict
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -742,6 +897,11 @@ def measure(args: argparse.Namespace) -> None:
                 "measure another weight into another --out folder"
             )
         done = {_row_key(r) for r in old}
+    configs = measure_methods()
+    methods = set(args.methods) | ({"none"} if "base" in args.kinds else set())
+    settings = {m: _row_settings(config_dict(configs[m]), args) for m in methods}
+    if rows_path.exists():
+        _check_resume(old, rows_path, settings)
     seeds = _parse_seeds(args.seeds)
     concepts = Path(args.concepts) if args.concepts else None
     jobs = []
@@ -766,7 +926,7 @@ def measure(args: argparse.Namespace) -> None:
             check_placeholders(pipe.tokenizer, prompt, subjects)
             gens = [torch.Generator().manual_seed(s) for s in todo]
             res = ait2i.generate(
-                pipe, prompt, subjects if method != "none" else None, method, num_inference_steps=args.steps,
+                pipe, prompt, subjects if method != "none" else None, configs[method], num_inference_steps=args.steps,
                 guidance_scale=args.cfg, num_images_per_prompt=len(todo), generator=gens,
             )  # fmt: skip
             with open(rows_path, "a") as f:
@@ -775,7 +935,7 @@ def measure(args: argparse.Namespace) -> None:
                     im.save(out / name)
                     row = {"concept_set": cs, "kind": kind, "method": method, "prompt": prompt}
                     row.update(prompt_index=pi, adapter_weight=args.adapter_weight if kind == "lora" else None)
-                    row.update(seed=s, image=name, **score_image(im, objs))
+                    row.update(seed=s, image=name, **settings[method], **score_image(im, objs))
                     f.write(json.dumps(row) + "\n")
         bar.update(1)
     bar.close()
