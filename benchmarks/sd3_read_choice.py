@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     from ait2i.bench.suites.shapes import shapes_items
     from ait2i.cli import load_model
     from ait2i.hosts.sd3 import MAP_NORMALISATIONS, StableDiffusion3Host
+    from ait2i.testing import unmoved
 
     pipe = load_model(args.model)
     pipe.set_progress_bar_config(disable=True)
@@ -95,7 +96,8 @@ def main(argv=None) -> int:
                         for scale in (0.0, args.scale):
                             g = torch.Generator().manual_seed(s)
                             runs[scale] = ait2i.generate(
-                                pipe, it.prompt, list(it.subjects), base.replace(scale_factor=scale),
+                                pipe, it.prompt, list(it.subjects),
+                                base.replace(scale_factor=scale) if scale else unmoved(base),
                                 record_maps=(2, 5) if scale == 0.0 else (), generator=g, **kw,
                             )  # fmt: skip
                         loss = {k: sum(r.diagnostics.steps[j].loss[0] for j in range(1, 5)) for k, r in runs.items()}

@@ -9,7 +9,7 @@ import ait2i
 from ait2i import AIT2IConfig
 from ait2i.engine import GuidanceEngine
 from ait2i.subjects import Subject
-from ait2i.testing import tiny_sd_pipeline
+from ait2i.testing import tiny_sd_pipeline, unmoved
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def test_guided_run_lowers_the_loss(pipe):
     kw = dict(num_inference_steps=8, output_type="latent")
     guided = ait2i.generate(pipe, prompt, subjects, cfg, generator=_gen(3), **kw).diagnostics
     # same schedule, zero step size: the losses of the unguided trajectory
-    flat = ait2i.generate(pipe, prompt, subjects, cfg.replace(scale_factor=0.0), generator=_gen(3), **kw).diagnostics
+    flat = ait2i.generate(pipe, prompt, subjects, unmoved(cfg), generator=_gen(3), **kw).diagnostics
     g = [r.loss[0] for r in guided.steps]
     f = [r.loss[0] for r in flat.steps]
     assert math.isclose(g[0], f[0], rel_tol=1e-5)  # same start

@@ -7,7 +7,7 @@ import torch
 
 import ait2i
 from ait2i import AIT2IConfig
-from ait2i.testing import tiny_sd_pipeline
+from ait2i.testing import tiny_sd_pipeline, unmoved
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def test_none_with_maps_equals_stock_and_guided_runs(pipe):
         out = ait2i.generate(pipe, PROMPT, SUBJECTS, cfg, generator=_gen(), **kw)
         assert all(math.isfinite(v) for r in out.diagnostics.steps for v in r.loss)
         assert not torch.equal(out.images, stock)
-        flat = ait2i.generate(pipe, PROMPT, SUBJECTS, cfg.replace(scale_factor=0.0), generator=_gen(), **kw)
+        flat = ait2i.generate(pipe, PROMPT, SUBJECTS, unmoved(cfg), generator=_gen(), **kw)
         assert torch.equal(flat.images, stock)
     assert dict(pipe.unet.attn_processors) == before
     assert "step" not in vars(pipe.scheduler) and not {"encode_prompt", "enable_fuser"} & set(vars(pipe))

@@ -21,7 +21,7 @@ import ait2i
 from ait2i.hosts.pixart import PixArtAlphaHost, PixArtSigmaHost
 from ait2i.losses import ane_view, check_subjects
 from ait2i.subjects import EndToken, TokenLayout, end_token_index, prompt_tokens, resolve_subjects, token_layout
-from ait2i.testing import tiny_pixart_pipeline
+from ait2i.testing import tiny_pixart_pipeline, unmoved
 
 pytestmark = pytest.mark.slow
 
@@ -189,7 +189,7 @@ def test_legacy_callback_sees_the_updated_latents_and_an_exception_restores_ever
     out = ait2i.generate(
         pipe, PROMPT, SUBJECTS, cfg, generator=_gen(), callback=lambda i, t, z: seen.update({i: z}), **KW
     )
-    zero = dataclasses.replace(cfg, scale_factor=0.0)
+    zero = unmoved(cfg)
     plain = {}
     ait2i.generate(pipe, PROMPT, SUBJECTS, zero, generator=_gen(), callback=lambda i, t, z: plain.update({i: z}), **KW)
     assert torch.equal(seen[3], out.images) and not torch.equal(seen[0], plain[0])

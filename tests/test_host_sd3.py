@@ -20,7 +20,7 @@ from transformer_host_checks import (
 import ait2i
 from ait2i import AIT2IConfig
 from ait2i.hosts.sd3 import StableDiffusion3Host, joint_text_probabilities
-from ait2i.testing import tiny_sd3_pipeline
+from ait2i.testing import tiny_sd3_pipeline, unmoved
 
 pytestmark = pytest.mark.slow
 
@@ -191,7 +191,8 @@ def test_guidance_lowers_the_loss_on_the_shapesworld_mmdit():
     for eta in (0.0, 20.0):
         totals = []
         for seed in range(3):
-            out = ait2i.generate(pipe, prompt, subjects, AIT2IConfig(scale_factor=eta), generator=_gen(seed), **kw)
+            cfg = AIT2IConfig(scale_factor=eta) if eta else unmoved(AIT2IConfig())
+            out = ait2i.generate(pipe, prompt, subjects, cfg, generator=_gen(seed), **kw)
             totals.append(sum(r.loss[0] for r in out.diagnostics.steps[1:]))
         losses[eta] = sum(totals)
     assert losses[20.0] < losses[0.0]

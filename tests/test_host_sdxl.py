@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import ait2i
-from ait2i.testing import clip_bang_tokenizer, tiny_sdxl_pipeline
+from ait2i.testing import clip_bang_tokenizer, tiny_sdxl_pipeline, unmoved
 
 pytestmark = pytest.mark.slow
 
@@ -68,9 +68,7 @@ def test_guided_methods_run_and_move_the_latents(kind, method):
     out = ait2i.generate(pipe, PROMPT, SUBJECTS, cfg, generator=_gen(), **_kw(kind))
     guided = [r for r in out.diagnostics.steps if r.guided]
     assert guided and all(math.isfinite(v) for r in guided for v in r.loss)
-    still = ait2i.generate(
-        pipe, PROMPT, SUBJECTS, dataclasses.replace(cfg, scale_factor=0.0), generator=_gen(), **_kw(kind)
-    )
+    still = ait2i.generate(pipe, PROMPT, SUBJECTS, unmoved(cfg), generator=_gen(), **_kw(kind))
     stock = pipe(PROMPT, generator=_gen(), **_kw(kind)).images
     assert torch.equal(still.images, stock)  # step size 0: the guided passes change nothing
     assert not torch.equal(out.images, stock)

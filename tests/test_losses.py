@@ -565,4 +565,4 @@ def test_paper_preset_is_the_released_configuration_and_default_differs_as_docum
 def test_a_positive_fraction_guides_at_least_one_step():
     assert AIT2IConfig(max_guided_steps=0.2).guided_steps(2) == 1  # round(0.4) would be 0: a quiet no-op
     assert AIT2IConfig(max_guided_steps=0.5).guided_steps(20) == 10
-    assert AIT2IConfig(max_guided_steps=0).guided_steps(20) == 0  # an explicit 0 stays 0
+    assert AttendExciteConfig(max_guided_steps=0).guided_steps(20) == 0  # an explicit 0 stays 0 (refinement moves)

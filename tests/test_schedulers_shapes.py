@@ -6,6 +6,7 @@ import torch
 
 import ait2i
 from ait2i.shapes.model import load_pipeline
+from ait2i.testing import unmoved
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,9 @@ def _guided_loss(pipe, scheduler, scale_factor: float) -> float:
         pipe,
         PROMPT,
         SUBJECTS,
-        ait2i.get_method("ait2i").replace(scale_factor=scale_factor),
+        ait2i.get_method("ait2i").replace(scale_factor=scale_factor)
+        if scale_factor
+        else unmoved(ait2i.get_method("ait2i")),
         generator=[torch.Generator().manual_seed(s) for s in SEEDS],
         num_images_per_prompt=len(SEEDS),
         num_inference_steps=12,

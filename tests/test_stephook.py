@@ -6,7 +6,6 @@ the callback path (:class:`~ait2i.hosts.base.CallbackHost` on ``StableDiffusionP
 gives, guided or not.
 """
 
-import dataclasses
 import inspect
 import math
 
@@ -17,7 +16,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 import ait2i
 from ait2i.hosts import register_host
 from ait2i.hosts.stephook import StepHookHost
-from ait2i.testing import tiny_sd_components, tiny_sd_pipeline
+from ait2i.testing import tiny_sd_components, tiny_sd_pipeline, unmoved
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +106,7 @@ def test_legacy_callback_sees_the_updated_latents():
         ait2i.generate(toy, PROMPT, SUBJECTS, cfg, generator=_gen(), callback=lambda i, t, z: seen.update({i: z}))
     finally:
         hook.remove()
-    zero = dataclasses.replace(cfg, scale_factor=0.0)
+    zero = unmoved(cfg)
     ait2i.generate(toy, PROMPT, SUBJECTS, zero, generator=_gen(), callback=lambda i, t, z: plain.update({i: z}))
     for i in range(3):  # what the callback sees after step i is what the loop denoises at step i + 1 (DDIM: c = 1)
         assert torch.equal(seen[i], inputs[i + 1])

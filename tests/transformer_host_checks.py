@@ -6,6 +6,7 @@ import math
 import torch
 
 import ait2i
+from ait2i.testing import unmoved
 
 PROMPT, SUBJECTS = "a red car and a blue bench", ["red car", "blue bench"]
 
@@ -31,7 +32,7 @@ def method_moves_the_latents(pipe, method: str, kw: dict, no_leftovers) -> None:
     base = ait2i.get_method(method)
     refine = {0: 0.99} if base.refinement else {}
     cfg = dataclasses.replace(base, max_guided_steps=1.0, refinement=refine, max_refinement_steps=2)
-    zero = dataclasses.replace(base, max_guided_steps=1.0, refinement={}, scale_factor=0.0)
+    zero = unmoved(dataclasses.replace(base, max_guided_steps=1.0, refinement={}))
     out = ait2i.generate(pipe, PROMPT, SUBJECTS, cfg, generator=gen(), **kw)
     still = ait2i.generate(pipe, PROMPT, SUBJECTS, zero, generator=gen(), **kw)
     steps = out.diagnostics.steps

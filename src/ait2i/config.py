@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
 METRICS = ("euclidean", "cosine")
 PLACES = ("down", "mid", "up")
 SOFTMAX_SPANS = ("all", "prompt")
+#: Largest accepted ``scale_factor``: far above any measured one (10-40), below where an update swamps the
+#: unit-variance latents of every supported model.
+MAX_SCALE_FACTOR = 1000.0
 
 
 @dataclass
@@ -59,30 +63,74 @@ class GuidanceConfig:
     #: The method reads per-subject boxes (``Subject.box``); a box given to a method that does not is an error.
     uses_boxes: ClassVar[bool] = False
 
+    #: Names of the loss weights (``w_*`` fields): each a finite number >= 0, not all 0 (the loss would be constant).
+    weight_fields: ClassVar[tuple[str, ...]] = ()
+
     def __post_init__(self):
-        if self.attn_res is not None and (not isinstance(self.attn_res, int) or self.attn_res < 1):
-            raise ValueError(f"attn_res must be a positive int or None, got {self.attn_res!r}")
+        self._validate()
+        self._check_moves()
+
+    def _validate(self) -> None:
+        """Check every field (finite, in range, integer where integer, no bool for a number); a subclass extends it.
+
+        Raises:
+            ValueError: naming the field, the value and the valid range.
+        """
+        if self.attn_res is not None:
+            _integer("attn_res", self.attn_res, 1, note=" or None (16 for SD 1.x at 512 px)")
+        if isinstance(self.from_where, str) or not isinstance(self.from_where, (tuple, list)):
+            hint = f"; write one part as ({self.from_where!r},)" if isinstance(self.from_where, str) else ""
+            raise ValueError(
+                f"from_where must be a tuple of UNet parts from {PLACES}, e.g. ('up', 'down'), got "
+                f"{self.from_where!r}{hint}"
+            )
         self.from_where = tuple(self.from_where)
         bad = [p for p in self.from_where if p not in PLACES]
-        if bad or not self.from_where:
-            raise ValueError(f"from_where must be a non-empty subset of {PLACES}, got {self.from_where!r}")
+        if bad or not self.from_where or len(set(self.from_where)) != len(self.from_where):
+            raise ValueError(f"from_where must be a non-empty subset of {PLACES}, each once, got {self.from_where!r}")
         _check_window("max_guided_steps", self.max_guided_steps)
-        if not math.isfinite(self.scale_factor) or self.scale_factor < 0:
-            raise ValueError(f"scale_factor must be a finite number >= 0, got {self.scale_factor!r}")
-        if len(self.scale_range) != 2 or min(self.scale_range) < 0:
-            raise ValueError(f"scale_range must be two numbers >= 0, got {self.scale_range!r}")
-        self.scale_range = tuple(float(s) for s in self.scale_range)
+        _number("scale_factor", self.scale_factor, 0.0, MAX_SCALE_FACTOR, note=" (typical 10-40)")
+        sr = self.scale_range
+        if isinstance(sr, (str, bytes)) or not isinstance(sr, (tuple, list)) or len(sr) != 2:
+            raise ValueError(f"scale_range must be two numbers in [0, 1] (start, end), got {sr!r}")
+        for k, s in zip(("start", "end"), sr):
+            _number(f"scale_range {k}", s, 0.0, 1.0, shown=f"scale_range={sr!r}")
+        self.scale_range = tuple(float(s) for s in sr)
+        if self.refinement is not None and not isinstance(self.refinement, dict):
+            raise ValueError(f"refinement must be a dict {{step: threshold}} or None, got {self.refinement!r}")
         self.refinement = dict(self.refinement or {})
         for k, v in self.refinement.items():
             _check_window("refinement step", k)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"refinement threshold at step {k} must be in [0, 1], got {v!r}")
-        if self.max_refinement_steps < 0:
-            raise ValueError(f"max_refinement_steps must be >= 0, got {self.max_refinement_steps}")
+            _number(f"refinement threshold at step {k!r}", v, 0.0, 1.0)
+        _integer("max_refinement_steps", self.max_refinement_steps, 0)
         if self.softmax_span not in SOFTMAX_SPANS:
             raise ValueError(f"softmax_span must be one of {SOFTMAX_SPANS}, got {self.softmax_span!r}")
-        if self.smooth_kernel < 1 or self.smooth_kernel % 2 == 0 or self.smooth_sigma <= 0:
-            raise ValueError("smooth_kernel must be an odd int >= 1 and smooth_sigma > 0")
+        _integer("smooth_kernel", self.smooth_kernel, 1, note=", odd")
+        if self.smooth_kernel % 2 == 0:
+            raise ValueError(f"smooth_kernel must be an odd int >= 1, got {self.smooth_kernel!r}")
+        _number("smooth_sigma", self.smooth_sigma, 0.0, None, low_open=True)
+        for k in self.weight_fields:
+            _number(k, getattr(self, k), 0.0, None)
+
+    def _check_moves(self) -> None:
+        """Refuse a guiding config that can never change the latents: its output would be method "none" mislabelled."""
+        if not self.guides:
+            return
+        why = None
+        if self.scale_factor == 0:
+            why = "scale_factor=0 makes every step size 0"
+        elif max(self.scale_range) == 0:
+            why = f"scale_range={self.scale_range!r} makes every step size 0"
+        elif self.max_guided_steps == 0 and (not self.refinement or self.max_refinement_steps == 0):
+            why = "max_guided_steps=0 guides no step and no refinement is set"
+        elif self.weight_fields and all(getattr(self, k) == 0 for k in self.weight_fields):
+            why = f"every loss weight ({', '.join(f'{k}=0' for k in self.weight_fields)}) is 0"
+        if why:
+            raise ValueError(
+                f"method {self.name!r}: {why}, so it never moves the latents and its images would be unguided "
+                f"sampling labelled {self.name!r}; use method 'none' for unguided sampling (it records attention "
+                "maps too)"
+            )
 
     # -- schedule ---------------------------------------------------------------------------------------------
     def guided_steps(self, num_steps: int) -> int:
@@ -107,6 +155,14 @@ class GuidanceConfig:
     def replace(self, **changes):
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def search_space(cls) -> dict:
+        """The fields ``ait2i tune`` searches, ``{field: FloatRange | IntRange | Choice}`` (:mod:`ait2i.search_space`:
+        the built-in methods' spaces; a method declares its own with ``declare_space`` or by overriding this)."""
+        from .search_space import declared_space
+
+        return declared_space(cls)
 
     # -- the method protocol ----------------------------------------------------------------------------------
     def loss(
@@ -174,19 +230,18 @@ class AIT2IConfig(GuidanceConfig):
     attribute_radius: float = 6.0
     name: str = field(default="ait2i", repr=False)
 
-    def __post_init__(self):
-        super().__post_init__()
+    weight_fields: ClassVar[tuple[str, ...]] = ("w_isolation", "w_aggregation", "w_presence", "w_attribute")
+
+    def _validate(self) -> None:
+        super()._validate()
         for k in ("isolation_metric", "aggregation_metric", "attribute_metric"):
             if getattr(self, k) not in METRICS:
                 raise ValueError(f"{k} must be one of {METRICS}, got {getattr(self, k)!r}")
-        for k in ("w_isolation", "w_aggregation", "w_presence", "w_attribute"):
-            v = getattr(self, k)
-            if not math.isfinite(v) or v < 0:
-                raise ValueError(f"{k} must be a finite number >= 0, got {v!r}")
-        if self.num_regions < 1:
-            raise ValueError(f"num_regions must be >= 1, got {self.num_regions}")
-        if self.region_radius <= 0 or self.attribute_radius <= 0:
-            raise ValueError("region_radius and attribute_radius must be > 0")
+        _integer("num_regions", self.num_regions, 1)
+        _number("region_radius", self.region_radius, 0.0, None, low_open=True, note=" (cells at 16x16; typical 5)")
+        _number(
+            "attribute_radius", self.attribute_radius, 0.0, None, low_open=True, note=" (cells at 16x16; typical 6)"
+        )
 
     def loss(self, raw, subjects, eot_index):
         from .losses import ait2i_objective
@@ -218,11 +273,33 @@ class NoGuidanceConfig(GuidanceConfig):
 
 def _check_window(what: str, v) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"{what} must be an int step index or a float fraction in [0, 1], got {v!r}")
+        raise ValueError(f"{what} must be an int step index >= 0 or a float fraction in [0, 1], got {v!r}")
     if isinstance(v, int) and v < 0:
-        raise ValueError(f"{what} must be >= 0, got {v}")
+        raise ValueError(f"{what} must be an int step index >= 0 or a float fraction in [0, 1], got {v!r}")
     if isinstance(v, float) and not 0.0 <= v <= 1.0:
-        raise ValueError(f"{what} as a fraction must be in [0, 1], got {v}")
+        raise ValueError(f"{what} as a fraction of the steps must be in [0, 1], got {v!r}")
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _number(
+    what: str, v, low: float, high: float | None, *, low_open: bool = False, note: str = "", shown: str = ""
+) -> None:
+    """Refuse ``v`` unless it is a finite real number (not a bool) in ``[low, high]`` (``(low, ...`` if open)."""
+    lo = f"({low}" if low_open else f"[{low}"
+    rng = f"{lo}, {high}]" if high is not None else (f"> {low}" if low_open else f">= {low}")
+    ok = _is_real(v) and math.isfinite(v) and (v > low if low_open else v >= low) and (high is None or v <= high)
+    if not ok:
+        rng = f"in {rng}" if high is not None else rng
+        raise ValueError(f"{what} must be a finite number {rng}{note}, got {shown or repr(v)}")
+
+
+def _integer(what: str, v, low: int, *, note: str = "") -> None:
+    """Refuse ``v`` unless it is an int (not a bool, not a float) >= ``low``."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+        raise ValueError(f"{what} must be an int >= {low}{note}, got {v!r}")
 
 
 def _resolve(v: int | float, num_steps: int) -> int:

@@ -7,14 +7,18 @@ returns the latents updated for step ``i``:
     z <- z - eta_i * grad_z L(z)     for guided steps (i < max_guided_steps),
 
 with optional iterative refinement at chosen steps (repeat the update until every subject's maximum attention
-reaches the threshold), skipping (and recording) any sample whose loss or gradient is not finite. The engine knows
-no pipeline and no method: host adapters (``ait2i.hosts``) call it before each step of their loop with the
-denoiser's input ``z`` (the scale-free model input), and it asks the method (``ait2i.methods``) for the loss.
+reaches the threshold). A sample whose loss or gradient is not finite keeps its latents (the update is
+skipped), and so does one whose updated latents would not be finite (the update is undone): each such update is
+recorded in its step's ``skipped``, and :meth:`GuidanceEngine.finish` sums them up in one diagnostics note and one
+warning per run. The engine knows no pipeline and no method: host adapters (``ait2i.hosts``) call it before each
+step of their loop with the denoiser's input ``z`` (the scale-free model input), and it asks the method
+(``ait2i.methods``) for the loss.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -111,6 +115,11 @@ class GuidanceEngine:
         self.diagnostics = Diagnostics(config.name, config, self.subjects)
         if len(self.subjects) == 1 and getattr(config, "w_isolation", 0) > 0:
             self.diagnostics.notes.append("one subject: isolation has no pair and is zero")
+        if config.guides:
+            self.diagnostics.notes.extend(window_notes(config, num_steps))
+        #: ``{reason: {sample: [step, ...]}}`` of skipped updates (main updates and refinement iterations).
+        self._skips: dict[str, dict[int, list[int]]] = {}
+        self._finished = False
 
     def needs_step(self, i: int) -> bool:
         """Whether step ``i`` runs a guided (or recording) forward pass."""
@@ -121,17 +130,57 @@ class GuidanceEngine:
         loss, terms, max_att = self.cfg.loss(raw, self.subjects, self.eot)
         return raw, loss, terms, max_att
 
-    def _update(self, z: torch.Tensor, loss: torch.Tensor, eta: float):
-        """One gradient step per sample; non-finite losses/gradients and zero losses leave the sample as it is."""
+    def _update(self, z: torch.Tensor, loss: torch.Tensor, eta: float, step: int, what: str = "update", rows=None):
+        """One gradient step per sample; returns ``(new latents, skipped (B,) bool)``.
+
+        A sample keeps its latents when its loss or gradient is not finite (skipped) or when its updated latents, in
+        the latents' dtype, would not be finite (undone: e.g. a float16 overflow); a zero loss leaves it as it is
+        too (nothing to lower). Skips are recorded for :meth:`finish` under ``what``, as samples ``rows`` of the
+        batch (all when ``None``).
+        """
         finite = torch.isfinite(loss)
         grad = torch.autograd.grad(torch.where(finite, loss, 0.0).sum(), [z], allow_unused=True)[0]
-        if grad is None:  # loss independent of z (e.g. all terms weighted 0)
+        if grad is None:  # loss independent of z (e.g. no subject has the attribute a weighted term reads)
             grad = torch.zeros_like(z)
         dims = tuple(range(1, z.ndim))
         ok = finite & torch.isfinite(grad).all(dim=dims) if z.ndim > 1 else finite
         move = ok & (loss != 0)
-        new = z.detach().float() - eta * torch.where(move.view(-1, *[1] * (z.ndim - 1)), grad.float(), 0.0)
-        return new.to(z.dtype), ~ok
+        shape = (-1, *[1] * (z.ndim - 1))
+        new = (z.detach().float() - eta * torch.where(move.view(shape), grad.float(), 0.0)).to(z.dtype)
+        blown = move & ~torch.isfinite(new).all(dim=dims) if z.ndim > 1 else move & ~torch.isfinite(new)
+        new = torch.where(blown.view(shape), z.detach(), new)
+        self._record_skips(f"{what} skipped (non-finite loss or gradient)", ~ok, step, rows)
+        self._record_skips(
+            f"{what} undone (non-finite latents after the update; lower scale_factor)", blown, step, rows
+        )
+        return new, ~ok | blown
+
+    def _record_skips(self, reason: str, mask: torch.Tensor, step: int, rows=None) -> None:
+        for b in mask.nonzero().flatten().tolist():
+            sample = b if rows is None else int(rows[b])
+            self._skips.setdefault(reason, {}).setdefault(sample, []).append(step)
+
+    def finish(self, stacklevel: int = 2) -> None:
+        """End of the run: one diagnostics note per kind of skipped update, and one warning with their counts.
+
+        Call it once when the pipeline's loop is done (``generate`` does); a second call does nothing.
+        """
+        if self._finished:
+            return
+        self._finished = True
+        guided = sum(1 for r in self.diagnostics.steps if r.guided)
+        notes = []
+        for reason, per_sample in self._skips.items():
+            refining = reason.startswith("refinement")
+            parts = []
+            for b, steps in sorted(per_sample.items()):
+                where = f"at steps {_ranges(sorted(set(steps)))}"
+                count = f"{len(steps)} iterations" if refining else f"{len(steps)} of {guided} guided steps"
+                parts.append(f"sample {b}: {count} {where}")
+            notes.append(f"guidance {reason}: {'; '.join(parts)}; those samples kept their latents there")
+        self.diagnostics.notes.extend(notes)
+        if notes:
+            warnings.warn("ait2i: " + " | ".join(notes), RuntimeWarning, stacklevel=stacklevel + 1)
 
     def step(self, i: int, t, latents: torch.Tensor) -> torch.Tensor:
         """Return the latents to denoise at step ``i`` (timestep ``t``), updated if the step is guided."""
@@ -145,13 +194,13 @@ class GuidanceEngine:
             z = latents.detach().clone().requires_grad_(guided)
             raw, loss, terms, max_att = self._loss(z, t, None)
             if i in self.thresholds:
-                refined, iters = self._refine(z, t, loss, max_att, self.thresholds[i], eta)
+                refined, iters = self._refine(z, t, loss, max_att, self.thresholds[i], eta, i)
                 if any(iters):  # maps, loss and graph of the refined latents (else z keeps its graph)
                     z = refined.detach().requires_grad_(True)
                     raw, loss, terms, max_att = self._loss(z, t, None)
             skipped = [False] * b
             if i < self.guided:
-                new, bad = self._update(z, loss, eta)
+                new, bad = self._update(z, loss, eta, i)
                 skipped = bad.tolist()
             else:
                 new = z.detach()
@@ -172,7 +221,7 @@ class GuidanceEngine:
         )
         return new.to(latents.dtype)
 
-    def _refine(self, z, t, loss, max_att, threshold: float, eta: float):
+    def _refine(self, z, t, loss, max_att, threshold: float, eta: float, step: int):
         """Iterative refinement (Attend-and-Excite): per sample, update until ``1 - min_g max A_g <= 1 - threshold``.
 
         Each iteration re-runs the guided forward pass on the samples still below the threshold, at most
@@ -183,17 +232,59 @@ class GuidanceEngine:
         crit = _neglect(max_att)
         z = z.detach().clone()
         iters = torch.zeros(z.shape[0], dtype=torch.long)
+        stuck = torch.zeros_like(crit, dtype=torch.bool)
         active = (crit > target) & (iters < self.cfg.max_refinement_steps)
         while bool(active.any()):
             rows = active.nonzero().flatten()
             iters[rows] += 1
             zr = z[rows].clone().requires_grad_(True)
             _, lr, _, mr = self._loss(zr, t, rows)
-            new, _ = self._update(zr, lr, eta)
+            new, bad = self._update(zr, lr, eta, step, "refinement update", rows)
             z[rows] = new
+            stuck[rows[bad.to(rows.device)]] = True  # its update failed: trying again would fail the same way
             crit[rows] = _neglect(mr.detach())
-            active = (crit > target) & (iters < self.cfg.max_refinement_steps)
+            active = (crit > target) & (iters < self.cfg.max_refinement_steps) & ~stuck
         return z, iters.tolist()
+
+
+def window_notes(cfg: GuidanceConfig, num_steps: int) -> list[str]:
+    """Notes for absolute windows (``int`` step indices) that do not fit a run of ``num_steps`` steps.
+
+    Attend-and-Excite's (and the "ait2i-paper" preset's) windows are the references' absolute step indices, kept so
+    that they equal the reference at every step count; at a short run a refinement step may lie beyond the last step
+    (it never happens) and ``max_guided_steps`` may cover every step. Fractions scale with the step count instead.
+    """
+    notes = []
+    beyond = sorted(k for k in cfg.refinement if _resolve_key(k, num_steps) >= num_steps)
+    if beyond:
+        notes.append(
+            f"refinement at steps {beyond} lies beyond this run's {num_steps} steps (0-{num_steps - 1}) and does not "
+            "happen: int windows are absolute step indices (the reference's, for 50 steps); give them as fractions "
+            "of the steps to scale with the step count (e.g. 0.2 for step 10 of 50)"
+        )
+    m = cfg.max_guided_steps
+    if isinstance(m, int) and m > num_steps:
+        notes.append(
+            f"max_guided_steps={m} (an absolute step count) covers every step of this {num_steps}-step run; give a "
+            f"fraction (e.g. max_guided_steps={m / 50:g} for {m} of 50) to scale it with the step count"
+        )
+    return notes
+
+
+def _resolve_key(k, num_steps: int) -> int:
+    return k if isinstance(k, int) else int(round(k * num_steps))
+
+
+def _ranges(steps: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    out, start = [], None
+    for k, s in enumerate(steps):
+        if start is None:
+            start = s
+        if k + 1 == len(steps) or steps[k + 1] != s + 1:
+            out.append(f"{start}" if start == s else f"{start}-{s}")
+            start = None
+    return ", ".join(out)
 
 
 def _neglect(max_att: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import numbers
 import threading
 import weakref
 
@@ -18,7 +19,7 @@ from .engine import Diagnostics, GuidanceEngine
 from .hosts import host_for
 from .layout_methods import box_notes
 from .methods import box_methods, get_method
-from .subjects import resolve_subjects
+from .subjects import resolve_subjects, subject_list
 
 
 class _Guard:
@@ -140,8 +141,13 @@ def generate(pipe, prompt: str, subjects=None, method="ait2i", *, record_maps=()
     if "prompt" in pipeline_kwargs:
         raise ValueError("give the prompt as generate's second argument, not as a keyword")
     host = host_for(pipe)(pipe, prompt, pipeline_kwargs)  # refuses what it cannot guide, before anything runs
+    record_maps = tuple(record_maps)
+    bad = [s for s in record_maps if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0]
+    if bad:
+        raise ValueError(f"record_maps must be int step indices >= 0, got {bad}")
     record_maps = tuple(int(s) for s in record_maps)
     text = host.text
+    subjects = subject_list(subjects)  # a tensor, array or generator: the list it holds, read once
     resolved = resolve_subjects(host.tokenizer, text, subjects) if (subjects or cfg.guides) else []
     boxed = [s.label for s in resolved if s.box is not None]
     if boxed and not cfg.uses_boxes:
@@ -166,4 +172,5 @@ def generate(pipe, prompt: str, subjects=None, method="ait2i", *, record_maps=()
     with pipeline_lock(pipe):
         out, engine = host.run(cfg, make_engine)
     engine.diagnostics.notes.extend(notes)
+    engine.finish(stacklevel=2)  # skipped updates: one note each and one warning, to generate's caller
     return _with_diagnostics(out, engine.diagnostics, return_dict)

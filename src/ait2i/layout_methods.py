@@ -16,14 +16,13 @@ Every subject of a box method needs a box; boxes that overlap are allowed (``gen
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from . import layout as L
 from . import losses
-from .config import METRICS, AIT2IConfig, GuidanceConfig
+from .config import METRICS, AIT2IConfig, GuidanceConfig, _integer, _number
 
 
 def _boxes(subjects: Sequence, method: str) -> list[L.Box]:
@@ -34,13 +33,6 @@ def _boxes(subjects: Sequence, method: str) -> list[L.Box]:
             "'phrase@x0,y0,x1,y1' (normalised, top-left origin) or Subject(..., box=...)"
         )
     return [s.box for s in subjects]
-
-
-def _check_weights(cfg, names: Sequence[str]) -> None:
-    for k in names:
-        v = getattr(cfg, k)
-        if not math.isfinite(v) or v < 0:
-            raise ValueError(f"{k} must be a finite number >= 0, got {v!r}")
 
 
 @dataclass
@@ -56,10 +48,10 @@ class AIT2ILayoutConfig(AIT2IConfig):
     box_isolation_metric: str = "euclidean"
     name: str = field(default="ait2i-layout", repr=False)
     uses_boxes: ClassVar[bool] = True
+    weight_fields: ClassVar[tuple[str, ...]] = (*AIT2IConfig.weight_fields, "w_box_aggregation", "w_box_isolation")
 
-    def __post_init__(self):
-        super().__post_init__()
-        _check_weights(self, ("w_box_aggregation", "w_box_isolation"))
+    def _validate(self) -> None:
+        super()._validate()
         for k in ("box_aggregation_metric", "box_isolation_metric"):
             if getattr(self, k) not in METRICS:
                 raise ValueError(f"{k} must be one of {METRICS}, got {getattr(self, k)!r}")
@@ -114,14 +106,12 @@ class BoxDiffConfig(GuidanceConfig):
     w_corner: float = 1.0
     name: str = field(default="boxdiff", repr=False)
     uses_boxes: ClassVar[bool] = True
+    weight_fields: ClassVar[tuple[str, ...]] = ("w_inner", "w_outer", "w_corner")
 
-    def __post_init__(self):
-        super().__post_init__()
-        _check_weights(self, ("w_inner", "w_outer", "w_corner"))
-        if not 0.0 < self.top_k <= 1.0:
-            raise ValueError(f"top_k is the fraction P of cells averaged, in (0, 1], got {self.top_k!r}")
-        if not isinstance(self.corner_width, int) or self.corner_width < 1:
-            raise ValueError(f"corner_width must be an int >= 1, got {self.corner_width!r}")
+    def _validate(self) -> None:
+        super()._validate()
+        _number("top_k", self.top_k, 0.0, 1.0, low_open=True, note=" (BoxDiff's P, the fraction of cells averaged)")
+        _integer("corner_width", self.corner_width, 1, note=" (BoxDiff's L, in cells)")
 
     def loss(self, raw, subjects, eot_index):
         boxes = _boxes(subjects, self.name)

@@ -13,7 +13,8 @@ Two views of one captured attention tensor ``raw`` (``(B, H, W, L)``, the mean o
   Gaussian smoothing, for the presence term and Attend-and-Excite.
 
 A non-finite input gives a non-finite loss for that sample (the engine then skips the update); nothing is silently
-repaired.
+repaired. An all-zero (massless) map is finite input: the geometric terms count it 0, with a zero gradient (it has no
+centroid, nothing to gather or bind, overlaps nothing); the presence term still sees it as neglected.
 """
 
 from __future__ import annotations
@@ -356,17 +357,20 @@ def aggregation_loss(
         radius (`float`, *optional*, defaults to 5.0): disc radius in cells; 5 at 16x16.
 
     Returns:
-        `torch.Tensor` of shape `(B,)`. Scattered blobs -> large (up to about 3-4); one compact blob -> ~0.
+        `torch.Tensor` of shape `(B,)`. Scattered blobs -> large (up to about 3-4); one compact blob -> ~0; a map
+        without mass -> 0 (zero gradient).
     """
     maps = _check_stack(subject_maps, "subject_maps")
     h, w = maps.shape[-2:]
+    has, safe = _with_mass(maps)  # (B, G), (B, G, H, W)
     if metric == "euclidean":
         c, p, valid = _regions(maps, num_regions, radius)
         per_map = _spread(c, valid, p[..., 0, :], h, w)  # (B, G)
     elif metric == "cosine":
-        per_map = _energy_outside(maps, disc_mask(_peak(maps), h, w, radius))  # (B, G)
+        per_map = _energy_outside(safe, disc_mask(_peak(safe), h, w, radius))  # (B, G)
     else:
         raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    per_map = torch.where(has, per_map, torch.zeros_like(per_map))  # a map without mass: nothing to gather
     return _nan_if_nonfinite(per_map.sum(dim=-1), maps)
 
 
@@ -393,7 +397,8 @@ def attribute_loss(
         owner_radius (`float`, *optional*, defaults to 5.0): the owner's disc radius (cosine form).
 
     Returns:
-        `torch.Tensor` of shape `(B,)`; zeros when ``K == 0``.
+        `torch.Tensor` of shape `(B,)`; zeros when ``K == 0``. An attribute map without mass, or one whose owner
+        map has none (no peak to bind to), counts 0 with a zero gradient.
     """
     attr = _check_stack(attr_maps, "attr_maps")
     owner = _check_stack(owner_maps, "owner_maps")
@@ -402,6 +407,8 @@ def attribute_loss(
     h, w = attr.shape[-2:]
     if attr.shape[1] == 0:
         return attr.new_zeros(attr.shape[0])
+    attr_has, safe = _with_mass(attr)  # (B, K), (B, K, H, W)
+    owner_has, _ = _with_mass(owner)  # (B, K)
     target = _peak(owner)  # (B, K, 2)
     if metric == "euclidean":
         c, _, valid = _regions(attr, num_regions, radius)
@@ -409,9 +416,11 @@ def attribute_loss(
     elif metric == "cosine":
         if not owner_radius > 0:
             raise ValueError(f"owner_radius must be > 0, got {owner_radius}")
-        per_map = _energy_outside(attr, disc_mask(target, h, w, owner_radius))  # (B, K)
+        per_map = _energy_outside(safe, disc_mask(target, h, w, owner_radius))  # (B, K)
     else:
         raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    # an attribute without mass has nothing to bind; an owner without mass has no peak to bind it to
+    per_map = torch.where(attr_has & owner_has, per_map, torch.zeros_like(per_map))
     return _nan_if_nonfinite(_nan_if_nonfinite(per_map.sum(dim=-1), attr), owner)
 
 
@@ -426,7 +435,8 @@ def isolation_loss(subject_maps: torch.Tensor, metric: str = "euclidean") -> tor
         metric (`str`, *optional*, defaults to `"euclidean"`): `"euclidean"` or `"cosine"`.
 
     Returns:
-        `torch.Tensor` of shape `(B,)`; exactly 0 when ``G < 2``.
+        `torch.Tensor` of shape `(B,)`; exactly 0 when ``G < 2``. A pair with a map without mass counts 0 (no
+        centroid, no overlap) with a zero gradient, and stays in the mean.
     """
     maps = _check_stack(subject_maps, "subject_maps")
     b, g, h, w = maps.shape
@@ -435,12 +445,15 @@ def isolation_loss(subject_maps: torch.Tensor, metric: str = "euclidean") -> tor
     if g < 2:
         return maps.new_zeros(b)
     i, j = torch.triu_indices(g, g, offset=1, device=maps.device)  # pairs g < h
+    has, safe = _with_mass(maps)  # (B, G), (B, G, H, W)
     if metric == "euclidean":
-        c = centroid(maps)  # (B, G, 2)
+        c = centroid(safe)  # (B, G, 2)
         per_pair = 1.0 - torch.linalg.vector_norm(c[:, i] - c[:, j], dim=-1) / math.sqrt(h**2 + w**2)  # (B, P)
     else:
-        flat = maps.flatten(-2)  # (B, G, HW)
+        flat = safe.flatten(-2)  # (B, G, HW)
         per_pair = F.cosine_similarity(flat[:, i], flat[:, j], dim=-1, eps=1e-12)  # (B, P)
+    # a map without mass has no centroid and overlaps nothing: its pairs count 0 (value and gradient)
+    per_pair = torch.where(has[:, i] & has[:, j], per_pair, torch.zeros_like(per_pair))
     return _nan_if_nonfinite(per_pair.mean(dim=-1), maps)
 
 
@@ -585,6 +598,16 @@ def _check_stack(maps, name: str) -> torch.Tensor:
     if maps.ndim != 4:
         raise ValueError(f"{name} must be (B, G, H, W), got shape {tuple(maps.shape)}")
     return maps.float()
+
+
+def _with_mass(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(has mass (...), maps with every massless map replaced by ones)`` for ``(..., H, W)`` maps.
+
+    A term computes on the safe maps and masks the massless ones out with ``torch.where``: neither its value nor its
+    gradient then sees a 0/0 (a centroid, a cosine of a zero vector).
+    """
+    has = maps.detach().sum(dim=(-2, -1)) > 0  # (...) False for an all-zero map (and for NaN)
+    return has, torch.where(has[..., None, None], maps, torch.ones_like(maps))
 
 
 def _nan_if_nonfinite(loss: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:

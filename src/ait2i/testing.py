@@ -381,3 +381,17 @@ def tiny_flux_pipeline(seed: int = 0, tokenizer=None, num_layers: int = 4, guida
     )  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def unmoved(cfg):
+    """A copy of ``cfg`` (any registered method's config) whose step sizes are all 0.
+
+    It computes the method's loss along the unguided trajectory and never moves the latents: the baseline of
+    tests and measurements that compare a guided run with the same method's losses unguided (``scale_factor=0``
+    itself is refused, since its images would be unguided sampling labelled with the method).
+    """
+    import dataclasses
+
+    cls = type(cfg)
+    sub = type(f"Unmoved{cls.__name__}", (cls,), {"step_sizes": lambda self, n: [0.0] * n})
+    return sub(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.init})

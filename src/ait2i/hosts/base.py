@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -189,6 +190,64 @@ def check_sequence_length(tokenizer, text: str, limit: int) -> None:
         )
 
 
+#: Call arguments that hold a negative prompt (as text).
+NEGATIVE_PROMPTS = ("negative_prompt", "negative_prompt_2", "negative_prompt_3")
+#: Call arguments that are guidance scales (classifier-free, true CFG, distilled guidance, rescale).
+SCALES = ("guidance_scale", "true_cfg_scale", "guidance_rescale")
+
+
+def _default(pipe, key: str):
+    """The default of ``pipe.__call__``'s argument ``key`` (``None`` if it has none)."""
+    p = inspect.signature(pipe.__call__).parameters.get(key)
+    return None if p is None or p.default is inspect.Parameter.empty else p.default
+
+
+def check_scales(pipe, kwargs: dict) -> None:
+    """Refuse a guidance scale that is not a finite number (``nan`` turns classifier-free guidance off silently).
+
+    Raises:
+        ValueError: naming the argument and its value.
+    """
+    for key in SCALES:
+        v = kwargs.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ValueError(f"{type(pipe).__name__}: {key} must be a finite number, got {v!r}")
+
+
+def check_negative_prompt(pipe, kwargs: dict, scale: str = "guidance_scale") -> None:
+    """Refuse a negative prompt that the pipeline would ignore: it is used only with ``scale > 1``.
+
+    Args:
+        pipe: the pipeline (its ``__call__`` gives the default of ``scale``).
+        kwargs (`dict`): the call's arguments.
+        scale (`str`, *optional*, defaults to `"guidance_scale"`): the argument that turns classifier-free
+            guidance on above 1 (``"true_cfg_scale"`` for Flux).
+
+    Raises:
+        ValueError: naming the negative prompt argument, the scale and the fixes.
+    """
+    given = [k for k in NEGATIVE_PROMPTS if kwargs.get(k)]
+    if not given:
+        return
+    value = kwargs.get(scale)
+    value = _default(pipe, scale) if value is None else value
+    if value is not None and value <= 1:
+        raise ValueError(
+            f"{type(pipe).__name__} uses a negative prompt only with {scale} > 1 (got {value}): {given[0]} would be "
+            f"ignored by the pipeline while recorded as used; pass {scale} > 1 (e.g. 4.0) or drop {given[0]}"
+        )
+
+
+def _latents_shape(kwargs: dict, default_size: int, channels: int, scale: int) -> tuple[int, int, int, int]:
+    """``(images, channels, height // scale, width // scale)`` for a call's ``height``/``width`` (or the default)."""
+    n = kwargs.get("num_images_per_prompt", 1) or 1
+    h = kwargs.get("height") or default_size
+    w = kwargs.get("width") or default_size
+    return (n, channels, int(h) // scale, int(w) // scale)
+
+
 #: Substrings of ``diffusers.hooks`` hook names that reuse activations across steps (first-block cache, pyramid
 #: attention broadcast, FasterCache, TaylorSeer, MagCache, text KV cache, ...): the guided pass would read stale
 #: activations.
@@ -278,15 +337,42 @@ class CallbackHost(Host):
 
     def check_call_arguments(self) -> None:
         """What every family checks alike: the denoiser's state (:func:`check_denoiser`), one generator per image,
-        finite start latents."""
+        finite guidance scales, a negative prompt only where the pipeline uses it (:func:`check_negative_prompt`),
+        start latents of the right shape and finite."""
         check_denoiser(self.pipe)
         n = self.kwargs.get("num_images_per_prompt", 1) or 1
         gen = self.kwargs.get("generator")
         if isinstance(gen, list) and len(gen) != n:
             raise ValueError(f"{len(gen)} generators for num_images_per_prompt={n}; give one per image")
+        check_scales(self.pipe, self.kwargs)
+        check_negative_prompt(self.pipe, self.kwargs, self.cfg_scale)
         latents = self.kwargs.get("latents")
-        if latents is not None and not torch.isfinite(latents).all():
-            raise ValueError("latents contain NaN or inf")
+        if latents is not None:
+            if not isinstance(latents, torch.Tensor):
+                raise ValueError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+            expected = self.latents_shape()
+            if expected is not None and tuple(latents.shape) != expected:
+                raise ValueError(
+                    f"latents have shape {tuple(latents.shape)}; this call expects {expected} (images, channels, "
+                    "height / vae_scale_factor, width / vae_scale_factor for its height, width and "
+                    "num_images_per_prompt)"
+                )
+            if not torch.isfinite(latents).all():
+                raise ValueError("latents contain NaN or inf")
+
+    #: The call argument whose value > 1 turns classifier-free guidance on (and the negative prompt with it).
+    cfg_scale: ClassVar[str] = "guidance_scale"
+
+    def latents_shape(self) -> tuple[int, ...] | None:
+        """The shape ``latents`` must have for this call (``None``: not checked here). UNet pipelines:
+        ``(num_images_per_prompt, latent channels, height // vae_scale_factor, width // vae_scale_factor)``."""
+        pipe = self.pipe
+        unet, vae = getattr(pipe, "unet", None), getattr(pipe, "vae", None)
+        size = getattr(getattr(unet, "config", None), "sample_size", None)
+        if unet is None or not isinstance(size, int) or not hasattr(pipe, "vae_scale_factor"):
+            return None
+        channels = vae.config.latent_channels if vae is not None else unet.config.in_channels
+        return _latents_shape(self.kwargs, size * pipe.vae_scale_factor, channels, pipe.vae_scale_factor)
 
     @property
     def tokenizer(self):
@@ -392,6 +478,12 @@ class CallbackHost(Host):
         def on_encode(original, *a, **k):
             result = original(*a, **k)
             self.cond = self._cond_from_encode(result).detach()
+            if not torch.isfinite(self.cond).all():
+                raise ValueError(
+                    f"{type(pipe).__name__}: the text encoder's embeddings of the prompt hold NaN or inf (a loaded "
+                    "textual-inversion embedding, LoRA or text-encoder weight with NaN?), so the denoiser would "
+                    "produce a NaN image and no update could be computed; check the loaded concepts and weights"
+                )
             return result
 
         def on_prepare_latents(original, *a, **k):

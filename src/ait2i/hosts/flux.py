@@ -145,6 +145,8 @@ class FluxHost(CallbackHost):
     #: Default ``max_sequence_length`` of the pipeline's ``__call__``.
     max_sequence_length: ClassVar[int] = 512
     tokenizer_component = "tokenizer_2"  # T5's
+    #: Flux's ``guidance_scale`` is the distilled guidance embedding; true classifier-free guidance is this one.
+    cfg_scale = "true_cfg_scale"
 
     def check(self) -> None:
         Host.check(self)  # CallbackHost.check looks for a UNet
@@ -170,13 +172,9 @@ class FluxHost(CallbackHost):
                 f"{type(pipe).__name__}: an `attention_mask` in joint_attention_kwargs is not supported with guidance "
                 "(the maps would still put probability on the keys it masks out); leave it out"
             )
+        # a negative prompt without true_cfg_scale > 1: refused by check_call_arguments (cfg_scale); and the reverse
         negative = self.kwargs.get("negative_prompt") or self.kwargs.get("negative_prompt_2")
         true_cfg = self.kwargs.get("true_cfg_scale", 1.0) or 1.0
-        if negative and true_cfg <= 1:
-            raise ValueError(
-                f"{type(pipe).__name__} uses a negative prompt only with true_cfg_scale > 1 (got {true_cfg}); pass "
-                "true_cfg_scale (e.g. 4.0) or drop negative_prompt, which would otherwise be silently ignored"
-            )
         if true_cfg > 1 and not negative:
             raise ValueError(
                 f"{type(pipe).__name__}: true_cfg_scale={true_cfg} has no effect without a negative prompt (the "

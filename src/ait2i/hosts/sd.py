@@ -13,10 +13,39 @@ They differ from :class:`~ait2i.hosts.base.CallbackHost` only where their pipeli
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
-from .base import CallbackHost
+from .base import CallbackHost, _default
 from .registry import register_host
+
+
+def check_strength(host: CallbackHost) -> None:
+    """Refuse a ``strength`` that is not a number in [0, 1], or one that leaves no denoising step.
+
+    The pipeline runs ``int(num_inference_steps * strength)`` steps; below 1 its loop is empty and the guided run
+    would fail late ("loop index 0 is out of step"), so say what to raise up front.
+
+    Raises:
+        ValueError: naming strength, num_inference_steps and the fix.
+    """
+    kw, pipe = host.kwargs, host.pipe
+    strength = kw.get("strength", _default(pipe, "strength"))
+    if strength is None:
+        return
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 <= strength <= 1:
+        raise ValueError(f"{type(pipe).__name__}: strength must be a finite number in [0, 1], got {strength!r}")
+    if kw.get("timesteps") is not None or kw.get("sigmas") is not None:
+        return  # the schedule is the caller's: the pipeline counts its steps from it
+    steps = kw.get("num_inference_steps") or _default(pipe, "num_inference_steps")
+    if isinstance(steps, numbers.Integral) and math.floor(steps * strength) < 1:
+        raise ValueError(
+            f"{type(pipe).__name__}: strength={strength} x num_inference_steps={steps} leaves no denoising step (the "
+            f"pipeline runs int({steps} x {strength}) = {int(steps * strength)} steps); raise strength or "
+            "num_inference_steps so that their product is at least 1"
+        )
 
 
 @register_host
@@ -32,12 +61,20 @@ class StableDiffusionImg2ImgHost(CallbackHost):
 
     pipelines = ("StableDiffusionImg2ImgPipeline",)
 
+    def check_call_arguments(self) -> None:
+        super().check_call_arguments()
+        check_strength(self)
+
 
 @register_host
 class StableDiffusionInpaintHost(CallbackHost):
     """``StableDiffusionInpaintPipeline``: 4-channel (blending) and 9-channel (mask channels) UNets."""
 
     pipelines = ("StableDiffusionInpaintPipeline",)
+
+    def check_call_arguments(self) -> None:
+        super().check_call_arguments()
+        check_strength(self)
 
     def _start_latents(self, result) -> torch.Tensor:
         return result[0]

@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import AttentionStore, WrappingProcessor, token_grid_res
-from .base import CallbackHost, Host, check_tokenizers_agree
+from .base import CallbackHost, Host, _latents_shape, check_tokenizers_agree
 from .registry import register_host
 
 #: Schedulers checked with this host (also in ``schedulers.SUPPORTED_SCHEDULERS``, which ``run`` consults).
@@ -221,6 +221,14 @@ class StableDiffusion3Host(CallbackHost):
         check_tokenizers_agree(pipe, self.prompt)  # CLIP-1 and CLIP-2 are joined position by position
         self._check_other_prompt("prompt_2", getattr(pipe, "tokenizer_2", None), "text_encoder_2")
         self._check_other_prompt("prompt_3", getattr(pipe, "tokenizer_3", None), "text_encoder_3")
+
+    def latents_shape(self) -> tuple[int, ...] | None:
+        pipe = self.pipe
+        size = getattr(pipe, "default_sample_size", None)
+        if not isinstance(size, int):
+            return None
+        scale = pipe.vae_scale_factor
+        return _latents_shape(self.kwargs, size * scale, pipe.transformer.config.in_channels, scale)
 
     def _check_other_prompt(self, key: str, tokenizer, encoder: str) -> None:
         other = self.kwargs.get(key) or None  # the pipeline reads `prompt_2 or prompt` (an empty one is unset)
