@@ -276,3 +276,18 @@ def test_report_summary_pairs_only_common_images():
     ]
     summ = report.summarize(rows, ["v"])
     assert summ["methods"]["a"]["v"]["all"]["n_images"] == 2 and summ["left_out"] == {"a": 4}
+
+
+def test_bench_protocol_refuses_a_non_finite_guidance_scale_and_a_scheduler_without_its_package(monkeypatch):
+    import importlib.util
+
+    from ait2i.bench.runner import resolve_protocol
+
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number"):
+        resolve_protocol("shapes", "cpu", guidance_scale=float("nan"))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else real(name, *a))
+    with pytest.raises(ValueError, match="needs scipy"):
+        resolve_protocol("shapes", "cpu", scheduler="lms")
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        resolve_protocol("shapes", "cpu", scheduler="nope")

@@ -6,24 +6,29 @@ Examples::
     ait2i generate "a red car and a blue bench" --subjects "red car" "blue bench" --method ait2i \\
         --model runwayml/stable-diffusion-v1-5 --seed 0-3 --steps 50 --out car.png --attention car-att.png
 
-Bad input (an unknown subject word, a model that cannot be loaded, a missing output folder, ...) ends with one
-``ait2i: error: ...`` message on stderr and exit code 2, and nothing is written (set ``AIT2I_DEBUG=1`` for the
-traceback).
+Bad input (an unknown subject word, a model that cannot be loaded, a missing output folder, an output that exists
+without ``--overwrite``, ...) ends with one ``ait2i: error: ...`` message on stderr and exit code 2, before any
+model is loaded where the input alone shows it (set ``AIT2I_DEBUG=1`` for the traceback). Each image is written
+atomically as soon as its batch is done: after an error or Ctrl-C, every file reported as written is complete.
+The policy of every command is in docs/errors.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import dataclasses
 import inspect
 import json
+import math
 import os
 import re
 import sys
 import warnings
 from pathlib import Path
+
+from .cliparse import parse_seeds, parse_settings, run_command
+from .hosts.schedulers import check_scheduler_name
 
 SHIPPED_MODEL = "shapesworld"  # what --model defaults to, as recorded in the metadata
 #: ``--model`` names of the shipped ShapesWorld models (a local folder of that name wins): the SD 1.x UNet (the
@@ -32,27 +37,19 @@ SHIPPED_MODELS = (SHIPPED_MODEL, "shapesworld-mmdit")
 
 
 # -- argument parsing helpers -------------------------------------------------------------------------------------
-def parse_seeds(text: str) -> list[int]:
-    """``"7"`` -> [7]; ``"0-3"`` -> [0, 1, 2, 3]; ``"0,2,5-6"`` -> [0, 2, 5, 6] (order kept, no repeats)."""
-    seeds: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m:
-            raise ValueError(f"cannot read seed {part!r} in --seed {text!r}; use e.g. 0, 0-3 or 0,2,5-7")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise ValueError(f"empty seed range {part!r}; write the smaller seed first (e.g. 0-3)")
-        seeds.extend(s for s in range(lo, hi + 1) if s not in seeds)
-    return seeds
-
-
-def parse_steps_list(text: str) -> list[int]:
-    """``"0,10,24"`` -> [0, 10, 24]."""
-    try:
-        return sorted({int(x) for x in str(text).split(",") if x.strip()})
-    except ValueError:
-        raise ValueError(f"cannot read --attention-steps {text!r}; give step indices like 0,10,24") from None
+def parse_steps_list(text: str, steps: int) -> list[int]:
+    """``"0,10,24"`` -> [0, 10, 24]: step indices in ``[0, steps - 1]``, each once."""
+    parts = [x.strip() for x in str(text).split(",")]
+    if not all(re.fullmatch(r"-?\d+", x) for x in parts):
+        raise ValueError(f"cannot read --attention-steps {text!r}; give step indices like 0,10,24")
+    out = [int(x) for x in parts]
+    bad = [i for i in out if not 0 <= i < steps]
+    if bad:
+        raise ValueError(f"--attention-steps must be step indices in [0, {steps - 1}] (--steps {steps}), got {bad}")
+    twice = sorted({i for i in out if out.count(i) > 1})
+    if twice:
+        raise ValueError(f"--attention-steps {text!r} names step(s) {twice} twice; name each step once")
+    return sorted(out)
 
 
 def parse_subject(text: str) -> str | list[int]:
@@ -62,35 +59,19 @@ def parse_subject(text: str) -> str | list[int]:
     return text
 
 
-def parse_overrides(items: list[str] | None) -> dict:
-    """``["scale_factor=30", "isolation_metric=cosine"]`` -> dict (values read as Python literals if possible)."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"cannot read --set {item!r}; write FIELD=VALUE, e.g. --set scale_factor=30")
-        try:
-            out[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value.strip()
-    return out
-
-
-def method_config(method: str, overrides: dict):
-    """The config of ``method`` with ``overrides`` applied; unknown fields are a `ValueError` listing the valid ones."""
+def method_config(method: str, settings: list[str] | None):
+    """The config of ``method`` with the ``--set FIELD=VALUE`` ``settings`` applied (values read by the field's type,
+    as ``ait2i bench`` reads them); an unknown field is a `ValueError` listing the valid ones."""
     from .config import get_config
 
     cfg = get_config(method)
+    overrides = parse_settings(cfg, settings)
     if not overrides:
         return cfg
-    names = {f.name for f in dataclasses.fields(cfg) if f.name != "name"}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ValueError(f"--set: {cfg.name} has no field(s) {unknown}; its fields are {sorted(names)}")
     try:
         return cfg.replace(**overrides)
-    except TypeError as e:  # e.g. a string where a number was expected
-        raise ValueError(f"--set {overrides}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--set {' '.join(settings or [])}: {e}") from None
 
 
 def output_paths(out: Path, seeds: list[int]) -> list[Path]:
@@ -313,13 +294,80 @@ def default_attention_steps(cfg, steps: int) -> list[int]:
     return sorted({0, (g - 1) // 2, g - 1})
 
 
-def _plan(args) -> argparse.Namespace:
-    """Validate every ``generate`` argument that needs no model, so that bad input fails before any loading."""
+#: ``--scheduler`` choices that need a package the installation may lack (not a dependency of ait2i).
+
+
+def _check_device(device: str | None) -> str:
+    """``--device`` as given (``None``: cuda if available, else cpu), refused unless this machine has it."""
     import torch
 
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        kind = None
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {device!r} is not a device ait2i runs on; use cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    index = torch.device(device).index
+    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: no MPS device is available here; use --device cpu")
+    return device
+
+
+def _check_guidance(args) -> None:
+    """Finite guidance scales, and a negative prompt only where classifier-free guidance reads it."""
+    for option, value in (("--guidance-scale", args.guidance_scale), ("--true-cfg-scale", args.true_cfg_scale)):
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{option} must be a finite number, got {value}")
+    if not args.negative_prompt:
+        return
+    if args.true_cfg_scale is not None and args.true_cfg_scale <= 1:
+        raise ValueError(
+            f"--negative-prompt is read only with --true-cfg-scale > 1 (got {args.true_cfg_scale}); raise it or "
+            "drop the negative prompt"
+        )
+    if args.true_cfg_scale is None and args.guidance_scale is not None and args.guidance_scale <= 1:
+        raise ValueError(
+            f"--negative-prompt needs classifier-free guidance, which --guidance-scale {args.guidance_scale} (<= 1) "
+            "turns off: the negative prompt would be ignored. Pass --guidance-scale > 1 (Flux: --true-cfg-scale > 1) "
+            "or drop --negative-prompt"
+        )
+
+
+def _check_outputs(paths: list[Path], overwrite: bool) -> set[Path]:
+    """Refuse outputs that collide within the run, that cannot be written, or that exist (unless ``overwrite``);
+    returns those that exist and will be replaced."""
+    from .metadata import check_destination
+
+    seen: dict[str, Path] = {}
+    for p in paths:
+        key = os.path.normcase(str(p.resolve()))
+        if key in seen:
+            raise ValueError(
+                f"{str(p)!r} would be written twice in this run (as {str(seen[key])!r} too): --out and --attention "
+                "must name different files"
+            )
+        seen[key] = p
+    existing = {p for p in paths if check_destination(p)}
+    if existing and not overwrite:
+        names = ", ".join(repr(str(p)) for p in sorted(existing)[:3]) + (", ..." if len(existing) > 3 else "")
+        raise ValueError(
+            f"{len(existing)} output file(s) already exist ({names}); pass --overwrite to replace them, or choose "
+            "another --out/--attention"
+        )
+    return existing
+
+
+def _plan(args) -> argparse.Namespace:
+    """Validate every ``generate`` argument that needs no model, so that bad input fails before any loading."""
     plan = argparse.Namespace(
         seeds=parse_seeds(args.seed),
-        cfg=method_config(args.method, parse_overrides(args.set)),
+        cfg=method_config(args.method, args.set),
         subjects=[parse_subject(s) for s in args.subjects] if args.subjects else None,
     )
     out = Path(args.out)
@@ -327,29 +375,41 @@ def _plan(args) -> argparse.Namespace:
         raise ValueError(f"--out must be a .png file (the parameters are stored as PNG text), got {args.out!r}")
     if args.attention and Path(args.attention).suffix.lower() != ".png":
         raise ValueError(f"--attention must be a .png file, got {args.attention!r}")
-    plan.paths = output_paths(out, plan.seeds)
-    plan.att_paths = output_paths(Path(args.attention), plan.seeds) if args.attention else []
-    for p in [*plan.paths, *plan.att_paths]:
-        if not p.parent.is_dir():
-            raise ValueError(f"output folder {str(p.parent)!r} does not exist; create it first")
+    if args.attention_steps is not None and not args.attention:
+        raise ValueError(
+            "--attention-steps chooses the steps of the --attention figure; pass --attention PNG too, or drop "
+            "--attention-steps"
+        )
+    if args.attention and not args.subjects:
+        raise ValueError(
+            "--attention draws the subjects' attention maps; name them with --subjects (see `ait2i tokens PROMPT`)"
+        )
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    plan.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if plan.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    if (args.height is None) != (args.width is None):
+        raise ValueError("--height and --width go together: pass both (e.g. --height 512 --width 512) or neither")
+    for option, value in (("--height", args.height), ("--width", args.width)):
+        if value is not None and value < 1:
+            raise ValueError(f"{option} must be >= 1, got {value}")
+    _check_guidance(args)
+    plan.device = _check_device(args.device)
     if args.dtype == "float16" and not plan.device.startswith("cuda"):
         raise ValueError("--dtype float16 needs --device cuda; on the CPU use float32")
-    plan.att_steps = parse_steps_list(args.attention_steps) if args.attention_steps else None
-    if plan.att_steps is not None and (not plan.att_steps or max(plan.att_steps) >= args.steps):
-        raise ValueError(f"--attention-steps must be step indices in [0, {args.steps - 1}], got {args.attention_steps}")
+    check_scheduler_name(args.scheduler)
+    plan.att_steps = parse_steps_list(args.attention_steps, args.steps) if args.attention_steps else None
     if args.attention and plan.att_steps is None:
         plan.att_steps = default_attention_steps(plan.cfg, args.steps)
+    plan.paths = output_paths(out, plan.seeds)
+    plan.att_paths = output_paths(Path(args.attention), plan.seeds) if args.attention else []
+    plan.replaced = _check_outputs([*plan.paths, *plan.att_paths], args.overwrite)
     return plan
 
 
 def cmd_generate(args) -> int:
+    """Generate batch after batch; each image (and its attention figure) is written, atomically, as soon as its
+    batch is done, so an interrupt or a full disk keeps every image reported as written."""
     import torch
 
     import ait2i
@@ -378,20 +438,6 @@ def cmd_generate(args) -> int:
     call.update({k: getattr(args, k) for k in optional if getattr(args, k) is not None})
     if "true_cfg_scale" in call and "true_cfg_scale" not in inspect.signature(pipe.__call__).parameters:
         raise ValueError(f"--true-cfg-scale: {type(pipe).__name__} has no true_cfg_scale (Flux pipelines have)")
-    batch = args.batch_size or len(plan.seeds)
-    images, diags = [], []  # diags: (diagnostics of the batch, index in the batch) per image
-    for start in range(0, len(plan.seeds), batch):
-        chunk = plan.seeds[start : start + batch]
-        gens = [torch.Generator("cpu").manual_seed(s) for s in chunk]  # same noise on every device
-        res = ait2i.generate(
-            pipe, args.prompt, subjects=plan.subjects, method=plan.cfg, record_maps=plan.att_steps or (),
-            generator=gens, num_images_per_prompt=len(chunk), **call,
-        )  # fmt: skip
-        images.extend(res.images)
-        diags.extend((res.diagnostics, k) for k in range(len(chunk)))
-    for note in diags[0][0].notes:
-        print(f"note: {note}", file=sys.stderr)
-
     params = {
         "prompt": args.prompt,
         "negative_prompt": args.negative_prompt or "",
@@ -401,22 +447,46 @@ def cmd_generate(args) -> int:
         "method_config": {f.name: getattr(plan.cfg, f.name) for f in dataclasses.fields(plan.cfg)},
         "steps": args.steps,
         "guidance_scale": guidance_scale,
-        "height": images[0].height,
-        "width": images[0].width,
         "scheduler": type(pipe.scheduler).__name__,
         "model": args.model or SHIPPED_MODEL,
         "dtype": args.dtype,
         "device": plan.device,
         "ait2i_version": __version__,
     }
-    for k, (seed, img, path) in enumerate(zip(plan.seeds, images, plan.paths)):
-        d, sample = diags[k]
+
+    def wrote(path: Path) -> None:
+        print(f"wrote {path}" + (" (replaced the existing file)" if path in plan.replaced else ""), flush=True)
+
+    batch = args.batch_size or len(plan.seeds)
+    notes: list[str] = []
+    for start in range(0, len(plan.seeds), batch):
+        chunk = plan.seeds[start : start + batch]
+        gens = [torch.Generator("cpu").manual_seed(s) for s in chunk]  # same noise on every device
+        res = ait2i.generate(
+            pipe, args.prompt, subjects=plan.subjects, method=plan.cfg, record_maps=plan.att_steps or (),
+            generator=gens, num_images_per_prompt=len(chunk), **call,
+        )  # fmt: skip
+        d = res.diagnostics
+        for note in d.notes:
+            if note not in notes:
+                notes.append(note)
+                print(f"note: {note}", file=sys.stderr)
         subject_tokens = [s.to_dict() for s in d.subjects]
-        save_png(img, path, dict(params, seed=seed, subject_tokens=subject_tokens))
-        print(f"wrote {path}")
-        if args.attention:
-            save_attention(plan.att_paths[k], img, d, sample=sample)
-            print(f"wrote {plan.att_paths[k]}")
+        for k, (seed, img) in enumerate(zip(chunk, res.images)):
+            meta = dict(params, seed=seed, height=img.height, width=img.width, subject_tokens=subject_tokens)
+            save_png(img, plan.paths[start + k], meta)
+            wrote(plan.paths[start + k])
+            if args.attention:
+                save_attention(plan.att_paths[start + k], img, d, sample=k)
+                wrote(plan.att_paths[start + k])
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """``ait2i demo``: serve the web page (a `ValueError` naming what to install when Gradio is missing)."""
+    from .demo import serve
+
+    serve(args.model, args.host, args.port)
     return 0
 
 
@@ -474,8 +544,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     g.add_argument(
         "--method",
         default="ait2i",
-        choices=available_methods(),
-        help="guidance method, any registered one (default: ait2i)",
+        type=_method_arg,
+        help=f"guidance method: {', '.join(available_methods())}, or a preset file written by `ait2i tune` "
+        "(.toml) (default: ait2i)",
     )
     g.add_argument(
         "--set",
@@ -517,6 +588,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="float32", choices=("float32", "float16"))
     g.add_argument("--out", default="out.png", help="output PNG; several seeds give OUT-<seed>.png")
     g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files left by an earlier run (default: refuse them, before loading the model)",
+    )
+    g.add_argument(
         "--attention",
         default=None,
         metavar="PNG",
@@ -540,13 +616,33 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     t.set_defaults(func=cmd_tokens)
 
+    d = sub.add_parser("demo", help='serve the web demo on this machine (needs pip install -e ".[demo]")')
+    d.add_argument("--model", default=None, help="model selected when the page opens (default: shipped ShapesWorld)")
+    d.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
+    d.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    d.set_defaults(func=cmd_demo)
+
     args = sys.argv[1:] if argv is None else argv
     _add_bench(sub, wanted=bool(args) and args[0] == "bench")
+    from .tune_cli import add_parser as add_tune  # Optuna is imported only when a study runs
+
+    add_tune(sub)
     return parser
 
 
+def _method_arg(name: str) -> str:
+    """``--method``: a registered method or a preset file (``*.toml``, checked when it is loaded)."""
+    from .methods import available_methods
+
+    if name in available_methods() or name.lower().endswith(".toml"):
+        return name
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {name!r} (choose from {', '.join(available_methods())}, or a preset file .toml)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``ait2i`` command; returns the exit code (0 success, 2 bad input, 130 interrupted)."""
+    """Run the ``ait2i`` command; returns the exit code (0 success, 2 bad input, 130 interrupted; docs/errors.md)."""
     parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
@@ -555,17 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return 2
-    try:
-        rc = args.func(args)
-    except (ValueError, TypeError) as e:  # bad input (TypeError: an unsupported pipeline class)
-        if os.environ.get("AIT2I_DEBUG"):
-            raise
-        print(f"ait2i: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("ait2i: interrupted", file=sys.stderr)
-        return 130
-    return int(rc or 0)
+    return run_command(lambda: args.func(args))
 
 
 if __name__ == "__main__":

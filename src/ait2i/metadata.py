@@ -58,6 +58,25 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+def check_destination(path: str | os.PathLike) -> bool:
+    """Check, before any work, that :func:`atomic_path` can write ``path``; returns whether a file is there already.
+
+    Raises:
+        `ValueError`: the folder is missing, is not a folder or is not writable, or ``path`` is a folder.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.exists():
+        raise ValueError(f"output folder {str(folder)!r} does not exist; create it first")
+    if not folder.is_dir():
+        raise ValueError(f"cannot write {str(path)!r}: {str(folder)!r} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {str(path)!r}: the folder {str(folder)!r} is not writable")
+    if path.is_dir():
+        raise ValueError(f"output {str(path)!r} is a folder; name a file in it instead")
+    return path.exists()
+
+
 def _to_jsonable(value: Any) -> Any:
     """Convert tuples, paths, numpy/torch scalars and dataclass-like values to plain JSON types."""
     if value is None or isinstance(value, (bool, int, float, str)):

@@ -287,7 +287,9 @@ def _run_workers(args) -> None:
         logs[i].seek(0)
         text = logs[i].read().decode(errors="replace").strip()
         if p.returncode != 0:
-            raise RuntimeError(
+            from ..cliparse import RunFailed
+
+            raise RunFailed(
                 f"worker {i}/{n} exited with status {p.returncode}; the folder keeps every finished "
                 "image (rerun the same command to resume). Its last lines:\n" + "\n".join(text.splitlines()[-15:])
             )
@@ -433,10 +435,6 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, TypeError, RuntimeError) as e:
-        if os.environ.get("AIT2I_DEBUG"):
-            raise
-        print(f"ait2i: error: {e}", file=sys.stderr)
-        return 1 if isinstance(e, RuntimeError) else 2
+    from ..cliparse import run_command  # the one error policy (docs/errors.md)
+
+    return run_command(lambda: args.func(args))

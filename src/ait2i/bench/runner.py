@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import socket
@@ -100,6 +101,11 @@ def resolve_protocol(name: str, device: str | None = None, **overrides) -> dict:
             d["overrides"].append(k)
     if d["num_inference_steps"] < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {d['num_inference_steps']}")
+    if not math.isfinite(d["guidance_scale"]):
+        raise ValueError(f"guidance_scale must be a finite number, got {d['guidance_scale']}")
+    from ..hosts.schedulers import check_scheduler_name
+
+    check_scheduler_name(d["scheduler"])
     return d
 
 

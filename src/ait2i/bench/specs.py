@@ -11,12 +11,12 @@ one label and one folder whatever its spelling (``scale_range=(1,0.5)``, ``[1,0.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import re
 from collections.abc import Sequence
 
+from ..cliparse import read_setting as _convert  # the one reader of KEY=VALUE (also --set)
 from ..config import GuidanceConfig
 from ..methods import get_method
 
@@ -58,51 +58,6 @@ def _split_top(spec: str, sep: str = ",") -> list[str]:
     if depth:
         raise ValueError(f"unbalanced brackets in {spec!r}")
     return parts + [cur]
-
-
-def _convert(cfg: GuidanceConfig, key: str, raw: str):
-    """Reads an override value according to the config field's annotated type."""
-    ann = str({f.name: f.type for f in dataclasses.fields(cfg)}[key])
-    raw = raw.strip()
-    low = raw.lower()
-    try:
-        if "dict" in ann:
-            if low in ("none", "off", "{}"):
-                return None if low != "{}" else {}
-            v = ast.literal_eval(raw)
-            if not isinstance(v, dict):
-                raise ValueError
-            return v
-        if ann.startswith("tuple"):
-            if raw[:1] in "([":
-                v = ast.literal_eval(raw)
-                if not isinstance(v, (tuple, list)):
-                    raise ValueError
-                return tuple(v)
-            items = [x.strip() for x in raw.split("+")]
-            return tuple(float(x) for x in items) if "float" in ann else tuple(items)
-        if ann == "bool":
-            if low in ("true", "1", "yes", "on"):
-                return True
-            if low in ("false", "0", "no", "off"):
-                return False
-            raise ValueError
-        if "None" in ann and low == "none":
-            return None
-        if "int" in ann and "float" in ann:
-            v = ast.literal_eval(raw)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ValueError
-            return v
-        if "int" in ann:
-            return int(raw)
-        if "float" in ann:
-            return float(raw)
-        if "str" in ann:
-            return raw.strip("'\"")
-    except (ValueError, SyntaxError):
-        pass
-    raise ValueError(f"cannot read {key}={raw!r}: expected a value of type {ann}")
 
 
 def _number(x, trim: bool) -> str:

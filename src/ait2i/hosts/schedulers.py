@@ -61,6 +61,29 @@ SCHEDULER_NAMES: dict[str, str] = {
 }
 
 
+#: Short names whose scheduler needs a package that ait2i does not install.
+SCHEDULER_NEEDS: dict[str, str] = {"lms": "scipy"}
+
+
+def check_scheduler_name(name: str | None) -> None:
+    """Refuse, before anything loads, a ``--scheduler`` short name that is unknown or whose package is missing.
+
+    ``None`` and ``"default"`` (the model's own scheduler) pass.
+    """
+    import importlib.util
+
+    if name in (None, "default"):
+        return
+    if name not in SCHEDULER_NAMES:
+        raise ValueError(f"unknown scheduler {name!r}; expected default or one of {', '.join(SCHEDULER_NAMES)}")
+    package = SCHEDULER_NEEDS.get(name)
+    if package and importlib.util.find_spec(package) is None:
+        raise ValueError(
+            f"--scheduler {name} needs {package}, which is not installed: pip install {package}, or choose another "
+            "--scheduler"
+        )
+
+
 def scheduler_from_name(name: str, config):
     """A supported scheduler by short name (:data:`SCHEDULER_NAMES`) built from another scheduler's ``config``.
 

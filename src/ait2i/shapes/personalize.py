@@ -944,16 +944,10 @@ def measure(args: argparse.Namespace) -> None:
 
 
 def _parse_seeds(spec: str) -> list[int]:
-    out = []
-    try:
-        for part in spec.split(","):
-            a, _, b = part.partition("-")
-            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
-    except ValueError:
-        raise ValueError(f"--seeds {spec!r}: expected e.g. 0-15 or 0,3,5-7") from None
-    if not out:
-        raise ValueError(f"--seeds {spec!r} names no seed")
-    return out
+    """``--seeds`` as every ait2i command line reads seeds (:func:`ait2i.cliparse.parse_seeds`)."""
+    from ait2i.cliparse import parse_seeds
+
+    return parse_seeds(spec, option="--seeds")
 
 
 def load_rows(out: Path, rescore: bool = True) -> list[dict]:

@@ -133,16 +133,8 @@ def load_suite(spec: str, data_dir: str | os.PathLike | None = None) -> Suite:
 
 
 def parse_seeds(spec: str) -> tuple[int, ...]:
-    """Seeds from ``"0-63"``, ``"42,43,50-51"`` or ``"7"``: sorted, without duplicates, all >= 0."""
-    out: set[int] = set()
-    for part in str(spec).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
-            raise ValueError(f"bad seed range {part!r} in {spec!r}; write e.g. 0-63 or 42,43,50-51")
-        out.update(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
-    if not out:
-        raise ValueError(f"seeds {spec!r} must name at least one seed, all >= 0")
-    return tuple(sorted(out))
+    """Seeds from ``"0-63"``, ``"42,43,50-51"`` or ``"7"``, read as every ait2i command line reads them
+    (:func:`ait2i.cliparse.parse_seeds`: a seed named twice is refused), sorted."""
+    from ...cliparse import parse_seeds as parse
+
+    return tuple(sorted(parse(spec, option="--seeds")))
