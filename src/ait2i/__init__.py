@@ -9,6 +9,7 @@ from .guided import generate, guided_output_class  # noqa: E402
 from .hosts import Host, host_for, register_host, supported_pipelines  # noqa: E402
 from .methods import available_methods, get_config, get_method, register_method  # noqa: E402
 from .subjects import Subject, prompt_tokens, resolve_subjects  # noqa: E402
+from .tune import tune  # noqa: E402  (the function; the module's names: `from ait2i.tune import ...`)
 
 __all__ = [
     "AIT2IConfig",
@@ -30,4 +31,5 @@ __all__ = [
     "register_method",
     "resolve_subjects",
     "supported_pipelines",
+    "tune",
 ]

@@ -91,20 +91,28 @@ def available_methods() -> list[str]:
 
 
 def get_method(method) -> GuidanceConfig:
-    """A fresh config for a registered method name, or a config object passed through.
+    """A fresh config for a registered method name or a preset file (``*.toml``, :mod:`ait2i.presets`), or a
+    config object passed through.
 
     Raises:
-        ValueError: an unknown name; the message lists the registered ones.
+        ValueError: an unknown name (the message lists the registered ones); a preset file that is missing,
+            malformed, for an unregistered method or with unknown fields (the message names the file).
     """
     if isinstance(method, GuidanceConfig):
         return method
+    from .presets import is_preset_path, load_preset
+
+    if is_preset_path(method):
+        return load_preset(method)
     if isinstance(method, str):
         _load_entry_points()
         if method in _REGISTRY:
             return _REGISTRY[method]()
         if method in _entry_point_errors:
             raise ValueError(f"method {method!r} failed to load from its package ({_entry_point_errors[method]})")
-    raise ValueError(f"unknown method {method!r}; expected one of {available_methods()} or a GuidanceConfig")
+    raise ValueError(
+        f"unknown method {method!r}; expected one of {available_methods()}, a preset file (.toml) or a GuidanceConfig"
+    )
 
 
 #: Alias kept for the names used across the package and by users of 0.1.
