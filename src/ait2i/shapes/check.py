@@ -13,9 +13,11 @@ The reading is deterministic and needs no learned model:
 4. **colour leakage**: touching pieces of different colours whose union is one well-formed shape are one object
    painted in several colours (``leaked_colors``), which matches no request;
 5. **shape by geometry** (:func:`classify_shape`): ring (a round shape with a hole: background pixels the
-   component encloses), star (non-convex), triangle (lopsided), square (reaches out along its diagonals, tilted up
-   to 20 degrees) or circle; a shape stretched past :data:`MAX_ELONGATION` is a
-   ``"rectangle"``, ``"ellipse"`` or ``"other"``; the soft IoU with the ideal template is the shape score;
+   component encloses, its off-palette pixels counting as part of it), star (non-convex), triangle (lopsided),
+   square (reaches out along its diagonals, tilted up to :data:`MAX_TILT` degrees) or circle; a shape stretched past
+   :data:`MAX_ELONGATION` (a triangle past :data:`MAX_TRIANGLE_STRETCH`) is a ``"rectangle"``, ``"ellipse"`` or
+   ``"other"``; the soft IoU with the ideal template is the shape score, and a shape scoring under its
+   :data:`MIN_SCORE`, a non-convex shape that is no star and a square tilted further are ``"other"``;
 6. components smaller than ``min_area`` are reported with ``is_noise=True`` rather than counted as objects.
 
 :func:`match` scores the detections against the requested ``(colour, shape)`` list with the benchmark's metrics.
@@ -181,9 +183,16 @@ _TEMPLATES: dict[tuple[int, int], dict[str, list[np.ndarray]]] = {}
 
 #: Shapes a request can name. Everything else the checker reports ("rectangle", "ellipse", "other") never matches.
 REQUESTABLE = ("circle", "square", "triangle", "star", "ring")
-SQUARE_TILTS = (-15.0, -10.0, -5.0, 5.0, 10.0, 15.0)  # degrees: tilted square templates (for the shape score)
+#: Largest tilt, in degrees either way, at which a square is still a square; a square tilted further (up to a
+#: diamond) is ``"other"``. The tilt is measured in steps of :data:`TILT_STEP`.
+MAX_TILT = 15.0
+TILT_STEP = 2.5  # degrees between the tilts at which a square's diagonal reach is measured
+SQUARE_TILTS = tuple(float(d) for d in np.arange(-MAX_TILT, MAX_TILT + 1e-9, 5.0) if d != 0)  # tilted templates
 STAR_INNER = 0.45  # inner-to-outer radius ratio of the renderer's star
 STAR_TURNS = tuple(range(0, 72, 6))  # star template rotations, degrees (five-fold symmetric)
+#: How far (pixels, each side) a star template may reach beyond the mask's box: the thin points of a small star
+#: fall under half a pixel's coverage and leave the mask, whose box then stops short of the star's.
+STAR_GROW = (0.0, 0.5, 1.0)  # the first: the template fills the box
 RING_INNER = 0.5  # hole diameter over outer diameter of the renderer's ring
 
 
@@ -227,7 +236,12 @@ def _templates(h: int, w: int) -> dict[str, list[np.ndarray]]:
             a = np.deg2rad(deg)
             rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
             tilted.append(_inside(u, v, _box_poly(unit_square @ rot.T)))
-        stars = [_inside(u, v, _box_poly(_star_outline(t))) for t in STAR_TURNS]
+        stars = [
+            _inside((u * w + g) / (w + 2 * g), (v * h + g) / (h + 2 * g), _box_poly(_star_outline(t)))
+            for g in STAR_GROW
+            for t in STAR_TURNS
+        ]
+        n = len(STAR_TURNS)
         ring = circle & ((u - 0.5) ** 2 + (v - 0.5) ** 2 >= 0.25 * RING_INNER**2)
 
         def cover(m):
@@ -237,7 +251,8 @@ def _templates(h: int, w: int) -> dict[str, list[np.ndarray]]:
             "square": [np.ones((h, w))] + [cover(t) for t in tilted],
             "circle": [cover(circle)],
             "triangle": [cover(t) for t in tri],
-            "star": [cover(t) for t in stars],
+            "star": [cover(t) for t in stars[:n]],  # filling the box
+            "grown star": [cover(t) for t in stars[n:]],  # reaching beyond it, see STAR_GROW
             "ring": [cover(ring)],
         }
     return _TEMPLATES[key]
@@ -258,17 +273,31 @@ def _extent(xs: np.ndarray, ys: np.ndarray, angle: float) -> float:
     return float(proj.max() - proj.min() + abs(c) + abs(s))  # + the pixel's own projected width
 
 
-def _diagonal_ratio(mask: np.ndarray, max_tilt: float = 20.0, step: float = 2.5) -> float:
-    """Extent of a mask along two diagonals over its extent along two axes, the axes turned by up to ``max_tilt``
-    degrees either way to the largest ratio (square ~1.41 at its own tilt, circle ~1 at every tilt)."""
+def _diagonal_ratio(mask: np.ndarray) -> tuple[float, float]:
+    """Extent of a mask along two diagonals over its extent along two axes, the axes turned (in steps of
+    :data:`TILT_STEP`, every tilt of a square from -45 to 45 degrees) to the largest ratio (square ~1.41 at its own
+    tilt, circle ~1 at every tilt). Returns the ratio and that tilt in degrees (the smallest of equal ones)."""
     ys, xs = np.nonzero(mask)
-    best = 0.0
-    for deg in np.arange(-max_tilt, max_tilt + 1e-9, step):
+    best, tilt = 0.0, 0.0
+    for deg in sorted(np.arange(-45.0, 45.0, TILT_STEP), key=abs):
         a = np.deg2rad(deg)
         axes = _extent(xs, ys, a) + _extent(xs, ys, a + np.pi / 2)
         diag = _extent(xs, ys, a + np.pi / 4) + _extent(xs, ys, a - np.pi / 4)
-        best = max(best, diag / axes)
-    return float(best)
+        if diag / axes > best + 1e-9:
+            best, tilt = diag / axes, float(deg)
+    return float(best), tilt
+
+
+def triangle_stretch(mask: np.ndarray, apex_axis: int) -> float:
+    """Height (apex to base) over base width of a triangle mask cropped to its box: 1 for the renderer's triangle,
+    0.87 for an equilateral one, 2 for a tall 2:1 and 0.5 for a flat 2:1 triangle.
+
+    Args:
+        mask (`np.ndarray`): ``(h, w)`` bool mask, cropped to its bounding box.
+        apex_axis (`int`): the array axis along which the mask is lopsided (0: apex up or down, 1: left or right).
+    """
+    h, w = mask.shape
+    return h / w if apex_axis == 0 else w / h
 
 
 def elongation(mask: np.ndarray) -> float:
@@ -327,9 +356,23 @@ def _template_iou(m: np.ndarray, name: str) -> float:
 
 #: What a shape is called when it is stretched past its :data:`MAX_ELONGATION`.
 STRETCHED = {"square": "rectangle", "circle": "ellipse", "triangle": "other", "star": "other", "ring": "other"}
-#: Largest :func:`elongation` of each shape (a 2:1 rectangle or ellipse measures 2.0, a square or circle ~1.0-1.1,
-#: the renderer's triangle ~1.15 and 2:1 triangles 1.73 or 2.31).
-MAX_ELONGATION = {"square": 1.35, "circle": 1.35, "triangle": 1.5, "star": 1.35, "ring": 1.35}
+#: Largest :func:`elongation` of each shape but the triangle (a 2:1 rectangle or ellipse measures 2.0, a square or
+#: circle ~1.0-1.1).
+MAX_ELONGATION = {"square": 1.35, "circle": 1.35, "star": 1.35, "ring": 1.35}
+#: Largest stretch of a triangle, either way, from the renderer's (height = base): :func:`triangle_stretch` from
+#: 1/1.6 to 1.6 (tall triangles of elongation 1.52-1.65 are 1.3-1.45; 2:1 triangles, 0.5 and 2, and a triangle on
+#: a square of its colour are ``"other"``).
+MAX_TRIANGLE_STRETCH = 1.6
+#: A triangle more elongated than this (:func:`elongation`; rendered ones, clean or blurred + noisy, measure at most
+#: 1.3) is one only when it is well formed: its score at least its :data:`GOOD_SCORE` (a circle cut by another
+#: object or a torn strip of a square is lopsided, elongated and a poor fit).
+LOOSE_TRIANGLE_ELONGATION = 1.35
+#: Lowest shape score (template IoU) of each shape: a worse fit is ``"other"`` (a T, a trapezoid, a bent or torn
+#: shape). Measured on 3000 rendered scenes, clean and blurred + noisy (see ``docs/results/shapes.md``).
+MIN_SCORE = {"circle": 0.75, "square": 0.75, "triangle": 0.55, "star": 0.5, "ring": 0.6}
+#: Solidity below which a shape that is not a star is ``"other"`` (a T, an open ring, a cross): clean and noisy
+#: renders of the convex shapes stay above 0.76.
+MIN_SOLIDITY = 0.7
 
 
 def classify_shape(
@@ -340,6 +383,7 @@ def classify_shape(
     star_margin: float = 0.1,
     ring_hole: float = 0.08,
     ring_margin: float = 0.1,
+    hole: np.ndarray | None = None,
 ) -> tuple[str, float]:
     """The shape of a component mask, from scale-free geometric cues.
 
@@ -349,14 +393,20 @@ def classify_shape(
       ``ring_margin``.
     - A star is the only strongly non-convex shape among the rest: its area is well below that of its convex hull
       (:func:`solidity` under ``star_solidity``; clean renders: stars 0.55-0.74, other shapes 0.84-1), and the
-      star template then fits it about as well as the best one (within ``star_margin``; a star of 9 px has lost
-      its thin points to the pixel grid and often fits the circle template a little better).
+      star template then fits it about as well as the best one (within ``star_margin``; a star of 8-9 px has lost
+      its thin points to the pixel grid: a star template reaching up to a pixel beyond the mask's box,
+      :data:`STAR_GROW`, then fits it best). Any other shape with a solidity under :data:`MIN_SOLIDITY` (a T, an
+      open ring) is ``"other"``.
     - A triangle is the only lopsided shape: along the axis from its apex to its base, its outer thirds hold
       about 1/9 and 5/9 of its area (ratio ~0.2); a circle's and a square's are equal (ratio 1).
     - A square reaches out along the diagonals (its corners): its diagonal extent is ~1.41 times its axis
-      extent, a circle's ~1; the axes are turned up to 20 degrees either way, so tilted squares stay squares.
-    - A shape stretched past :data:`MAX_ELONGATION` (e.g. a 2:1 rectangle) is reported as :data:`STRETCHED`
-      (``"rectangle"``, ``"ellipse"`` or ``"other"``), which no request names.
+      extent, a circle's ~1, measured with the axes turned to the square's own tilt; a square tilted more than
+      :data:`MAX_TILT` degrees either way (up to a diamond) is ``"other"``.
+    - A shape stretched past :data:`MAX_ELONGATION` (e.g. a 2:1 rectangle), or a triangle whose height over base
+      (:func:`triangle_stretch`) is past :data:`MAX_TRIANGLE_STRETCH` either way, is reported as
+      :data:`STRETCHED` (``"rectangle"``, ``"ellipse"`` or ``"other"``), which no request names.
+    - A shape whose score is under its :data:`MIN_SCORE` is ``"other"``: the best shape fits it badly; so is a
+      triangle elongated past :data:`LOOSE_TRIANGLE_ELONGATION` that scores under its :data:`GOOD_SCORE`.
 
     Args:
         mask (`np.ndarray`): ``(h, w)`` bool coverage of one component, cropped to its bounding box.
@@ -369,6 +419,9 @@ def classify_shape(
         ring_hole (`float`, *optional*, defaults to 0.08): smallest enclosed fraction of a ring's filled area.
         ring_margin (`float`, *optional*, defaults to 0.1): how far the circle template's IoU with the filled
             mask may trail the best of the other templates.
+        hole (`np.ndarray`, *optional*): ``(h, w)`` bool, the background the shape encloses; defaults to
+            :func:`holes` of the mask. :func:`check` counts the shape's pixels of no palette colour in (a ring with
+            an off-palette arc still encloses its hole).
 
     Returns:
         `tuple[str, float]`: shape name and the soft IoU in [0, 1] of the mask with that shape's ideal template
@@ -379,25 +432,45 @@ def classify_shape(
         raise ValueError("mask is empty")
     name = None
     shape_mask = m > 0
-    hole = holes(shape_mask)
+    if hole is None:
+        hole = holes(shape_mask)
+    elif hole.shape != mask.shape:
+        raise ValueError(f"hole must have the mask's shape {mask.shape}, got {hole.shape}")
     if hole.sum() >= ring_hole * (shape_mask.sum() + hole.sum()):
         filled = np.maximum(m, hole)
         ious = {k: _template_iou(filled, k) for k in ("circle", "square", "triangle", "star")}
         if ious["circle"] >= max(ious.values()) - ring_margin:
             name = "ring"
             shape_mask = shape_mask | hole  # its elongation is that of the filled disc
-    if name is None and solidity(m > 0) < star_solidity:
+    solid = solidity(m > 0) if name is None else 1.0
+    if name is None and solid < star_solidity:
         ious = {k: _template_iou(m, k) for k in REQUESTABLE}
-        if ious["star"] >= max(ious.values()) - star_margin:
+        best = max(ious.values())
+        if ious["star"] >= best - star_margin or _template_iou(m, "grown star") >= best:
             name = "star"
+    if name is None and solid < MIN_SOLIDITY:
+        return "other", max(_template_iou(m, k) for k in REQUESTABLE)  # a T, an open ring: no requestable shape
     if name is None:
-        if min(_thirds_ratio(m.sum(axis=1)), _thirds_ratio(m.sum(axis=0))) < triangle_ratio:
+        thirds = (_thirds_ratio(m.sum(axis=1)), _thirds_ratio(m.sum(axis=0)))
+        if min(thirds) < triangle_ratio:
             name = "triangle"
         else:
-            name = "square" if _diagonal_ratio(m > 0) > square_ratio else "circle"
+            ratio, tilt = _diagonal_ratio(m > 0)
+            name = "circle" if ratio <= square_ratio else "square" if abs(tilt) <= MAX_TILT else "other"
+    if name == "other":  # a square tilted past MAX_TILT (up to a diamond)
+        return name, _template_iou(m, "square")
     score = _template_iou(m, name)
-    if elongation(shape_mask) > MAX_ELONGATION[name]:
-        name = STRETCHED[name]
+    if name == "triangle":
+        stretch = triangle_stretch(m > 0, apex_axis=int(np.argmin(thirds)))
+        stretched = not 1 / MAX_TRIANGLE_STRETCH <= stretch <= MAX_TRIANGLE_STRETCH
+        if elongation(shape_mask) > LOOSE_TRIANGLE_ELONGATION and score < GOOD_SCORE[name]:
+            return "other", score
+    else:
+        stretched = elongation(shape_mask) > MAX_ELONGATION[name]
+    if stretched:
+        return STRETCHED[name], score
+    if score < MIN_SCORE[name]:
+        return "other", score  # a poor fit of the best shape: a T, a trapezoid, a torn or bent shape
     return name, score
 
 
@@ -506,12 +579,20 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _detection(mask: np.ndarray, color: str, min_area: int, leaked=()) -> DetectedObject:
+def _enclosed(mask: np.ndarray, unknown: np.ndarray | None) -> np.ndarray:
+    """The background a mask encloses, its pixels of unknown colour (``unknown``) counting as part of it."""
+    if unknown is None:
+        return holes(mask)
+    return holes(mask | unknown) & ~unknown
+
+
+def _detection(mask: np.ndarray, color: str, min_area: int, leaked=(), unknown=None) -> DetectedObject:
     ys, xs = np.nonzero(mask)
     y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
     area = len(ys)
     noise = area < min_area
-    shape, score = classify_shape(mask[y0:y1, x0:x1]) if not noise else ("unknown", 0.0)
+    box = (slice(y0, y1), slice(x0, x1))
+    shape, score = classify_shape(mask[box], hole=_enclosed(mask, unknown)[box]) if not noise else ("unknown", 0.0)
     return DetectedObject(color, shape, (x0, y0, x1, y1), area, noise, round(score, 4), tuple(leaked))
 
 
@@ -520,10 +601,12 @@ def _detection(mask: np.ndarray, color: str, min_area: int, leaked=()) -> Detect
 GOOD_SCORE = {"circle": 0.75, "square": 0.75, "triangle": 0.7, "star": 0.6, "ring": 0.6}
 
 
-def _good(mask: np.ndarray, slack: float = 0.0) -> tuple[bool, str, float]:
-    """Whether a mask is one well-formed requestable shape (its score at least :data:`GOOD_SCORE` - ``slack``)."""
+def _good(mask: np.ndarray, slack: float = 0.0, unknown: np.ndarray | None = None) -> tuple[bool, str, float]:
+    """Whether a mask is one well-formed requestable shape (its score at least :data:`GOOD_SCORE` - ``slack``);
+    ``unknown``: pixels of no palette colour, see :func:`_enclosed`."""
     ys, xs = np.nonzero(mask)
-    name, score = classify_shape(mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
+    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    name, score = classify_shape(mask[box], hole=_enclosed(mask, unknown)[box])
     return name in REQUESTABLE and score >= GOOD_SCORE[name] - slack, name, score
 
 
@@ -568,6 +651,9 @@ def check(
         min_area = max(1, round(12 * h * w / 1024))
     bg = estimate_background(img)
     labels, _ = segment(img, pal, bg, max_residual=max_residual)
+    far = np.linalg.norm(img.astype(np.float64) - bg, axis=-1) > max_residual
+    # pixels of no palette colour at any coverage (an off-palette arc of a ring), not the blended edges of a shape
+    unknown = far & (segment(img, pal, bg, max_residual=max_residual, min_fraction=0.0)[0] < 0)
     names = list(pal)
     # pieces: one-colour components, touching objects cut apart
     pieces: list[tuple[int, np.ndarray]] = []
@@ -576,11 +662,10 @@ def check(
             m = np.zeros((h, w), dtype=bool)
             m[pix[:, 0], pix[:, 1]] = True
             # a well-formed ring is one object: its distance map has a ridge of maxima all round, no neck to cut
-            whole = len(pix) < 2 * min_area or (holes(m).any() and _good(m)[1] == "ring")
+            whole = len(pix) < 2 * min_area or (_enclosed(m, unknown).any() and _good(m, unknown=unknown)[1] == "ring")
             parts = [m] if whole else split_touching(m, min_area)
             pieces.extend((ci, p) for p in parts)
     # groups of pieces that touch, directly or across blended (unassigned, non-background) pixels
-    far = np.linalg.norm(img.astype(np.float64) - bg, axis=-1) > max_residual
     fg = (labels >= 0) | far
     found: list[DetectedObject] = []
     for comp in components(fg):
@@ -597,7 +682,7 @@ def check(
         has_object = any(m.sum() >= min_area for _, m in objects)
         for areas, m in objects:
             order = sorted(areas, key=lambda c: (-areas[c], c))
-            found.append(_detection(m, names[order[0]], min_area, [names[c] for c in order[1:]]))
+            found.append(_detection(m, names[order[0]], min_area, [names[c] for c in order[1:]], unknown))
         for ci, m in rest:  # specks, and fringes of another object (under leak_fraction of the group)
             d = _detection(m, names[ci], min_area)
             if has_object and not d.is_noise:
