@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 
 import numpy as np
 import torch
@@ -37,7 +36,7 @@ def _sha(data: bytes) -> str:
 def fingerprints() -> dict[str, dict[str, str]]:
     """``{"model/method/seed": {"image": sha, "maps": sha, "losses": sha}}`` for every case."""
     import ait2i
-    from ait2i.cli import load_model
+    from ait2i.models import load_model
 
     torch.set_num_threads(1)
     out = {}

@@ -65,7 +65,8 @@ def read_choices(pipe):
 
     base = ait2i.get_method("none")
     if hasattr(pipe, "transformer") and type(pipe).__name__.startswith("StableDiffusion3"):
-        from ait2i.hosts.sd3 import MAP_NORMALISATIONS, StableDiffusion3Host
+        from ait2i.capture.joint import MAP_NORMALISATIONS
+        from ait2i.hosts.sd3 import StableDiffusion3Host
 
         n = len(pipe.transformer.transformer_blocks)
 
@@ -107,7 +108,8 @@ def main(argv=None) -> int:
 
     import ait2i
     from ait2i.bench.suites.shapes import shapes_items
-    from ait2i.cli import load_model, parse_seeds
+    from ait2i.models import load_model
+    from ait2i.parsing import parse_seeds
 
     models = args.model or ["shapesworld", "shapesworld-mmdit"]
     seeds = parse_seeds(args.seeds)

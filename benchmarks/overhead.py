@@ -314,7 +314,7 @@ def build_pipeline(args):
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
     fam = args.family
     if args.model:
-        from ait2i.cli import load_model
+        from ait2i.models import load_model
 
         pipe = load_model(args.model, args.dtype, args.scheduler)
     elif args.full_size:
@@ -661,7 +661,7 @@ def main(argv=None) -> int:
     md = f"`{command}`\n\n{header}\n\n{table(args, times, memory, diffs)}\n"
     print("\n" + md)
     if args.out:
-        from ait2i.metadata import atomic_path
+        from ait2i.io import atomic_path
 
         with atomic_path(Path(args.out)) as tmp:
             tmp.write_text(md)

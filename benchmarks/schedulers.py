@@ -15,8 +15,8 @@ import time
 import torch
 
 import ait2i
-from ait2i.cli import parse_seeds
 from ait2i.hosts.schedulers import SCHEDULER_NAMES, scheduler_from_name
+from ait2i.parsing import parse_seeds
 from ait2i.shapes.model import load_pipeline
 
 

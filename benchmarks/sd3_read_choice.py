@@ -49,7 +49,7 @@ def lift(maps: torch.Tensor, image: np.ndarray, colours: list) -> list[float]:
 
 
 def parse_seeds(text: str) -> list[int]:
-    from ait2i.cli import parse_seeds as parse
+    from ait2i.parsing import parse_seeds as parse
 
     return parse(text)
 
@@ -69,8 +69,9 @@ def main(argv=None) -> int:
 
     import ait2i
     from ait2i.bench.suites.shapes import shapes_items
-    from ait2i.cli import load_model
-    from ait2i.hosts.sd3 import MAP_NORMALISATIONS, StableDiffusion3Host
+    from ait2i.capture.joint import MAP_NORMALISATIONS
+    from ait2i.hosts.sd3 import StableDiffusion3Host
+    from ait2i.models import load_model
     from ait2i.testing import unmoved
 
     pipe = load_model(args.model)

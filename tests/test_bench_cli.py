@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ait2i.bench.cli import main as bench
+from ait2i.cli.bench import main as bench
 
 CB_DIR = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "t2i-compbench"
 
@@ -23,7 +23,7 @@ def test_fetch_command(tmp_path, capsys):
 def test_bench_registers_all_subcommands():
     import argparse
 
-    from ait2i.bench.cli import add_parser
+    from ait2i.cli.bench import add_parser
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from ait2i.bench import metrics as M
+from ait2i.boxes import xyxy_iou
 
 CB_DIR = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "t2i-compbench"
 needs_cb = pytest.mark.skipif(not (CB_DIR / "color_val.txt").is_file(), reason="shared T2I-CompBench copies absent")
@@ -84,7 +85,7 @@ def test_spatial_rules_on_boxes():
     assert M.spatial_score(dets, "cat", "dog", "on the left of") == 0.0
     assert M.spatial_score({"dog": [(0.9, left)], "cat": []}, "dog", "cat", "on the left of") == 0.0
     assert M.nms([[0, 0, 1, 1], [0, 0, 1, 0.9], [2, 2, 3, 3]], [0.5, 0.9, 0.7]) == [1, 2]
-    assert M.box_iou([0, 0, 2, 2], [1, 1, 3, 3]) == pytest.approx(1 / 7)
+    assert xyxy_iou([0, 0, 2, 2], [1, 1, 3, 3]) == pytest.approx(1 / 7)
 
 
 def test_numeracy_parsing_and_score():
@@ -265,4 +266,4 @@ def test_detect_on_tiny_owlvit(tiny_owl):
     scores = [s for s, _ in dets["dog"]]
     assert scores == sorted(scores, reverse=True)
     boxes = [b for _, b in dets["dog"]]
-    assert all(M.box_iou(a, b) <= 0.5 for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    assert all(xyxy_iou(a, b) <= 0.5 for i, a in enumerate(boxes) for b in boxes[i + 1 :])

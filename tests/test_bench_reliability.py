@@ -12,11 +12,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from ait2i.bench import cli as bench_cli
-from ait2i.bench import report, runner
-from ait2i.bench.cli import main as bench
+from ait2i.bench import report, rundir, runner
 from ait2i.bench.scorers import ShapesScorer
 from ait2i.bench.specs import method_dir, parse_methods
+from ait2i.cli import bench as bench_cli
+from ait2i.cli.bench import main as bench
 
 
 def _draw(pipe, prompt, subjects, method, generator, num_images_per_prompt, **kw):
@@ -69,14 +69,14 @@ def _sha(path: Path) -> str:
 
 
 def _png_ids(out: Path) -> dict:
-    from ait2i.metadata import read_png_params
+    from ait2i.io import read_png_params
 
     return {p.relative_to(out).as_posix(): read_png_params(p)["image_id"] for p in out.rglob("*.png")}
 
 
 def _rows_match_pngs(out: Path) -> None:
     """Every PNG has a row with its image id and hash; every line of rows.jsonl is JSON."""
-    lines = (out / runner.ROWS).read_text().splitlines()
+    lines = (out / rundir.ROWS).read_text().splitlines()
     rows = [json.loads(line) for line in lines]
     have = {(r["image"], r["image_id"], r.get("sha256")) for r in rows}
     for rel, iid in _png_ids(out).items():
@@ -87,9 +87,9 @@ def _rows_match_pngs(out: Path) -> None:
 def test_summary_uses_only_rows_of_the_images_on_disk(tmp_path, capsys):
     out = tmp_path / "run"
     _generate(_shapes(out, "--steps", "2"))
-    before = (out / runner.ROWS).read_bytes()
+    before = (out / rundir.ROWS).read_bytes()
     _generate(_shapes(out, "--steps", "3", "--force"))
-    (out / runner.ROWS).write_bytes(before)  # the rows of the 3-step run are lost (a kill before appending)
+    (out / rundir.ROWS).write_bytes(before)  # the rows of the 3-step run are lost (a kill before appending)
     _generate(_shapes(out, "--steps", "3"))  # resume: nothing to generate, but nothing scored for these PNGs
     capsys.readouterr()
     assert bench(_shapes(out, "--steps", "3", "--summarize-only")) == 0
@@ -133,12 +133,12 @@ def test_images_saved_but_not_scored_are_scored_on_resume(tmp_path, capsys):
     argv = _shapes(out, "--steps", "2", "--batch-size", "1", methods="none,ait2i")
     with pytest.raises(KeyboardInterrupt):
         _generate(argv, fail_after_saves=3)  # the 3rd image is saved, its row never written
-    assert len(_png_ids(out)) == 3 and len(runner.load_rows(out)) == 2
+    assert len(_png_ids(out)) == 3 and len(rundir.load_rows(out)) == 2
     rep = _generate(argv)
     assert rep.skipped == 3 and len(rep.generated) == 1 and len(rep.scored) == 1
     assert rep.scored[0].startswith("ait2i/") and rep.scored[0].endswith("/0.png")  # the 3rd image saved
     _rows_match_pngs(out)
-    assert len(runner.load_rows(out)) == 4
+    assert len(rundir.load_rows(out)) == 4
 
 
 # -- item 14: a torn last line of rows.jsonl ----------------------------------------------------------------------
@@ -147,8 +147,8 @@ def test_a_torn_last_row_is_dropped_and_its_image_scored_again(tmp_path, capsys)
     argv = _shapes(out, "--steps", "2", "--batch-size", "1", methods="none,ait2i")
     with pytest.raises(KeyboardInterrupt):
         _generate(argv, fail_after_saves=3)
-    data = (out / runner.ROWS).read_bytes()
-    (out / runner.ROWS).write_bytes(data[: len(data) - 40])  # killed in the middle of writing the 2nd row
+    data = (out / rundir.ROWS).read_bytes()
+    (out / rundir.ROWS).write_bytes(data[: len(data) - 40])  # killed in the middle of writing the 2nd row
     capsys.readouterr()
     rep = _generate(argv)
     assert "half-written" in capsys.readouterr().err
@@ -161,8 +161,8 @@ def test_a_torn_last_row_is_dropped_and_its_image_scored_again(tmp_path, capsys)
 def test_a_torn_last_row_is_reported_by_a_summary(tmp_path, capsys):
     out = tmp_path / "run"
     _generate(_shapes(out, "--steps", "2"))
-    data = (out / runner.ROWS).read_bytes()
-    (out / runner.ROWS).write_bytes(data[:-10])
+    data = (out / rundir.ROWS).read_bytes()
+    (out / rundir.ROWS).write_bytes(data[:-10])
     capsys.readouterr()
     assert bench(_shapes(out, "--steps", "2", "--summarize-only")) == 0
     cap = capsys.readouterr()
@@ -208,9 +208,9 @@ def test_a_label_of_another_spelling_cannot_take_over_a_folder(tmp_path):
     run, _ = bench_cli.plan(args, "shapes:single")
     old = run.manifest()
     old["methods"] = {"ait2i:scale_range=[1,0.5]": old["methods"][run.methods[0][0]]}  # as an older version wrote
-    runner.write_manifest(out, old)
+    rundir.write_manifest(out, old)
     with pytest.raises(ValueError, match="folder"):
-        runner.check_manifest(out, run.manifest())
+        rundir.check_manifest(out, run.manifest())
 
 
 # -- item 10: what the tables cover -------------------------------------------------------------------------------
@@ -259,9 +259,9 @@ def test_compare_out_in_a_missing_folder_is_refused_up_front(tmp_path, capsys):
 def test_score_refuses_a_manifest_missing_a_field(tmp_path, capsys, key):
     out = tmp_path / "run"
     _generate(_shapes(out, "--steps", "2"))
-    m = json.loads((out / runner.MANIFEST).read_text())
+    m = json.loads((out / rundir.MANIFEST).read_text())
     del m[key]
-    (out / runner.MANIFEST).write_text(json.dumps(m))
+    (out / rundir.MANIFEST).write_text(json.dumps(m))
     assert bench(["score", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ait2i: error:") and key in err

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ait2i.bench import report, runner, stats
+from ait2i.bench import report, rundir, runner, stats
 from ait2i.bench.specs import parse_methods
 from ait2i.bench.suites import load_suite
 
@@ -67,7 +67,7 @@ def test_kill_and_resume_redoes_nothing(tmp_path):
         _gen(run, killed, batch_size=2)
     done = {p: p.read_bytes() for p in tmp_path.rglob("*.png")}
     assert len(done) == 3 and not list(tmp_path.rglob("*.tmp"))
-    assert not list((tmp_path / runner.LOCKS).glob("*.lock"))  # released even when killed
+    assert not list((tmp_path / rundir.LOCKS).glob("*.lock"))  # released even when killed
     again = FakeGenerate()
     rep = _gen(run, again, batch_size=2)
     assert rep.skipped == 3 and len(rep.generated) == 9 and set(again.calls).isdisjoint(killed.calls)
@@ -77,7 +77,7 @@ def test_kill_and_resume_redoes_nothing(tmp_path):
 
 def test_lock_refuses_a_live_run_and_takes_over_a_stale_one(tmp_path, capsys):
     run = _run(tmp_path)
-    locks = tmp_path / runner.LOCKS
+    locks = tmp_path / rundir.LOCKS
     locks.mkdir(parents=True)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -112,7 +112,7 @@ def test_force_regenerates_and_score_checks_png_parameters(tmp_path):
     rows = runner.score(tmp_path, {}, progress=False)
     assert len(rows) == 4
     # an image of another run slipped in: score refuses, saying which and why
-    from ait2i.metadata import read_png_params, save_png
+    from ait2i.io import read_png_params, save_png
 
     victim = next(tmp_path.rglob("0.png"))
     params = read_png_params(victim)
@@ -144,7 +144,7 @@ def test_protocols_are_recorded_and_compare_refuses_a_mismatch(tmp_path):
         for r in rows:
             r["v"] = float(r["seed"])
         scorer = SimpleNamespace(keys=("v",), info=dict)
-        report.write_scores(run.out, rows, runner.read_manifest(run.out), {"v": scorer})
+        report.write_scores(run.out, rows, rundir.read_manifest(run.out), {"v": scorer})
         dirs.append(run.out)
     table = report.compare(dirs[:2])
     assert "none (a)" in table and "Protocol `ane`" in table and "seeds 0-1" in table
@@ -182,7 +182,8 @@ def test_two_real_processes_shard_by_prompt_and_cover_every_image_once(tmp_path)
     cmd = [
         sys.executable,
         "-m",
-        "ait2i.bench",
+        "ait2i.cli",
+        "bench",
         "shapes",
         "--categories",
         "single,two",
@@ -209,14 +210,14 @@ def test_two_real_processes_shard_by_prompt_and_cover_every_image_once(tmp_path)
     lines = sorted(ln for ln in r.stdout.splitlines() if "assigned" in ln)
     assert [ln.split("]")[0] for ln in lines] == ["[0/2", "[1/2"]
     assert all("4 assigned, 0 already done, 4 generated" in ln for ln in lines), lines  # 2 prompts x 2 seeds each
-    rows = runner.load_rows(out)
+    rows = rundir.load_rows(out)
     assert len(rows) == 8 and len({r["image"] for r in rows}) == 8
     by_prompt = {}
     for row in rows:
         by_prompt.setdefault(row["prompt"], set()).add(Image.open(out / row["image"]).info["ait2i"].count("seed"))
     assert len(by_prompt) == 4 and "clean_binding" in (out / "scores.md").read_text()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and len(runner.load_rows(out)) == 8  # resumed: nothing redone
+    assert r.returncode == 0 and len(rundir.load_rows(out)) == 8  # resumed: nothing redone
 
 
 def test_manifest_writes_merge_under_a_lock_and_are_idempotent(tmp_path):
@@ -231,7 +232,7 @@ def test_manifest_writes_merge_under_a_lock_and_are_idempotent(tmp_path):
     def write(run):
         try:
             start.wait()
-            runner.write_manifest(tmp_path, run.manifest())
+            rundir.write_manifest(tmp_path, run.manifest())
         except Exception as e:  # noqa: BLE001
             errors.append(e)
 
@@ -241,22 +242,22 @@ def test_manifest_writes_merge_under_a_lock_and_are_idempotent(tmp_path):
     for t in threads:
         t.join()
     assert not errors
-    m = runner.read_manifest(tmp_path)
+    m = rundir.read_manifest(tmp_path)
     assert set(m["methods"]) == {"none", "ait2i", "attend-and-excite"}
-    before = (tmp_path / runner.MANIFEST).stat()
-    runner.write_manifest(tmp_path, runs[0].manifest())
-    after = (tmp_path / runner.MANIFEST).stat()
+    before = (tmp_path / rundir.MANIFEST).stat()
+    rundir.write_manifest(tmp_path, runs[0].manifest())
+    after = (tmp_path / rundir.MANIFEST).stat()
     assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)  # unchanged: not rewritten
-    assert not list((tmp_path / runner.LOCKS).glob("*.lock"))  # the manifest lock is no shard lock
+    assert not list((tmp_path / rundir.LOCKS).glob("*.lock"))  # the manifest lock is no shard lock
 
 
 def test_workers_parent_refuses_a_mismatching_folder_before_starting_workers(tmp_path, monkeypatch, capsys):
     import subprocess as sp
 
-    from ait2i.bench.cli import main as bench
+    from ait2i.cli.bench import main as bench
 
     out = tmp_path / "run"
-    runner.write_manifest(out, _run(out, methods="none", seeds=(0,), num_inference_steps=3).manifest())
+    rundir.write_manifest(out, _run(out, methods="none", seeds=(0,), num_inference_steps=3).manifest())
     started = []
     monkeypatch.setattr(sp, "Popen", lambda *a, **k: started.append(a) or pytest.fail("a worker was started"))
     argv = ["generate", "--suite", "ane:animals", "--limit", "1", "--seeds", "0", "--methods", "none"]
@@ -268,7 +269,7 @@ def test_workers_parent_refuses_a_mismatching_folder_before_starting_workers(tmp
 def test_loader_takes_bfloat16(tmp_path):
     import torch
 
-    from ait2i.cli import load_model
+    from ait2i.models import load_model
     from ait2i.testing import tiny_sd_pipeline
 
     tiny_sd_pipeline().save_pretrained(tmp_path / "tiny")

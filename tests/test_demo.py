@@ -27,7 +27,7 @@ from PIL import Image
 import ait2i
 from ait2i import cli
 from ait2i.demo import core
-from ait2i.metadata import read_png_params
+from ait2i.io import read_png_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "docs" / "images" / "demo.png"
@@ -108,7 +108,7 @@ def test_config_panel_round_trips_and_refuses_like_the_cli():
 
 
 def test_a_preset_file_fills_the_panel(tmp_path):
-    from ait2i.presets import write_preset
+    from ait2i.methods.presets import write_preset
 
     path = write_preset(tmp_path / "tuned.toml", ait2i.get_method("ait2i").replace(scale_factor=31.5))
     cfg = core.config_from_rows("ait2i", core.config_rows(str(path)))

@@ -25,12 +25,13 @@ def _example(name: str) -> dict:
 
 @pytest.fixture
 def registries():
-    from ait2i import hosts, methods
+    from ait2i import hosts
+    from ait2i.methods import registry
 
-    saved_methods, saved_hosts = dict(methods._REGISTRY), list(hosts._HOSTS)
+    saved_methods, saved_hosts = dict(registry._REGISTRY), list(hosts._HOSTS)
     yield
-    methods._REGISTRY.clear()
-    methods._REGISTRY.update(saved_methods)
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved_methods)
     hosts._HOSTS[:] = saved_hosts
 
 

@@ -18,8 +18,8 @@ import torch
 import ait2i
 from ait2i import AIT2IConfig, AttendExciteConfig
 from ait2i.engine import GuidanceEngine
-from ait2i.layout_methods import AIT2ILayoutConfig, BoxDiffConfig
-from ait2i.losses import aggregation_loss, ait2i_objective, attribute_loss, isolation_loss
+from ait2i.losses import aggregation_loss, attribute_loss, isolation_loss
+from ait2i.methods import AIT2ILayoutConfig, BoxDiffConfig
 from ait2i.subjects import Subject
 from ait2i.testing import tiny_sd_pipeline
 
@@ -90,7 +90,7 @@ def test_ait2i_objective_finite_when_a_subject_map_is_all_zero():
     raw[0, ..., 2] = 0.0  # subject "b" has no attention in sample 0
     raw.requires_grad_(True)
     for cfg in (AIT2IConfig(), ait2i.get_method("ait2i-paper")):
-        loss, terms, _ = ait2i_objective(raw, TWO, cfg, eot_index=8)
+        loss, terms, _ = cfg.loss(raw, TWO, eot_index=8)
         assert torch.isfinite(loss).all() and all(torch.isfinite(t).all() for t in terms.values())
         (g,) = torch.autograd.grad(loss.sum(), raw)
         assert torch.isfinite(g).all() and g.abs().max() < 1e3

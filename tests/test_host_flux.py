@@ -20,8 +20,9 @@ from transformer_host_checks import (
 
 import ait2i
 from ait2i import AIT2IConfig
+from ait2i.capture.joint import flux_text_probabilities
 from ait2i.hosts import host_for
-from ait2i.hosts.flux import FluxHost, flux_text_probabilities
+from ait2i.hosts.flux import FluxHost
 from ait2i.subjects import end_token_index, prompt_tokens
 from ait2i.testing import tiny_flux_pipeline
 
@@ -165,16 +166,16 @@ def _processor_probs(attn, x, ctx, rotary) -> torch.Tensor:
 def test_maps_of_a_real_run_are_the_processors_attention_with_its_rotary_positions(pipe, monkeypatch):
     """What the store receives in a real guided pass equals the processor's attention on that call's own inputs
     (hidden states, text tokens and the rotary embedding the transformer passes)."""
-    from ait2i.hosts.sd3 import JointAttentionStore
+    from ait2i.capture.store import GridAttentionStore
 
     got, inputs = [], []
-    real_add = JointAttentionStore.add
+    real_add = GridAttentionStore.add
 
     def add(self, name, probs, heads):
         got.append(probs.detach().clone())
         return real_add(self, name, probs, heads)
 
-    monkeypatch.setattr(JointAttentionStore, "add", add)
+    monkeypatch.setattr(GridAttentionStore, "add", add)
     attn = pipe.transformer.transformer_blocks[1].attn
     hook = attn.register_forward_pre_hook(lambda m, a, k: inputs.append({n: v for n, v in k.items()}), with_kwargs=True)
     try:
@@ -243,7 +244,7 @@ def test_without_t5_is_refused():
 
 def test_cli_on_a_saved_flux_folder(pipe, tmp_path, capsys):
     from ait2i.cli import main
-    from ait2i.metadata import read_png_params
+    from ait2i.io import read_png_params
 
     folder = tmp_path / "flux"
     pipe.save_pretrained(folder)
@@ -274,7 +275,7 @@ def test_gradient_checkpointing_and_caches_are_refused_up_front():
 
 def test_cli_true_cfg_scale_reaches_the_pipeline(pipe, tmp_path, capsys):
     from ait2i.cli import main
-    from ait2i.metadata import read_png_params
+    from ait2i.io import read_png_params
 
     folder = tmp_path / "flux"
     pipe.save_pretrained(folder)

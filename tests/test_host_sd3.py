@@ -19,7 +19,8 @@ from transformer_host_checks import (
 
 import ait2i
 from ait2i import AIT2IConfig
-from ait2i.hosts.sd3 import StableDiffusion3Host, joint_text_probabilities
+from ait2i.capture.joint import joint_text_probabilities
+from ait2i.hosts.sd3 import StableDiffusion3Host
 from ait2i.testing import tiny_sd3_pipeline, unmoved
 
 pytestmark = pytest.mark.slow
@@ -165,7 +166,8 @@ SHAPES_MMDIT = Path(ait2i.__file__).parent / "shapes" / "pretrained_mmdit"
 
 
 def test_the_shapesworld_mmdit_ships_under_30_mb_and_loads_by_name(tmp_path, capsys):
-    from ait2i.cli import load_model, main
+    from ait2i.cli import main
+    from ait2i.models import load_model
 
     assert (SHAPES_MMDIT / "model_index.json").is_file() and (SHAPES_MMDIT / "TRAINING.json").is_file()
     size = sum(f.stat().st_size for f in SHAPES_MMDIT.rglob("*") if f.is_file())
@@ -213,7 +215,7 @@ def test_saved_folder_without_t5_loads_and_the_bench_names_the_scheduler_fix(pip
     """A folder saved with ``text_encoder_3=None`` (``[null, null]`` in model_index.json) loads by path, and a
     protocol whose scheduler SD3 cannot run is refused at load time with the fix (``--scheduler default``)."""
     from ait2i.bench.runner import load_pipeline, resolve_protocol
-    from ait2i.cli import load_model
+    from ait2i.models import load_model
 
     folder = tmp_path / "sd3"
     pipe.save_pretrained(folder)

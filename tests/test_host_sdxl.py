@@ -185,7 +185,7 @@ def test_sdxl_base_unet_reads_32x32_and_64x64_at_1024_px():
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
-    from ait2i.attention import cross_attention_resolutions, select_layers
+    from ait2i.capture.unet import cross_attention_resolutions, select_layers
 
     with init_empty_weights():
         unet = UNet2DConditionModel(

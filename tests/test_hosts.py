@@ -368,7 +368,7 @@ def test_two_threads_on_one_pipeline():
 def test_a_third_party_method_registers_and_runs_without_editing_the_package():
     from dataclasses import dataclass, field
 
-    from ait2i.methods import _REGISTRY
+    from ait2i.methods.registry import _REGISTRY
 
     @dataclass
     class LeftBias(ait2i.GuidanceConfig):
@@ -492,7 +492,7 @@ def test_output_pickles():
 
 
 def test_a_broken_method_plugin_is_reported_when_asked_for(monkeypatch):
-    from ait2i import methods
+    from ait2i.methods import registry
 
     class EP:
         name, value = "broken", "nowhere:factory"
@@ -500,9 +500,9 @@ def test_a_broken_method_plugin_is_reported_when_asked_for(monkeypatch):
         def load(self):
             raise ImportError("no module named nowhere")
 
-    monkeypatch.setattr(methods, "_entry_points_loaded", False)
-    monkeypatch.setattr(methods, "_entry_point_errors", {})
-    monkeypatch.setattr(methods.metadata, "entry_points", lambda group: [EP()])
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry, "_entry_point_errors", {})
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [EP()])
     assert "ait2i" in ait2i.available_methods()  # the others still load
     with pytest.raises(ValueError, match="failed to load from its package.*no module named nowhere"):
         ait2i.get_method("broken")

@@ -9,22 +9,14 @@ import math
 import pytest
 import torch
 
-from ait2i.layout import (
-    Box,
+from ait2i.boxes import Box, box_iou, box_mask, boxes_overlap, overlapping_pairs, parse_box, split_box_spec
+from ait2i.losses import (
     box_aggregation_loss,
-    box_iou,
     box_isolation_loss,
-    box_mask,
-    box_terms,
     boxdiff_corner_loss,
     boxdiff_inner_loss,
-    boxdiff_loss,
     boxdiff_outer_loss,
-    boxes_overlap,
     layout_guidance_loss,
-    overlapping_pairs,
-    parse_box,
-    split_box_spec,
 )
 
 TERMS = ("layout_guidance", "boxdiff_inner", "boxdiff_outer", "boxdiff_corner", "box_aggregation", "box_isolation")
@@ -32,12 +24,17 @@ CENTRE = Box(0.25, 0.25, 0.75, 0.75)  # cells 4..11 on a 16x16 grid, both axes
 
 
 def all_terms(maps, boxes) -> dict[str, torch.Tensor]:
-    """Every term, the AI-T2I ones in both forms: ``{name: (B,)}``."""
-    terms = box_terms(maps, boxes, metric="euclidean")
-    cos = box_terms(maps, boxes, metric="cosine")
-    terms["box_aggregation_cosine"] = cos["box_aggregation"]
-    terms["box_isolation_cosine"] = cos["box_isolation"]
-    return terms
+    """Every term with its default settings, the AI-T2I ones in both forms: ``{name: (B,)}``."""
+    return {
+        "layout_guidance": layout_guidance_loss(maps, boxes),
+        "boxdiff_inner": boxdiff_inner_loss(maps, boxes),
+        "boxdiff_outer": boxdiff_outer_loss(maps, boxes),
+        "boxdiff_corner": boxdiff_corner_loss(maps, boxes),
+        "box_aggregation": box_aggregation_loss(maps, boxes, "euclidean"),
+        "box_isolation": box_isolation_loss(maps, boxes, "euclidean"),
+        "box_aggregation_cosine": box_aggregation_loss(maps, boxes, "cosine"),
+        "box_isolation_cosine": box_isolation_loss(maps, boxes, "cosine"),
+    }
 
 
 def blob(cx: float, cy: float, s: float = 1.0, h: int = 16, w: int = 16) -> torch.Tensor:
@@ -239,9 +236,6 @@ def test_boxdiff_corner_values():
     # a single column at x = 0, all rows: bands (L = 2) are cells 0..3 and 4..7 on each axis
     # x: |1 - 0| at 0, |0 - 1| at 2..5 -> 5 / 8; y: projection 1 everywhere vs the box's 1-D mask -> 4 / 8
     assert wide.item() == pytest.approx(5 / 8 + 4 / 8)
-    assert boxdiff_loss(stack(m), box).item() == pytest.approx(
-        (boxdiff_inner_loss(stack(m), box) + boxdiff_outer_loss(stack(m), box)).item()
-    )
 
 
 def test_box_aggregation_values():
@@ -486,18 +480,13 @@ def test_batch_independence():
         assert value.shape == (4,) and value.dtype == torch.float32, name
 
 
-def test_box_terms_keys_and_metric_overrides():
+def test_box_terms_read_every_box_spelling():
     maps = _random_maps(b=2)
-    terms = box_terms(maps, ["0.05,0.1,0.45,0.5", (0.4, 0.45, 0.95, 0.9)])  # spellings accepted
-    assert tuple(terms) == TERMS
-    mixed = box_terms(maps, BOXES, metric="euclidean", isolation_metric="cosine")
-    torch.testing.assert_close(mixed["box_isolation"], box_isolation_loss(maps, BOXES, metric="cosine"))
-    torch.testing.assert_close(mixed["box_aggregation"], box_aggregation_loss(maps, BOXES))
-    torch.testing.assert_close(
-        box_terms(maps, BOXES, top_k=0.5, corner_width=2, normalize="none")["boxdiff_corner"],
-        boxdiff_corner_loss(maps, BOXES, corner_width=2, normalize="none"),
-    )
-    assert not torch.equal(terms["boxdiff_inner"], box_terms(maps, BOXES, top_k=0.5)["boxdiff_inner"])
+    spelled = all_terms(maps, ["0.05,0.1,0.45,0.5", (0.4, 0.45, 0.95, 0.9)])
+    boxed = all_terms(maps, [Box(0.05, 0.1, 0.45, 0.5), Box(0.4, 0.45, 0.95, 0.9)])
+    assert tuple(spelled)[: len(TERMS)] == TERMS
+    for name in boxed:
+        torch.testing.assert_close(spelled[name], boxed[name], msg=name)
 
 
 def test_argument_checks():
@@ -505,7 +494,7 @@ def test_argument_checks():
     with pytest.raises(ValueError, match="got 1 boxes for 2 subject maps"):
         layout_guidance_loss(maps, BOXES[:1])
     with pytest.raises(ValueError, match=r"subjects \[1\] have no box"):
-        box_terms(maps, [BOXES[0], None])
+        box_aggregation_loss(maps, [BOXES[0], None])
     with pytest.raises(ValueError, match="list of 2 boxes"):
         layout_guidance_loss(maps, BOXES[0])
     with pytest.raises(ValueError, match=r"\(B, G, H, W\)"):

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ait2i.bench import runner
+from ait2i.bench import rundir, runner
 from ait2i.bench.scorers import LayoutScorer, load_scorers
+from ait2i.bench.scorers.layout import score_layout
 from ait2i.bench.specs import parse_methods
 from ait2i.bench.suites import load_suite
-from ait2i.bench.suites.layout import CATEGORIES, objects_of
-from ait2i.layout import split_box_spec
-from ait2i.shapes import layout_bench as LB
+from ait2i.bench.suites.layout import CATEGORIES, layout_items, objects_of
+from ait2i.boxes import split_box_spec
 
 R = importlib.import_module("ait2i.shapes.render")  # the package re-exports a function named render
 
@@ -53,8 +53,8 @@ def test_suite_items():
                 centres = [((b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2) for _, _, b in objs]
                 assert all(min(x, 1 - x) < 0.25 and min(y, 1 - y) < 0.25 for x, y in centres)
                 assert all(b.width < 0.35 for _, _, b in objs)
-    # the old module's item list, unchanged
-    old = [(x.prompt, x.objects) for x in LB.layout_items()]
+    # the LayoutItem list, unchanged
+    old = [(x.prompt, x.objects) for x in layout_items()]
     assert old == [(it.prompt, tuple(objects_of(it))) for it in suite.items]
     corners = load_suite("layout:corners").head(3)
     assert [it.data["layout_id"] for it in corners.items] == ["corners-0-0", "corners-0-1", "corners-0-2"]
@@ -67,16 +67,16 @@ def test_every_layout_is_drawable_and_scores_itself():
     """A render of each item's own scene: the checker finds exactly the requested objects, each in its box (IoU
     near 1 up to pixel rounding); the same objects in each other's places score IoU 0 and never all in box."""
     for it in load_suite("layout").items:
-        own = LB.score_layout(_scene(objects_of(it)), it)
+        own = score_layout(_scene(objects_of(it)), it)
         assert own["iou"] > 0.8 and own["all_in_box"] == own["centre_in_box"] == 1.0, it.data["layout_id"]
         assert own["exact_binding"] == own["clean_binding"] == 1.0
-        swapped = LB.score_layout(_scene(objects_of(it), swap=True), it)
+        swapped = score_layout(_scene(objects_of(it), swap=True), it)
         assert swapped["iou"] < 0.2 and swapped["all_in_box"] == 0.0, it.data["layout_id"]
         assert swapped["exact_binding"] == 1.0  # binding is right; only the places are wrong
-    blank = LB.score_layout(R.render(R.Scene([], 40)), it)
+    blank = score_layout(R.render(R.Scene([], 40)), it)
     assert blank == {"iou": 0.0, "centre_in_box": 0.0, "all_in_box": 0.0, "exact_binding": 0.0, "clean_binding": 0.0}
-    old = LB.layout_items()[0]  # the old module's LayoutItem scores the same way
-    assert LB.score_layout(_scene(old.objects), old)["all_in_box"] == 1.0
+    old = layout_items()[0]  # a LayoutItem scores the same way
+    assert score_layout(_scene(old.objects), old)["all_in_box"] == 1.0
 
 
 class FakeGenerate:
@@ -96,7 +96,7 @@ class FakeGenerate:
 
 def test_runner_gives_boxes_only_to_box_methods_and_summarises(tmp_path):
     from ait2i.bench.report import write_scores
-    from ait2i.metadata import read_png_params
+    from ait2i.io import read_png_params
 
     suite = load_suite("layout:two+corners").head(2)
     run = runner.Run(
@@ -108,11 +108,11 @@ def test_runner_gives_boxes_only_to_box_methods_and_summarises(tmp_path):
     assert all("@" in s for m, subj in fake.calls if m == "layout-guidance" for s in subj)
     png = next((tmp_path / "none").rglob("0.png"))
     assert all("@" not in s for s in read_png_params(png)["subjects"])
-    rows = runner.load_rows(tmp_path)
+    rows = rundir.load_rows(tmp_path)
     assert len(rows) == 2 * 4 * 2 and all(set(LayoutScorer.keys) <= set(r) for r in rows)
     assert {r["all_in_box"] for r in rows if r["method"] == "layout-guidance"} == {1.0}
     assert {r["all_in_box"] for r in rows if r["method"] == "none"} == {0.0}
-    scores = write_scores(tmp_path, rows, runner.read_manifest(tmp_path), {"layout": LayoutScorer()})
+    scores = write_scores(tmp_path, rows, rundir.read_manifest(tmp_path), {"layout": LayoutScorer()})
     diff = scores["summary"]["paired"]["layout-guidance"]["all_in_box"]
     assert diff["all"]["delta"] == 1.0 and diff["all"]["n_pairs"] == 8 and diff["all"]["n_prompts"] == 4
     assert diff["two"]["n_prompts"] == 2  # two layouts of one prompt are two clusters
@@ -125,25 +125,25 @@ def test_runner_gives_boxes_only_to_box_methods_and_summarises(tmp_path):
 @pytest.mark.slow
 def test_layout_command_on_a_tiny_pipeline(tmp_path, monkeypatch, capsys):
     """``ait2i bench layout`` end to end on a tiny random pipeline: rows with the layout metrics, scores.json;
-    a rerun resumes; the old entry point runs the same command."""
+    a rerun resumes."""
     import torch
 
-    from ait2i.bench.cli import main as bench
+    from ait2i.cli.bench import main as bench
     from ait2i.testing import tiny_sd_pipeline
 
     torch.set_num_threads(1)
     monkeypatch.setattr(runner, "load_pipeline", lambda model, protocol, device=None: tiny_sd_pipeline())
-    monkeypatch.setattr(runner, "model_identity", lambda model: "tiny")
+    monkeypatch.setattr("ait2i.cli.bench.model_identity", lambda model: "tiny")
     out = tmp_path / "layout"
     argv = ["--categories", "corners", "--limit", "1", "--seeds", "0-1", "--steps", "2", "--out", str(out), "--quiet"]
     assert bench(["layout", "--methods", "none,layout-guidance", *argv]) == 0
     text = capsys.readouterr().out
     assert "4 assigned, 0 already done, 4 generated" in text and "| iou | corners | none |" in text
-    rows = runner.load_rows(out)
+    rows = rundir.load_rows(out)
     assert len(rows) == 4 and all(0.0 <= r["iou"] <= 1.0 and "all_in_box" in r for r in rows)
     scores = json.loads((out / "scores.json").read_text())
     assert scores["manifest"]["suite"] == "layout:corners" and scores["summary"]["reference"] == "none"
-    assert LB.main(["--methods", "none,layout-guidance", *argv]) == 0  # the old entry point: same run, resumed
+    assert bench(["layout", "--methods", "none,layout-guidance", *argv]) == 0  # the same run, resumed
     assert "4 already done, 0 generated" in capsys.readouterr().out
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))[0].startswith("layout-guidance/corners/")
     assert isinstance(Image.open(next(Path(out).rglob("*.png"))), Image.Image)

@@ -9,14 +9,12 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from ait2i.config import AIT2IConfig, AttendExciteConfig, NoGuidanceConfig, get_config
 from ait2i.losses import (
     aggregation_loss,
     ane_view,
     attend_excite_loss,
     attribute_loss,
     centroid,
-    compute_loss,
     gaussian_kernel,
     gaussian_smooth,
     isolation_loss,
@@ -24,6 +22,7 @@ from ait2i.losses import (
     nms_regions,
     presence_loss,
 )
+from ait2i.methods import AIT2IConfig, AttendExciteConfig, NoGuidanceConfig, get_method
 
 DIAG1_16 = math.sqrt(15**2 + 15**2)  # aggregation / attribute normaliser at 16x16
 DIAG_16 = math.sqrt(16**2 + 16**2)  # isolation normaliser at 16x16
@@ -371,7 +370,7 @@ def test_isolation_single_subject_is_exactly_zero():
     out = isolation_loss(stack(blob(4, 4)))
     assert torch.equal(out, torch.zeros(1))
     raw = random_raw(b=2)
-    _, terms, _ = compute_loss(raw, [Subj("cat", (2,), (1,))], AIT2IConfig(), eot_index=8)
+    _, terms, _ = AIT2IConfig().loss(raw, [Subj("cat", (2,), (1,))], eot_index=8)
     assert torch.equal(terms["isolation"], torch.zeros(2))
 
 
@@ -446,7 +445,7 @@ SUBJECTS = [Subj("red cat", (2,), (1,)), Subj("blue dog", (4, 5), (3,)), Subj("t
 @pytest.mark.parametrize(
     "cfg",
     [
-        get_config("ait2i-paper"),
+        get_method("ait2i-paper"),
         AIT2IConfig(),
         AIT2IConfig(
             isolation_metric="cosine",
@@ -464,7 +463,7 @@ SUBJECTS = [Subj("red cat", (2,), (1,)), Subj("blue dog", (4, 5), (3,)), Subj("t
 )
 def test_full_loss_equals_loop_reference(cfg):
     raw = random_raw(b=2, length=12, seed=11)
-    loss, terms, max_att = compute_loss(raw, SUBJECTS, cfg, eot_index=8)
+    loss, terms, max_att = cfg.loss(raw, SUBJECTS, eot_index=8)
     assert loss.shape == (2,) and max_att.shape == (2, 3)
     assert set(terms) == {"isolation", "aggregation", "attribute", "presence"}
     for b in range(2):
@@ -480,34 +479,34 @@ def test_full_loss_radii_scale_with_resolution():
     raw[0, 4, 4, 2] = 1.0  # two deltas 8 cells apart: one region at radius 5 * 32/16 = 10
     raw[0, 4, 12, 2] = 1.0
     euclid = AIT2IConfig(aggregation_metric="euclidean")
-    _, terms, _ = compute_loss(raw, [Subj("cat", (2,))], euclid, eot_index=4)
+    _, terms, _ = euclid.loss(raw, [Subj("cat", (2,))], eot_index=4)
     assert terms["aggregation"].item() == pytest.approx(4 / math.sqrt(31**2 + 31**2), abs=1e-6)
     # cosine: both deltas lie inside the main disc of radius 10, so no energy is outside it ...
-    _, terms, _ = compute_loss(raw, [Subj("cat", (2,))], AIT2IConfig(aggregation_metric="cosine"), eot_index=4)
+    _, terms, _ = AIT2IConfig(aggregation_metric="cosine").loss(raw, [Subj("cat", (2,))], eot_index=4)
     assert terms["aggregation"].item() == pytest.approx(0.0, abs=1e-6)
     # ... while at 16x16 the same two deltas 8 cells apart are farther than the radius 5
     raw16 = torch.zeros(1, 16, 16, 6)
     raw16[0, 4, 4, 2] = raw16[0, 4, 12, 2] = 1.0
-    _, terms, _ = compute_loss(raw16, [Subj("cat", (2,))], AIT2IConfig(aggregation_metric="cosine"), eot_index=4)
+    _, terms, _ = AIT2IConfig(aggregation_metric="cosine").loss(raw16, [Subj("cat", (2,))], eot_index=4)
     assert terms["aggregation"].item() > 0.2
 
 
-def test_compute_loss_attend_and_excite():
+def test_method_loss_attend_and_excite():
     raw = random_raw(b=2, length=12, seed=2)
-    loss, terms, max_att = compute_loss(raw, SUBJECTS, AttendExciteConfig(), eot_index=8)
+    loss, terms, max_att = AttendExciteConfig().loss(raw, SUBJECTS, eot_index=8)
     assert set(terms) == {"attend_excite"}
     want = max_attention(ane_view(raw, 8, "all"), [[2], [4, 5], [6]])
     torch.testing.assert_close(max_att, want)
     torch.testing.assert_close(loss, (1 - want).clamp_min(0).amax(-1))
 
 
-def test_compute_loss_is_differentiable_per_sample_and_float32():
+def test_method_loss_is_differentiable_per_sample_and_float32():
     raw = random_raw(b=2, length=12, seed=4).half().float().requires_grad_(True)
-    loss, _, _ = compute_loss(raw.half(), SUBJECTS, AIT2IConfig(), eot_index=8)
+    loss, _, _ = AIT2IConfig().loss(raw.half(), SUBJECTS, eot_index=8)
     assert loss.dtype == torch.float32
     (g,) = torch.autograd.grad(loss[1], raw)
     assert torch.isfinite(g).all() and g[1].abs().sum() > 0 and g[0].abs().sum() == 0
-    single, _, _ = compute_loss(raw[1:].detach(), SUBJECTS, AIT2IConfig(), eot_index=8)
+    single, _, _ = AIT2IConfig().loss(raw[1:].detach(), SUBJECTS, eot_index=8)
     torch.testing.assert_close(single, loss[1:].detach())
 
 
@@ -515,11 +514,11 @@ def test_compute_loss_is_differentiable_per_sample_and_float32():
 def test_nan_input_gives_nan_loss_for_that_sample_only(cfg):
     raw = random_raw(b=2, length=12, seed=6)
     raw[0, 3, 5, 9] = float("nan")  # a token that no subject uses
-    loss, _, max_att = compute_loss(raw, SUBJECTS, cfg, eot_index=8)
+    loss, _, max_att = cfg.loss(raw, SUBJECTS, eot_index=8)
     assert torch.isnan(loss[0]) and torch.isfinite(loss[1])
     assert torch.isnan(max_att[0]).all() and torch.isfinite(max_att[1]).all()
     raw[1, 0, 0, 2] = float("inf")
-    loss, _, _ = compute_loss(raw, SUBJECTS, cfg, eot_index=8)
+    loss, _, _ = cfg.loss(raw, SUBJECTS, eot_index=8)
     assert torch.isnan(loss).all()
 
 
@@ -535,16 +534,16 @@ def test_nan_propagates_through_each_term():
             assert torch.isnan(out[0]) and torch.isfinite(out[1]), metric
 
 
-def test_compute_loss_bad_input():
+def test_method_loss_bad_input():
     raw = random_raw(b=1, length=12)
     with pytest.raises(ValueError, match="no subject"):
-        compute_loss(raw, [], AIT2IConfig(), 8)
+        AIT2IConfig().loss(raw, [], 8)
     with pytest.raises(ValueError, match=r"\[1, 7\]"):
-        compute_loss(raw, [Subj("x", (8,))], AIT2IConfig(softmax_span="prompt"), 8)  # the end token
+        AIT2IConfig(softmax_span="prompt").loss(raw, [Subj("x", (8,))], 8)  # the end token
     with pytest.raises(ValueError, match=r"\[1, 10\]"):
-        compute_loss(raw, [Subj("x", (0,))], AttendExciteConfig(), 8)  # the start token
-    with pytest.raises(TypeError, match="AIT2IConfig"):
-        compute_loss(raw, [Subj("x", (2,))], NoGuidanceConfig(), 8)
+        AttendExciteConfig().loss(raw, [Subj("x", (0,))], 8)  # the start token
+    loss, terms, max_att = NoGuidanceConfig().loss(raw, [Subj("x", (2,))], 8)  # "none": no loss, maxima only
+    assert torch.equal(loss, torch.zeros(1)) and terms == {} and max_att.shape == (1, 1)
     with pytest.raises(ValueError, match="metric"):
         aggregation_loss(torch.rand(1, 1, 16, 16), metric="l1")
     with pytest.raises(ValueError, match=r"\(B, G, H, W\)"):
@@ -552,7 +551,7 @@ def test_compute_loss_bad_input():
 
 
 def test_paper_preset_is_the_released_configuration_and_default_differs_as_documented():
-    paper, ours = get_config("ait2i-paper"), get_config("ait2i")
+    paper, ours = get_method("ait2i-paper"), get_method("ait2i")
     assert (paper.isolation_metric, paper.aggregation_metric, paper.attribute_metric) == ("euclidean",) * 3
     assert (paper.w_isolation, paper.w_aggregation, paper.w_presence, paper.w_attribute) == (2.0, 1.25, 0.25, 0.75)
     assert (paper.num_regions, paper.region_radius, paper.attribute_radius) == (3, 5.0, 6.0)

@@ -7,36 +7,38 @@ import pytest
 from PIL import Image
 
 from ait2i.bench import specs as B
-from ait2i.config import AIT2IConfig, AttendExciteConfig, NoGuidanceConfig
-from ait2i.shapes import bench as SB
+from ait2i.bench.grid import save_grid
+from ait2i.bench.suites.shapes import CATEGORIES, shapes_items
+from ait2i.methods import AIT2IConfig, AttendExciteConfig, NoGuidanceConfig
 
 R = importlib.import_module("ait2i.shapes.render")  # the package re-exports a function named render
 
 
 def test_prompt_categories():
-    prompts = SB.shapes_prompts(per_category=12)
-    assert prompts == SB.shapes_prompts(per_category=12)  # fixed
-    assert [p.text for p in SB.shapes_prompts(["two"], 4)] == [p.text for p in prompts if p.category == "two"][:4]
-    by = {c: [p for p in prompts if p.category == c] for c in SB.CATEGORIES}
+    prompts = shapes_items(per_category=12)
+    assert prompts == shapes_items(per_category=12)  # fixed
+    assert [p.prompt for p in shapes_items(["two"], 4)] == [p.prompt for p in prompts if p.category == "two"][:4]
+    by = {c: [p for p in prompts if p.category == c] for c in CATEGORIES}
     for cat, ps in by.items():
-        assert len(ps) == 12 and len({p.text for p in ps}) == 12, cat
+        assert len(ps) == 12 and len({p.prompt for p in ps}) == 12, cat
         for p in ps:
-            colors, shapes = [c for c, _ in p.objects], [s for _, s in p.objects]
+            objects = p.data["objects"]
+            colors, shapes = [c for c, _ in objects], [s for _, s in objects]
             assert len(set(colors)) == len(colors)
-            assert p.text == R.caption_of(p.subjects)
-            held = [o for o in p.objects if o in R.HELD_OUT]
+            assert p.prompt == R.caption_of(list(p.subjects))
+            held = [o for o in objects if o in R.HELD_OUT]
             assert len(held) == (1 if cat in ("held_out", "three_held_out") else 0)
-            assert len(p.objects) == (1 if cat == "single" else 3 if cat.startswith("three") else 2)
+            assert len(objects) == (1 if cat == "single" else 3 if cat.startswith("three") else 2)
             if cat in ("two", "held_out"):
                 assert len(set(shapes)) == 2
             if cat in ("same_shape", "three_same_shape"):
                 assert len(set(shapes)) == 1
         if cat == "three_held_out":  # the held-out object's position rotates
-            assert {[o in R.HELD_OUT for o in p.objects].index(True) for p in ps} == {0, 1, 2}
+            assert {[o in R.HELD_OUT for o in p.data["objects"]].index(True) for p in ps} == {0, 1, 2}
     with pytest.raises(ValueError, match="unknown categories"):
-        SB.shapes_prompts(["four"])
+        shapes_items(["four"])
     with pytest.raises(ValueError, match="1..12"):
-        SB.shapes_prompts(per_category=13)
+        shapes_items(per_category=13)
 
 
 def test_method_overrides_are_typed():
@@ -86,7 +88,7 @@ def test_common_overrides():
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("ait2i:w_isolaton=0", r"no setting 'w_isolaton'; valid settings: .*w_isolation"),
+        ("ait2i:w_isolaton=0", r"no field 'w_isolaton'; its fields are .*w_isolation"),
         ("ait2i:w_isolation=abc", r"cannot read w_isolation='abc': expected a value of type float"),
         ("ait2i:aggregation_metric=manhattan", "aggregation_metric must be one of"),
         ("ait2i:w_presence=-1", "w_presence must be a finite number >= 0"),
@@ -97,7 +99,7 @@ def test_common_overrides():
         ("w_isolation=0", "must follow a method name"),
         ("ait2i,ait2i", "listed twice"),
         ("ait2i:refinement={0:0.05", "unbalanced brackets"),
-        ("none:w_isolation=0", "none has no setting 'w_isolation'"),
+        ("none:w_isolation=0", "none has no field 'w_isolation'"),
         ("", "no method given"),
     ],
 )
@@ -119,7 +121,7 @@ def test_default_methods_scale_attend_and_excite_windows():
 def test_grid_of_a_run(tmp_path):
     from types import SimpleNamespace
 
-    from ait2i.bench import runner
+    from ait2i.bench import rundir, runner
     from ait2i.bench.scorers import ShapesScorer
     from ait2i.bench.suites import load_suite
 
@@ -139,12 +141,12 @@ def test_grid_of_a_run(tmp_path):
         tmp_path,
     )
     runner.generate(None, run, progress=False, generate_fn=fake, scorers={"shapes": ShapesScorer()})
-    rows = runner.load_rows(tmp_path)
+    rows = rundir.load_rows(tmp_path)
     assert len(rows) == 12 and all(r["clean_binding"] == 1.0 for r in rows)  # the fake draws what was asked
-    png = SB.save_grid(tmp_path, tmp_path / "grid.png", seeds=[0, 1, 2])
+    png = save_grid(tmp_path, tmp_path / "grid.png", seeds=[0, 1, 2])
     with Image.open(png) as im:
         w, h = im.size
     assert w > h > 100
     with pytest.raises(ValueError, match="not in"):
-        SB.save_grid(tmp_path, tmp_path / "g2.png", seeds=[0, 7])
+        save_grid(tmp_path, tmp_path / "g2.png", seeds=[0, 7])
     assert not (tmp_path / "g2.png").exists()

@@ -389,12 +389,12 @@ MODEL_IMAGES = {
 
 @pytest.mark.parametrize("name", list(MODEL_IMAGES))
 def test_model_images_read_by_eye(name):
-    from ait2i.shapes.bench import shapes_prompts
+    from ait2i.bench.suites.shapes import shapes_items
 
     prompt, objects, exact, extra = MODEL_IMAGES[name]
     found = check(Image.open(DATA / name))
     assert sorted((d.color, d.leaked_colors, d.shape) for d in found if not d.is_noise) == sorted(objects)
-    requested = next(p.objects for p in shapes_prompts(per_category=12) if p.text == prompt)
+    requested = next(it.data["objects"] for it in shapes_items(per_category=12) if it.prompt == prompt)
     m = match(found, requested)
     assert (m["exact_binding"], m["extra"], m["clean_binding"]) == (exact, extra, exact and extra == 0)
 

@@ -1,8 +1,8 @@
-"""The step hook (:class:`ait2i.hosts.stephook.StepHookHost`) on a toy pipeline with a plain ``scheduler.step`` loop
-(no ``callback_on_step_end``), built from the tiny Stable Diffusion components.
+"""The scheduler-step injector (:data:`ait2i.hosts.injectors.SCHEDULER_STEP`) on a toy pipeline with a plain
+``scheduler.step`` loop (no ``callback_on_step_end``), built from the tiny Stable Diffusion components.
 
 The toy loop is Stable Diffusion's without classifier-free guidance, so the step-hook path must give exactly what
-the callback path (:class:`~ait2i.hosts.base.CallbackHost` on ``StableDiffusionPipeline`` at ``guidance_scale=1``)
+the callback path (:data:`~ait2i.hosts.injectors.CALLBACK` on ``StableDiffusionPipeline`` at ``guidance_scale=1``)
 gives, guided or not.
 """
 
@@ -14,8 +14,7 @@ import torch
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 import ait2i
-from ait2i.hosts import register_host
-from ait2i.hosts.stephook import StepHookHost
+from ait2i.hosts import SCHEDULER_STEP, UNetHost, register_host
 from ait2i.testing import tiny_sd_components, tiny_sd_pipeline, unmoved
 
 pytestmark = pytest.mark.slow
@@ -58,8 +57,9 @@ class ToyStepPipeline:
 
 
 @register_host
-class ToyStepHost(StepHookHost):
+class ToyStepHost(UNetHost):
     pipelines = ("ToyStepPipeline",)
+    injector = SCHEDULER_STEP
 
 
 def _gen(seed=0):

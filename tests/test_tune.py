@@ -17,8 +17,8 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 import ait2i  # noqa: E402
-from ait2i.presets import read_preset, write_preset  # noqa: E402
-from ait2i.search_space import Choice, FloatRange, IntRange, customize, declare_space, declared_space  # noqa: E402
+from ait2i.methods.presets import read_preset, write_preset  # noqa: E402
+from ait2i.methods.space import Choice, FloatRange, IntRange, customize, declare_space, declared_space  # noqa: E402
 from ait2i.tune import FunctionEvaluator, tune  # noqa: E402
 
 REPO_SRC = str(Path(ait2i.__file__).resolve().parents[1])
@@ -129,7 +129,7 @@ def test_study_finds_the_known_optimum_prunes_confirms_on_held_out_seeds_and_rep
     )
     assert preset.provenance["versions"]["optuna"] == optuna.__version__
 
-    from ait2i.tune_cli import write_report
+    from ait2i.cli.tune import write_report
 
     paths = write_report(storage, "optimum", tmp_path / "report")
     rows = (tmp_path / "report" / "trials.csv").read_text().strip().splitlines()
@@ -268,7 +268,8 @@ def test_preset_round_trip_keeps_config_and_provenance_and_loads_wherever_a_meth
     assert ait2i.get_method(str(path)) == cfg
 
     from ait2i.bench.specs import parse_methods
-    from ait2i.cli import build_parser, method_config
+    from ait2i.cli import build_parser
+    from ait2i.cli.generate import method_config
 
     assert parse_methods(str(path)) == [(str(path), cfg)]  # ait2i bench --methods tuned.toml
     assert parse_methods(f"{path}:w_presence=0")[0][1] == cfg.replace(w_presence=0.0)
@@ -339,7 +340,7 @@ def _down_only(cfg, row):
 
 @pytest.mark.slow
 def test_tune_runs_trials_through_the_runner_on_a_tiny_pipeline(tmp_path):
-    from ait2i.metadata import read_png_params
+    from ait2i.io import read_png_params
     from ait2i.testing import tiny_sd_pipeline
 
     pipe = tiny_sd_pipeline()

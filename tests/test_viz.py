@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ait2i import metadata
-from ait2i.metadata import read_png_params, save_png
+from ait2i import io as aio
+from ait2i.io import read_png_params, save_png
 from ait2i.viz import attention_figure, loss_plot, save_attention
 
 
@@ -198,11 +198,11 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 def test_atomic_path_replaces_only_on_success(tmp_path):
     target = tmp_path / "f.txt"
-    with pytest.raises(KeyboardInterrupt), metadata.atomic_path(target) as tmp:
+    with pytest.raises(KeyboardInterrupt), aio.atomic_path(target) as tmp:
         tmp.write_text("half")
         raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
-    with metadata.atomic_path(target) as tmp:
+    with aio.atomic_path(target) as tmp:
         tmp.write_text("whole")
     assert target.read_text() == "whole" and list(tmp_path.iterdir()) == [target]
 
@@ -213,12 +213,12 @@ def test_atomic_path_gives_the_mode_of_a_plain_file(tmp_path):
     plain = tmp_path / "plain.txt"
     plain.write_text("x")
     target = tmp_path / "atomic.txt"
-    with metadata.atomic_path(target) as tmp:
+    with aio.atomic_path(target) as tmp:
         tmp.write_text("y")
     assert oct(target.stat().st_mode & 0o777) == oct(plain.stat().st_mode & 0o777)
     old = os.umask(0o077)
     try:
-        with metadata.atomic_path(target) as tmp:
+        with aio.atomic_path(target) as tmp:
             tmp.write_text("z")
         assert target.stat().st_mode & 0o777 == 0o600
     finally:
@@ -232,7 +232,7 @@ def test_boxes_are_drawn_on_every_subject_panel():
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    from ait2i.layout import Box
+    from ait2i.boxes import Box
     from ait2i.viz import _draw_grid
 
     fig = Figure()

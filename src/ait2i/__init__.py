@@ -1,26 +1,49 @@
-"""ait2i: Aggregating-and-Isolating cross-attention guidance (AI-T2I) for diffusers text-to-image pipelines."""
+"""ait2i: Aggregating-and-Isolating cross-attention guidance (AI-T2I) for diffusers text-to-image pipelines.
 
-from .config import AIT2IConfig, AttendExciteConfig, GuidanceConfig, NoGuidanceConfig
+The public API. The package is layered (docs/method.md, section 7; ``tests/test_import_graph.py`` keeps it so): this
+module re-exports the library's names; the command line (``ait2i.cli``) and the demo (``ait2i.demo``) sit above it.
+"""
 
-__version__ = "0.1.0"
+from .boxes import Box
+from .engine import Diagnostics, GuidanceEngine
+from .generate import generate, guided_output_class
+from .hosts import Host, host_for, register_host, supported_pipelines
+from .methods import (
+    AIT2IConfig,
+    AIT2ILayoutConfig,
+    AttendExciteConfig,
+    BoxDiffConfig,
+    GuidanceConfig,
+    LayoutGuidanceConfig,
+    NoGuidanceConfig,
+    available_methods,
+    box_methods,
+    get_method,
+    register_method,
+)
+from .subjects import Subject, prompt_tokens, resolve_subjects
+from .tune import tune  # the function; the module's other names: `from ait2i.tune import ...`
+from .version import __version__
 
-from .engine import Diagnostics, GuidanceEngine  # noqa: E402
-from .guided import generate, guided_output_class  # noqa: E402
-from .hosts import Host, host_for, register_host, supported_pipelines  # noqa: E402
-from .methods import available_methods, get_config, get_method, register_method  # noqa: E402
-from .subjects import Subject, prompt_tokens, resolve_subjects  # noqa: E402
-from .tune import tune  # noqa: E402  (the function; the module's names: `from ait2i.tune import ...`)
+#: The name of :func:`get_method` in 0.1, kept for its users.
+get_config = get_method
 
 __all__ = [
     "AIT2IConfig",
+    "AIT2ILayoutConfig",
     "AttendExciteConfig",
+    "Box",
+    "BoxDiffConfig",
     "Diagnostics",
     "GuidanceConfig",
     "GuidanceEngine",
     "Host",
+    "LayoutGuidanceConfig",
     "NoGuidanceConfig",
     "Subject",
+    "__version__",
     "available_methods",
+    "box_methods",
     "generate",
     "get_config",
     "get_method",

@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .config import GuidanceConfig
+from .losses import group_maps
+from .methods.base import GuidanceConfig
 from .subjects import Subject
 
 AttendFn = Callable[[torch.Tensor, object, torch.Tensor | None], torch.Tensor]
@@ -74,11 +75,6 @@ def _jsonable(v):
     if isinstance(v, tuple):
         return list(v)
     return v
-
-
-def subject_maps(raw: torch.Tensor, subjects: Sequence[Subject]) -> torch.Tensor:
-    """``(B, h, w, L)`` raw maps -> ``(B, G, h, w)``: per subject, the mean over its noun pieces."""
-    return torch.stack([raw[..., list(s.tokens)].mean(-1) for s in subjects], dim=1)
 
 
 class GuidanceEngine:
@@ -205,7 +201,7 @@ class GuidanceEngine:
             else:
                 new = z.detach()
         if i in self.record:
-            self.diagnostics.maps[i] = subject_maps(raw.detach(), self.subjects).cpu()
+            self.diagnostics.maps[i] = group_maps(raw.detach(), [list(s.tokens) for s in self.subjects]).cpu()
         self.diagnostics.steps.append(
             StepRecord(
                 step=i,

@@ -15,9 +15,9 @@ import numbers
 import threading
 import weakref
 
+from .boxes import box_notes
 from .engine import Diagnostics, GuidanceEngine
 from .hosts import host_for
-from .layout_methods import box_notes
 from .methods import box_methods, get_method
 from .subjects import resolve_subjects, subject_list
 

@@ -1,4 +1,4 @@
-"""Generation parameters stored inside PNG files, and atomic file writes.
+"""Writing files: the one atomic writer, and generation parameters stored inside PNG files.
 
 Every image written by ``ait2i generate`` carries the parameters that made it as PNG ``tEXt``/``iTXt`` chunks:
 one chunk per parameter (strings as they are, anything else as JSON) for tools that show PNG text, plus one
@@ -56,6 +56,13 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` through :func:`atomic_path`: the writer of every non-image file
+    (manifests, score tables, reports)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 def check_destination(path: str | os.PathLike) -> bool:

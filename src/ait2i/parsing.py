@@ -1,36 +1,27 @@
-"""The parsers and the error policy shared by every command line: ``ait2i generate``, ``ait2i bench`` and
-``python -m ait2i.shapes.personalize`` read seeds and ``--set FIELD=VALUE`` the same way, refuse the same input with
-the same message, and end the same way (docs/errors.md).
+"""The one reader of seeds, ``FIELD=VALUE`` settings and subject arguments, for every command line and the
+benchmarks: ``ait2i generate --seed/--set``, ``ait2i bench --seeds/--set`` and method specs
+(``ait2i:scale_factor=30``), ``ait2i tune``, the demo's advanced panel. The same input is read the same way and
+refused with the same message everywhere.
 
 * Seeds: ``"7"``, ``"0-3"``, ``"0,2,5-7"``; integers from 0 to ``2**64 - 1`` (what ``torch.Generator.manual_seed``
   accepts), each at most once, at most :data:`MAX_SEEDS` of them.
 * Settings: a value is read by the type of the config field it sets: numbers, ``cosine``, ``none``, dicts such as
   ``refinement={0:0.05,10:0.5,20:0.8}``, tuples as ``from_where=up+down`` or ``scale_range=(1.0,0.5)``.
+* Subjects: token indices (``"5"``, ``"5,6"``) or a phrase of the prompt (``"red car"``).
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
-import os
 import re
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 #: The largest seed: ``torch.Generator.manual_seed`` takes 64-bit values (``2**64`` overflows).
 MAX_SEED = 2**64 - 1
 #: The most seeds one command line may name (a typo such as ``0-400000`` is refused, not started).
 MAX_SEEDS = 100_000
-#: Exceptions that mean bad input or a file problem: one ``ait2i: error:`` line, exit code 2, no traceback.
-ANTICIPATED = (ValueError, TypeError, OSError)
-
-
-class RunFailed(RuntimeError):
-    """A run that started and failed part-way for a reason already explained (a worker process exited with an
-    error): one ``ait2i: error:`` message and exit code 1; every finished output stays."""
-
-
 _SEED_PART = re.compile(r"(\d+)(?:-(\d+))?")
 
 
@@ -138,10 +129,13 @@ def read_setting(cfg, key: str, raw: str) -> Any:
 def parse_settings(cfg, items: Sequence[str] | None, option: str = "--set") -> dict[str, Any]:
     """``["scale_factor=30", "from_where=up+down"]`` -> ``{"scale_factor": 30.0, "from_where": ("up", "down")}``.
 
+    The one reader of config settings: ``--set`` (generate, bench, tune), the overrides of a bench method spec
+    (``ait2i:scale_factor=30``) and the demo's advanced fields.
+
     Args:
         cfg (`GuidanceConfig`): the config the settings apply to (values are read by its field types).
         items (`Sequence[str]`, *optional*): ``FIELD=VALUE`` texts.
-        option (`str`, *optional*, defaults to `"--set"`): the option named in error messages.
+        option (`str`, *optional*, defaults to `"--set"`): where the settings come from, named in error messages.
 
     Raises:
         `ValueError`: an item that is not ``FIELD=VALUE``, a field the config does not have (the message lists its
@@ -153,7 +147,7 @@ def parse_settings(cfg, items: Sequence[str] | None, option: str = "--set") -> d
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ValueError(f"cannot read {option} {item!r}; write FIELD=VALUE, e.g. {option} scale_factor=30")
+            raise ValueError(f"{option}: {item!r} is not key=value; write FIELD=VALUE, e.g. scale_factor=30")
         if key not in fields:
             raise ValueError(f"{option}: {cfg.name} has no field {key!r}; its fields are {', '.join(fields)}")
         if key in out:
@@ -162,29 +156,8 @@ def parse_settings(cfg, items: Sequence[str] | None, option: str = "--set") -> d
     return out
 
 
-def error_message(e: BaseException) -> str:
-    """One line for an anticipated error (an `OSError` names its file)."""
-    if isinstance(e, OSError) and e.strerror and e.filename:
-        return f"{e.strerror}: {os.fspath(e.filename)!r}"
-    text = str(e).strip() or type(e).__name__
+def parse_subject(text: str) -> str | list[int]:
+    """A subject argument: token indices (``"5"``, ``"5,6"``) or a phrase of the prompt (``"red car"``)."""
+    if re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", text):
+        return [int(x) for x in text.split(",")]
     return text
-
-
-def run_command(func: Callable[[], int | None]) -> int:
-    """Run a command under the one error policy (docs/errors.md) and return its exit code.
-
-    Anticipated errors (:data:`ANTICIPATED`: refusals of bad input, files that cannot be read or written) print
-    ``ait2i: error: <message>`` on stderr and return 2 (with ``AIT2I_DEBUG=1`` they propagate with their
-    traceback); :class:`RunFailed` prints its message and returns 1; Ctrl-C prints ``ait2i: interrupted`` and
-    returns 130; anything else is a bug and propagates with its traceback.
-    """
-    try:
-        return int(func() or 0)
-    except (*ANTICIPATED, RunFailed) as e:
-        if os.environ.get("AIT2I_DEBUG"):
-            raise
-        print(f"ait2i: error: {error_message(e)}", file=sys.stderr)
-        return 1 if isinstance(e, RunFailed) else 2
-    except KeyboardInterrupt:
-        print("ait2i: interrupted (every file reported as written is complete)", file=sys.stderr)
-        return 130

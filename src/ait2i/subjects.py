@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .boxes import Box, parse_box, split_box_spec
+
 #: Where CLIP's end-of-word marker sits on a BPE piece.
 _EOW = "</w>"
 #: SentencePiece's word-start marker (T5, Metaspace pre-tokenizers).
@@ -102,20 +104,18 @@ class Subject:
         attributes (`tuple[int, ...]`): indices of the attribute words' pieces bound to this subject.
         box (`Box`, *optional*): where the subject should be, normalised ``(x0, y0, x1, y1)`` in [0, 1], origin
             top-left (a 4-sequence or ``"x0,y0,x1,y1"`` is converted and validated, see
-            :func:`ait2i.layout.parse_box`); read by layout methods (``uses_boxes``).
+            :func:`ait2i.boxes.parse_box`); read by layout methods (``uses_boxes``).
         data (`Mapping[str, Any]`, *optional*): any other per-subject data a third-party method reads.
     """
 
     label: str
     tokens: tuple[int, ...]
     attributes: tuple[int, ...] = ()
-    box: Any = None
+    box: Box | None = None
     data: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         if self.box is not None:
-            from .layout import parse_box
-
             object.__setattr__(self, "box", parse_box(self.box))
 
     def to_dict(self) -> dict:
@@ -457,7 +457,7 @@ def check_placeholders(tokenizer, prompt: str, subjects=()) -> None:
                 raise ValueError(
                     f"placeholder {name!r} (in {text!r}) is not loaded in this pipeline's tokenizer; loaded "
                     f"placeholders: {loaded or 'none'}. Load it first, e.g. pipe.load_textual_inversion(path, "
-                    f"token={name!r}) or ait2i.shapes.personalize.load_concept(pipe, folder, 'ti')."
+                    f"token={name!r}) or ait2i.shapes.concept.load_concept(pipe, folder, 'ti')."
                 )
 
 
@@ -576,8 +576,6 @@ def resolve_subjects(tokenizer, prompt: str, subjects) -> list[Subject]:
                 spec.data,
             )
         elif isinstance(spec, str):
-            from .layout import split_box_spec
-
             phrase, box = split_box_spec(spec)
             s = _resolve_phrase(tokenizer, prompt, words, phrase, full)
             phrased.add(len(out))

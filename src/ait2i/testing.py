@@ -7,25 +7,11 @@ real CLIP vocabulary shipped in ``ait2i/data/clip-tokenizer`` so that token indi
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import torch
 
-
-def clip_tokenizer_dir() -> Path:
-    """Folder holding ``vocab.json`` and ``merges.txt`` of the SD 1.x CLIP tokenizer (package data)."""
-    return Path(str(resources.files("ait2i") / "data" / "clip-tokenizer"))
-
-
-def clip_tokenizer(model_max_length: int = 77):
-    """The SD 1.x CLIP tokenizer, built offline from the package's vocabulary files."""
-    from transformers import CLIPTokenizer
-
-    d = clip_tokenizer_dir()
-    return CLIPTokenizer(
-        str(d / "vocab.json"), str(d / "merges.txt"), pad_token="<|endoftext|>", model_max_length=model_max_length
-    )
+from .shapes.model import clip_tokenizer, clip_tokenizer_dir  # the world's tokenizer loader, for tests
 
 
 def make_scheduler(name: str = "ddim"):

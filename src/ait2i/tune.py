@@ -1,6 +1,6 @@
 """``ait2i tune``: search a method's declared space with Optuna, then confirm the winner on held-out seeds.
 
-A **trial** is one config of the method (its declared space, :mod:`ait2i.search_space`, narrowed or widened by
+A **trial** is one config of the method (its declared space, :mod:`ait2i.methods.space`, narrowed or widened by
 the user). It is scored through the one benchmark runner (:func:`ait2i.bench.runner.generate`: every image a PNG
 with its parameters in ``<workdir>/trials/<n>/``, resumable, scored by the suite's scorers as it is made) on the
 search seeds, chunk by chunk; after each chunk the mean reward so far is reported, so Optuna's median pruner stops
@@ -13,7 +13,7 @@ cluster): a killed study resumes (finished trials are kept; a trial killed mid-w
 stops, and its config is run again, reusing the images it had made), and several processes share one study up
 to a total trial count. Every study ends with the held-out check: the best trial, the default and vanilla
 (``none``) on seeds the search never saw, with paired intervals (:mod:`ait2i.bench.stats`); the result goes into
-the preset (:mod:`ait2i.presets`) with the model's identity and the library versions.
+the preset (:mod:`ait2i.methods.presets`) with the model's identity and the library versions.
 """
 
 from __future__ import annotations
@@ -31,6 +31,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .bench import rundir, runner, stats
+from .bench.runner import resolve_protocol, versions
+from .bench.scorers import KEYS, load_scorers
+from .bench.suites import Item, Suite, load_suite
+from .models import SHIPPED_MODEL, model_identity, shipped_folder, shipped_name
+from .parsing import parse_seeds
 
 #: Objectives a study can have: the reward (maximised) and the time per image (minimised).
 OBJECTIVES = ("reward", "time")
@@ -86,8 +93,6 @@ class RunnerEvaluator:
         self.batch_size, self.generate_fn = batch_size, generate_fn
 
     def evaluate(self, label: str, cfg, seeds: Sequence[int], folder: Path) -> Evaluation:
-        from .bench import runner
-
         run = runner.Run(self.suite, [(label, cfg)], tuple(seeds), self.protocol, self.model, Path(folder))
         times = Path(folder) / "times.jsonl"
         key = {"label": label, "seeds": list(seeds), "clock": self.clock}
@@ -100,11 +105,11 @@ class RunnerEvaluator:
         )  # fmt: skip
         if rep.generated:
             spi = (tick() - t0) / len(rep.generated)
-            runner.append_rows(times, [dict(key, seconds_per_image=spi, images=len(rep.generated))])
+            rundir.append_rows(times, [dict(key, seconds_per_image=spi, images=len(rep.generated))])
         else:
             spi = known[-1]["seconds_per_image"]
         latest = {}
-        for r in runner.load_rows(folder):
+        for r in rundir.load_rows(folder):
             if r.get("method") == label and r.get("seed") in seeds:
                 latest[(f"{r['category']}/{r['index']}", r["seed"])] = r
         values, cats = {}, {}
@@ -215,7 +220,7 @@ def open_study(storage, name: str, spec: StudySpec, space: Mapping, base_cfg, sa
     """Create or resume the study ``name`` (refused if it was made for another model, method, suite, seeds,
     reward, objectives, protocol or fixed values); the method's defaults are enqueued as its first trial."""
     optuna = require_optuna()
-    from .search_space import encode_params
+    from .methods.space import encode_params
 
     multi = "time" in spec.objectives
     directions = ["maximize", "minimize"] if multi else ["maximize"]
@@ -314,7 +319,7 @@ def optimize(
     import numpy as np
     from optuna.trial import TrialState
 
-    from .search_space import suggest
+    from .methods.space import suggest
 
     storage, fixed = study._storage, dict(fixed or {})
     groups = [tuple(int(s) for s in g) for g in np.array_split(np.asarray(seeds), min(chunks, len(seeds)))]
@@ -438,7 +443,7 @@ def pick_best(study, tolerance: float = 0.03):
 
 def config_of(trial, space: Mapping, base_cfg, fixed: Mapping | None = None):
     """The config a finished trial ran."""
-    from .search_space import decode_params
+    from .methods.space import decode_params
 
     params = decode_params(space, trial.params) if space else dict(trial.params)
     return base_cfg.replace(**dict(fixed or {}), **params)
@@ -447,7 +452,6 @@ def config_of(trial, space: Mapping, base_cfg, fixed: Mapping | None = None):
 def holdout(evaluator, methods: Sequence[tuple[str, str, Any]], seeds: Sequence[int], folder: Path) -> dict:
     """Score ``methods`` (``(role, label, config)``, roles ``tuned``, ``default``, ``none``) on the held-out
     ``seeds``: each mean with its interval and time per image, the paired differences, and per category."""
-    from .bench import stats
 
     evs = {role: evaluator.evaluate(label, cfg, seeds, folder) for role, label, cfg in methods}
     labels = {role: label for role, label, _ in methods}
@@ -512,19 +516,11 @@ def model_fingerprint(model: str | None = None, pipe=None, loaded: bool = False)
     configs and tensors (always with ``loaded=True``: a pipeline passed in, whatever its name)."""
     import hashlib
 
-    from .cli import SHIPPED_MODEL
-
     folder = None
     if loaded:
         pass
-    elif model is None or (model == SHIPPED_MODEL and not Path(model).exists()):
-        from .shapes.model import model_folder
-
-        folder = Path(model_folder(None))
-    elif model == "shapesworld-mmdit" and not Path(model).exists():
-        from .shapes.model import model_folder, pretrained_mmdit_dir
-
-        folder = Path(model_folder(pretrained_mmdit_dir()))
+    elif shipped_name(model) is not None:
+        folder = Path(shipped_folder(shipped_name(model)))
     elif Path(model).expanduser().is_dir():
         folder = Path(model).expanduser()
     else:
@@ -566,7 +562,6 @@ def model_fingerprint(model: str | None = None, pipe=None, loaded: bool = False)
 def resolve_reward(spec: str | Callable | None, suite) -> tuple[str | Callable, str, list[str]]:
     """``(reward, its name, scorers to run)``: a scorer's row key (``clean_binding``, ``iou``, ``blip_vqa``, ...),
     a scorer name (its headline key), ``module:function`` (``fn(config, row) -> float``) or a callable."""
-    from .bench.scorers import KEYS
 
     if spec is None:
         spec = suite.scorers[0] if suite.scorers else None
@@ -597,7 +592,6 @@ def resolve_reward(spec: str | Callable | None, suite) -> tuple[str | Callable, 
 def prompt_file_suite(path: str | os.PathLike, protocol: str = "ane"):
     """A suite from a prompt file: one prompt a line, ``prompt | subject; subject`` (``#`` comments), or a JSON
     list / JSON lines of ``{"prompt": ..., "subjects": [...]}``. Scored by VQA (and CLIP) as T2I-CompBench does."""
-    from .bench.suites import Item, Suite
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -624,7 +618,6 @@ def prompt_file_suite(path: str | os.PathLike, protocol: str = "ane"):
 
 def load_tune_suite(spec: str, limit: int | None = None):
     """``shapes[:cats]``, ``layout[:cats]``, any bench suite, or a prompt file (a path that exists)."""
-    from .bench.suites import load_suite
 
     if Path(spec).expanduser().is_file():
         suite = prompt_file_suite(spec)
@@ -695,7 +688,7 @@ def tune(
         out (*optional*): the preset file to write (``.toml``).
         objectives (`Sequence[str]`): ``("reward",)`` (TPE, median pruning) or ``("reward", "time")`` (NSGA-II).
         reward: a scorer row key, a scorer name, ``module:function`` or a callable ``(config, row) -> float``.
-        space, fix, only: command-line changes of the declared space (:func:`ait2i.search_space.customize`).
+        space, fix, only: command-line changes of the declared space (:func:`ait2i.methods.space.customize`).
         chunks (`int`): seed chunks per trial; the reward is reported after each (pruning).
         clock (`str`, *optional*): ``"cpu"`` (process time; default on CPU) or ``"wall"`` (default on a GPU).
         tolerance (`float`): with time as an objective, the preset is the fastest trial within this of the
@@ -703,11 +696,9 @@ def tune(
         join (`bool`): only run trials of the study (another process does the held-out check and the preset).
         evaluator (*optional*): replaces the runner (an object with ``evaluate(label, cfg, seeds, folder)``).
     """
-    from .bench.runner import resolve_protocol, versions
-    from .bench.suites import parse_seeds
     from .methods import get_method
-    from .presets import is_preset_path, write_preset
-    from .search_space import customize
+    from .methods.presets import is_preset_path, write_preset
+    from .methods.space import customize
 
     optuna = require_optuna()
     objectives = tuple(objectives)
@@ -730,8 +721,8 @@ def tune(
     space_, fixed = customize(base_cfg, type(base_cfg).search_space(), space, fix, only)
     if not space_:
         raise ValueError(f"the search space of {base_cfg.name} is empty; add fields with --space FIELD=LOW:HIGH")
-    search = parse_seeds(seeds)
-    held = parse_seeds(holdout_seeds) if holdout_seeds else ()
+    search = tuple(sorted(parse_seeds(seeds, option="--seeds")))
+    held = tuple(sorted(parse_seeds(holdout_seeds, option="--seeds"))) if holdout_seeds else ()
     if set(search) & set(held):
         raise ValueError(f"search seeds {seeds} and held-out seeds {holdout_seeds} overlap; held-out must be fresh")
     suite_obj = load_tune_suite(suite, limit) if evaluator is None else None
@@ -752,16 +743,13 @@ def tune(
             over.setdefault("scheduler", "default")
             over.setdefault("dtype", str(pipe.dtype).removeprefix("torch."))
         proto = resolve_protocol(protocol or suite_obj.protocol, device, **over)
-        from .bench.runner import load_pipeline, model_identity
-        from .bench.scorers import load_scorers
-
         if pipe is None:
             model_id = model_identity(model)
         else:  # a pipeline passed in is known by what it holds, not by a name
             fingerprint = model_fingerprint(model, pipe, loaded=True)
             model_id = f"{model or 'pipeline'}:sha256:{fingerprint['sha256'][:16]}"
         if pipe is None:
-            pipe = load_pipeline(model, proto, device)
+            pipe = runner.load_pipeline(model, proto, device)
         scorers = load_scorers(scorer_names, device)
         evaluator = RunnerEvaluator(pipe, suite_obj, proto, model_id, scorers, rew, clock)
     spec = StudySpec(str(method) if is_preset_path(method) else base_cfg.name, model_id,

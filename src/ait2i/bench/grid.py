@@ -1,51 +1,19 @@
-"""The ShapesWorld benchmark on the shipped model: ``ait2i bench shapes`` (or ``python -m ait2i.shapes.bench``).
-
-It is the one benchmark runner (:mod:`ait2i.bench.runner`) with the ``shapes`` suite (:mod:`ait2i.bench.suites.
-shapes`), the ``shapes`` protocol (DDIM, 20 steps, seeds 0-31) and the ground-truth checker as scorer
-(:class:`ait2i.bench.scorers.ShapesScorer`): every (method, prompt, seed) is generated, read by
-:func:`ait2i.shapes.check.check` and summarised per category and method with a two-level bootstrap over prompts
-and seeds, and paired against the first method:
-
-- **clean binding** (the headline): every requested object with its own colour and shape, and nothing else;
-- **exact binding**: every requested object with its own colour and shape;
-- **all present** (1 - neglect): every requested shape is found;
-- **object recall**: the fraction of requested objects found (one-to-one);
-- **extra objects**: the image holds more objects than requested.
-
-This module keeps what is ShapesWorld's own: the framed image grid of a run.
+"""A run's images as a framed PNG grid (``ait2i bench shapes --grid``): one row per (prompt, method), one column per
+seed, each image framed by what the ShapesWorld checker found in it.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
+from PIL import Image
 
-from ..bench.runner import load_rows
-from ..bench.suites.shapes import CATEGORIES, shapes_items
-
-__all__ = ["CATEGORIES", "main", "save_grid", "shapes_items", "shapes_prompts"]
-
-
-class ShapesPrompt(NamedTuple):
-    """One prompt: its category, text and the requested ``(colour, shape)`` objects in prompt order."""
-
-    category: str
-    text: str
-    objects: tuple
-
-    @property
-    def subjects(self) -> list[str]:
-        return [f"{c} {s}" for c, s in self.objects]
-
-
-def shapes_prompts(categories: Sequence[str] | None = None, per_category: int = 8) -> list[ShapesPrompt]:
-    """The fixed prompt lists (:func:`ait2i.bench.suites.shapes.shapes_items`) as ``ShapesPrompt`` records."""
-    return [ShapesPrompt(it.category, it.prompt, it.data["objects"]) for it in shapes_items(categories, per_category)]
+from ..io import atomic_path
+from ..viz import _figure
+from .rundir import load_rows
 
 
 def save_grid(
@@ -74,11 +42,6 @@ def save_grid(
     Raises:
         `ValueError`: if a requested method, prompt or seed has no image in the folder.
     """
-    from PIL import Image
-
-    from ..metadata import atomic_path
-    from ..viz import _figure
-
     out = Path(out_dir)
     rows = load_rows(out)
     if not rows:
@@ -124,14 +87,3 @@ def save_grid(
             small = im.convert("RGB").quantize(colors=256)
         small.save(tmp, format="PNG", optimize=True)
     return path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ait2i.shapes.bench ...`` = ``ait2i bench shapes ...``."""
-    from ..bench.cli import main as bench_main
-
-    return bench_main(["shapes", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -31,6 +31,9 @@ from collections.abc import Sequence
 
 import torch
 
+from ..boxes import xyxy_iou
+from .chunks import chunks_of
+
 # fmt: off
 #: The 80 prompt templates of CLIP's ImageNet zero-shot evaluation, in their published order.
 IMAGENET_TEMPLATES = (
@@ -309,20 +312,11 @@ def relation_holds(box1: Sequence[float], box2: Sequence[float], relation: str, 
     raise ValueError(f"unknown relation {relation!r}; expected one of {SPATIAL_RELATIONS}")
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two xyxy boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def nms(boxes: Sequence[Sequence[float]], scores: Sequence[float], iou: float = 0.5) -> list[int]:
     """Indices kept by greedy non-maximum suppression, best score first."""
     keep: list[int] = []
     for i in sorted(range(len(boxes)), key=lambda k: -scores[k]):
-        if all(box_iou(boxes[i], boxes[j]) <= iou for j in keep):
+        if all(xyxy_iou(boxes[i], boxes[j]) <= iou for j in keep):
             keep.append(i)
     return keep
 
@@ -366,8 +360,6 @@ def spatial_score(detections: dict[str, list[tuple]], obj1: str, obj2: str, rela
 def parse_counts(prompt: str, plural_to_singular: dict[str, str] | None = None) -> list[tuple[int, str]]:
     """``"three lamps and two trains"`` -> ``[(3, "lamp"), (2, "train")]``: the noun chunks (spaCy, see
     :mod:`ait2i.bench.chunks`) that start with a number word."""
-    from .chunks import chunks_of
-
     table = plural_to_singular or {}
     out = []
     for text, *_ in chunks_of(prompt):

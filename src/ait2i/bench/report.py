@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..io import write_atomic
 from . import stats
 
 
@@ -205,8 +206,6 @@ def compare(run_dirs: Sequence[str | os.PathLike], allow_mismatch: bool = False)
 
 def write_scores(out: Path, rows: Sequence[dict], manifest: dict, scorers: dict, missing=(), reference=None) -> dict:
     """Summarise ``rows`` and write ``scores.json`` and ``scores.md`` into the run folder; returns the dict."""
-    from .runner import write_atomic
-
     keys = list(dict.fromkeys(k for s in scorers.values() for k in s.keys))  # shapes and layout share two keys
     info = {n: s.info() for n, s in scorers.items()}
     notes = []

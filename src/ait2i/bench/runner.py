@@ -6,36 +6,31 @@
 * **Shard by prompt**: the unit of work is one (method, prompt) with all its seeds; process ``i`` of ``n`` takes
   units ``i, i + n, ...`` of the fixed order, so a process's seeds of one prompt run as one batch and shards never
   overlap. ``n`` is ``--shard i/n`` times the launcher's world size (``torchrun``/``accelerate launch``).
-* **Lock**: a process holds ``.locks/<i>-of-<n>.lock`` while it writes; a second run of the same shard (or of
-  another sharding) is refused while the holder lives; the lock of a dead process is taken over, with a message.
-* **Resume**: an image whose PNG decodes and whose parameters (PNG text chunks, :mod:`ait2i.metadata`) match the
+* **Lock, manifest, rows**: the run folder (:mod:`ait2i.bench.rundir`): a process holds its shard's lock while it
+  writes; the manifest (``manifest.json``, format 2: suite, protocol, model, each method's full config, seeds,
+  prompt limit, library versions) refuses a folder of another run unless forced and is merged under a ``flock``
+  by processes sharing the folder.
+* **Resume**: an image whose PNG decodes and whose parameters (PNG text chunks, :mod:`ait2i.io`) match the
   manifest is never redone. ``force`` regenerates every image of this process's plan; it never relabels a
   folder while keeping old images.
-* **Manifest** (``manifest.json``, format 2): suite, protocol, model, each method's full config, seeds, prompt
-  limit and library versions. A folder of another suite, protocol, model or method config is refused unless
-  forced; folders written before format 2 are refused with a message. Processes sharing a folder read, merge
-  and write it under one short ``flock`` (:func:`write_manifest`: atomic replace, not rewritten when unchanged),
-  so shards starting together merge their methods and seeds instead of overwriting each other.
 * **Subjects** per method (:func:`method_subjects`): an item's boxed subjects (``"red circle@x0,y0,x1,y1"``) go
   as they are to methods that read boxes (``uses_boxes``), without their boxes to the others.
-* **Rows** (``rows.jsonl``): one JSON line per scored image, appended with one ``O_APPEND`` write under the
-  folder's ``flock``; each row names the PNG it read by path, ``image_id`` and ``sha256`` (of the file's bytes).
-  A row counts only while its PNG is on disk unchanged and carries the parameters of the request
-  (:func:`check_images`, :func:`matched_rows`), so a regenerated, truncated or replaced image is never summarised
-  with another image's scores. An image saved but not scored (a kill between the two) is scored on resume; a
-  half-written last line (a kill or a full disk) is dropped with a warning before the next append, and its image
-  is scored again.
+* **Rows** (``rows.jsonl``, :mod:`ait2i.bench.rundir`): one JSON line per scored image; each row names the PNG it
+  read by path, ``image_id`` and ``sha256`` (of the file's bytes). A row counts only while its PNG is on disk
+  unchanged and carries the parameters of the request (:func:`check_images`, :func:`matched_rows`), so a
+  regenerated, truncated or replaced image is never summarised with another image's scores. An image saved but
+  not scored (a kill between the two) is scored on resume; a half-written last line (a kill or a full disk) is
+  dropped with a warning before the next append, and its image is scored again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import dataclasses
 import json
 import math
 import os
 import platform
-import socket
 import sys
 import time
 import uuid
@@ -43,12 +38,31 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .specs import config_dict, method_dir
-from .suites import Item, Suite, load_suite
+from PIL import Image
 
-MANIFEST, ROWS, LOCKS, FORMAT = "manifest.json", "rows.jsonl", ".locks", 2
-#: Weight dtypes the loader takes (float16 needs CUDA; bfloat16 runs on CPU too).
-DTYPES = ("float32", "float16", "bfloat16")
+from ..boxes import split_box_spec
+from ..generate import generate as guided_generate
+from ..hosts import host_for
+from ..hosts.schedulers import check_scheduler_name
+from ..io import save_png
+from ..models import DTYPES, load_model
+from ..version import __version__
+from .rundir import (
+    FORMAT,
+    ROWS,
+    append_rows,
+    file_sha256,
+    load_rows,
+    lock,
+    png_record,
+    read_manifest,
+    row_index,
+    row_key,
+    shard_lock,
+    write_manifest,
+)
+from .specs import config_dict, method_dir, parse_method
+from .suites import Item, Suite, load_suite
 
 
 @dataclass(frozen=True)
@@ -103,8 +117,6 @@ def resolve_protocol(name: str, device: str | None = None, **overrides) -> dict:
         raise ValueError(f"num_inference_steps must be >= 1, got {d['num_inference_steps']}")
     if not math.isfinite(d["guidance_scale"]):
         raise ValueError(f"guidance_scale must be a finite number, got {d['guidance_scale']}")
-    from ..hosts.schedulers import check_scheduler_name
-
     check_scheduler_name(d["scheduler"])
     return d
 
@@ -123,8 +135,14 @@ class Run:
     extra: dict = field(default_factory=dict)
 
     def units(self) -> list[tuple[str, object, Item]]:
-        """(method, prompt) units in the fixed order every process agrees on (prompt-major)."""
-        return [(label, cfg, it) for it in self.suite.items for label, cfg in self.methods]
+        """(method, prompt) units in the fixed order every process agrees on (prompt-major); an item that names
+        its methods (``Item.methods``) runs with those only."""
+        return [
+            (label, cfg, it)
+            for it in self.suite.items
+            for label, cfg in self.methods
+            if it.methods is None or cfg.name in it.methods
+        ]
 
     def path(self, label: str, item: Item, seed: int) -> str:
         return f"{method_dir(label)}/{self.suite.image_path(item, seed, self.seeds)}"
@@ -145,8 +163,8 @@ class Run:
 
 def versions() -> dict[str, str]:
     """Versions of the libraries that shape the images and scores."""
-    out = {"python": platform.python_version()}
-    for mod in ("ait2i", "torch", "diffusers", "transformers", "accelerate"):
+    out = {"python": platform.python_version(), "ait2i": __version__}
+    for mod in ("torch", "diffusers", "transformers", "accelerate"):
         with contextlib.suppress(Exception):
             out[mod] = __import__(mod).__version__
     return out
@@ -178,302 +196,8 @@ def launcher_rank() -> tuple[int, int]:
     return (int(os.environ.get("RANK", "0") or 0), world) if world > 1 else (0, 1)
 
 
-# -- files -------------------------------------------------------------------------------------------------------
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """The one writer of every non-image file: a temporary file in the folder, then ``os.replace``."""
-    from ..metadata import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-
-
-TORN = "half-written last line"
-
-
-def append_rows(path: Path, rows: Sequence[dict]) -> None:
-    """Append rows with one ``O_APPEND`` write under the folder's ``flock``, so processes sharing a folder never
-    interleave lines. A half-written last line left by a killed process is dropped first (with a warning), so the
-    new rows never join it."""
-    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    with folder_lock(path.parent):
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            _drop_torn_tail(fd, path)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-
-
-def _drop_torn_tail(fd: int, path: Path) -> None:
-    size = os.fstat(fd).st_size
-    if not size or os.pread(fd, 1, size - 1) == b"\n":
-        return
-    keep, chunk = size, 1 << 16
-    while keep > 0:  # the last newline: everything after it is the torn line
-        start = max(0, keep - chunk)
-        pos = os.pread(fd, keep - start, start).rfind(b"\n")
-        if pos >= 0:
-            keep = start + pos + 1
-            break
-        keep = start
-    os.ftruncate(fd, keep)
-    print(
-        f"[ait2i bench] {path}: dropped a {TORN} ({size - keep} bytes; a run killed while writing it); its image "
-        "is scored again",
-        file=sys.stderr,
-    )
-
-
-def load_rows(out: str | os.PathLike) -> list[dict]:
-    """The rows of ``rows.jsonl``. A half-written last line (a process killed mid-write) is left out with a
-    warning; the next run that appends drops it and scores its image again.
-
-    Raises:
-        `ValueError`: a line other than the last is not JSON (the file was damaged by something else).
-    """
-    path = Path(out) / ROWS
-    if not path.exists():
-        return []
-    text = path.read_text()
-    lines = text.split("\n")
-    rows = []
-    for i, line in enumerate(lines):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                if i != len(lines) - 1:
-                    raise ValueError(
-                        f"{path}: line {i + 1} is not JSON; the file is damaged. Move it away and rerun the same "
-                        "command: every image without a row is scored again"
-                    ) from None
-    if text and not text.endswith("\n"):
-        print(
-            f"[ait2i bench] {path} ends with a {TORN} (a run killed while writing it): left out; the next run "
-            "scores its image again",
-            file=sys.stderr,
-        )
-    return rows
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes (what ties a row to the PNG it scored)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def png_params(path: Path) -> dict | None:
-    """The parameters of a PNG that decodes completely, else None."""
-    return png_record(path)[0]
-
-
-def png_record(path: Path) -> tuple[dict | None, str | None]:
-    """``(parameters, sha256)`` of a PNG read once: ``(None, None)`` if it is missing or does not decode
-    completely."""
-    import io
-
-    from PIL import Image
-
-    from ..metadata import read_png_params
-
-    try:
-        data = Path(path).read_bytes()
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format != "PNG":
-                return None, None
-            im.load()
-        return read_png_params(io.BytesIO(data)), hashlib.sha256(data).hexdigest()
-    except Exception:  # noqa: BLE001 - any decoding failure means "regenerate"
-        return None, None
-
-
-# -- lock --------------------------------------------------------------------------------------------------------
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def lock(out: Path, name: str, conflicts: Callable[[str], bool] = lambda other: False):
-    """Hold ``<out>/.locks/<name>.lock`` for the block.
-
-    Raises:
-        `ValueError`: the lock (or one for which ``conflicts(other_name)`` is true) is held by a live process.
-    """
-    folder = out / LOCKS
-    folder.mkdir(parents=True, exist_ok=True)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    path = folder / f"{name}.lock"
-    for other in sorted(folder.glob("*.lock")):
-        if other == path or not conflicts(other.stem):
-            continue
-        info = _read_lock(other)
-        if info and _holder_alive(info):
-            raise ValueError(f"{out} is being written by another run ({_who(info)}, shard {other.stem}); wait for it")
-    while True:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            info = _read_lock(path)
-            if info and _holder_alive(info):
-                raise ValueError(
-                    f"{out} is being written by another run ({_who(info)}); wait for it to finish, or use another --out"
-                ) from None
-            print(f"[ait2i bench] taking over the stale lock {path} ({_who(info or {})} is gone)", file=sys.stderr)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        break
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            if (_read_lock(path) or {}).get("pid") == os.getpid():
-                path.unlink()
-
-
-def _read_lock(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _holder_alive(info: dict) -> bool:
-    if info.get("host") != socket.gethostname():
-        return True  # another machine: we cannot tell, so we do not take it over
-    return _alive(int(info.get("pid", -1)))
-
-
-def _who(info: dict) -> str:
-    return f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')}"
-
-
-def shard_lock(out: Path, rank: int, world: int):
-    """The lock of shard ``rank/world``: conflicts with the same shard and with any other sharding."""
-    return lock(out, f"{rank}-of-{world}", lambda other: not other.endswith(f"-of-{world}") and "-of-" in other)
-
-
-# -- manifest ----------------------------------------------------------------------------------------------------
-def read_manifest(out: str | os.PathLike) -> dict:
-    """The format-2 manifest of a run folder (``ValueError`` if it is none or an older one)."""
-    path = Path(out) / MANIFEST
-    if not path.is_file():
-        raise ValueError(f"{out} has no {MANIFEST}; is it a folder written by `ait2i bench generate`?")
-    try:
-        m = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a readable manifest ({e})") from None
-    if m.get("format") != FORMAT:
-        raise ValueError(
-            f"{out} was written by an older ait2i bench (manifest format {m.get('format', 1)}, images without a "
-            f"method folder, no protocol); this version cannot resume or score it. Start a new --out folder."
-        )
-    lacking = [k for k, t in REQUIRED.items() if not isinstance(m.get(k), t)]
-    if lacking:
-        raise ValueError(
-            f"{path} lacks {', '.join(lacking)} (or has the wrong type: expected "
-            + ", ".join(f"{k} {t.__name__}" for k, t in REQUIRED.items())
-            + "); it was not written by `ait2i bench` or was edited. Restore it, or start a new --out folder."
-        )
-    return m
-
-
-#: Fields every format-2 manifest has, with their JSON types.
-REQUIRED = {"suite": str, "protocol": dict, "model": str, "methods": dict, "seeds": list}
-
-
-def check_manifest(out: Path, new: dict, force: bool = False) -> dict:
-    """Compare ``new`` with the folder's manifest; return the manifest to write (seeds, limit, methods merged).
-
-    Raises:
-        `ValueError`: another suite, protocol, model, method config, or (T2I-CompBench, whose image index depends
-            on them) other seeds, unless ``force``; an older folder even when forced.
-    """
-    if not (out / MANIFEST).is_file():
-        return new
-    old = read_manifest(out)
-    diff = [
-        f"{k}: folder has {old.get(k)!r}, this run {new[k]!r}"
-        for k in ("suite", "protocol", "model")
-        if old.get(k) != new[k]
-    ]
-    diff += [
-        f"method {lab!r} was run with another config: {old['methods'][lab]}"
-        for lab, cfg in new["methods"].items()
-        if lab in old.get("methods", {}) and old["methods"][lab] != cfg
-    ]
-    folders = {method_dir(lab): lab for lab in old.get("methods", {})}
-    diff += [
-        f"method {lab!r} would write into the folder {method_dir(lab)!r} of the method {folders[method_dir(lab)]!r}"
-        for lab in new["methods"]
-        if folders.get(method_dir(lab), lab) != lab
-    ]
-    if new["suite"].startswith("t2i-compbench") and old.get("seeds") != new["seeds"]:
-        diff.append(f"seeds: folder has {old.get('seeds')}, this run {new['seeds']} (they fix the image index)")
-    if diff and not force:
-        raise ValueError(
-            f"{out} holds images of a different run ({'; '.join(diff)}). Use another --out, or --force to "
-            "regenerate them."
-        )
-    if diff:
-        return new
-    merged = dict(new, methods={**old["methods"], **new["methods"]})
-    merged["seeds"] = sorted(set(old["seeds"]) | set(new["seeds"]))
-    merged["limit"] = None if old.get("limit") is None or new["limit"] is None else max(old["limit"], new["limit"])
-    return merged
-
-
-@contextlib.contextmanager
-def folder_lock(out: Path):
-    """Serialise read-merge-write of the manifest and appends to ``rows.jsonl`` between processes sharing ``out``
-    (a blocking ``flock``, released by the kernel if the holder dies, so it is never stale; a no-op where
-    ``fcntl`` is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    folder = out / LOCKS
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "manifest.flock", "a") as f:  # not *.lock: the shard locks' glob must not see it
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def write_manifest(out: Path, new: dict, force: bool = False) -> dict:
-    """Check ``new`` against the folder (:func:`check_manifest`) and write the merged manifest, under a lock that
-    every process of the folder takes for this, so shards starting together merge rather than overwrite each
-    other. Atomic (``os.replace``) and idempotent: a manifest that would not change is not rewritten."""
-    out.mkdir(parents=True, exist_ok=True)
-    with folder_lock(out):
-        merged = check_manifest(out, new, force)
-        text = json.dumps(merged, indent=1)
-        path = out / MANIFEST
-        try:
-            same = path.read_text() == text
-        except OSError:
-            same = False
-        if not same:
-            write_atomic(path, text)
-    return merged
-
-
 def run_from_manifest(out: Path, data_dir=None) -> Run:
     """The full plan a folder's manifest describes (for scoring and summaries)."""
-    from .specs import parse_method
-
     m = read_manifest(out)
     suite = load_suite(m["suite"], data_dir).head(m.get("limit"))
     methods = []
@@ -497,10 +221,6 @@ def method_subjects(item: Item, cfg) -> list:
 
 
 def _unboxed(subject):
-    import dataclasses
-
-    from ..layout import split_box_spec
-
     if isinstance(subject, str):
         return split_box_spec(subject)[0] if "@" in subject else subject
     if isinstance(subject, dict):
@@ -512,8 +232,6 @@ def _unboxed(subject):
 
 def expected_params(run: Run, label: str, item: Item, seed: int) -> dict:
     """What a PNG of (``label``, ``item``, ``seed``) must carry (its ``image_id`` apart)."""
-    import ait2i
-
     return {
         "prompt": item.prompt,
         "subjects": method_subjects(item, dict(run.methods)[label]),
@@ -525,7 +243,7 @@ def expected_params(run: Run, label: str, item: Item, seed: int) -> dict:
         "method_config": config_dict(dict(run.methods)[label]),
         "model": run.model,
         "protocol": {k: v for k, v in run.protocol.items() if k != "overrides"},
-        "ait2i_version": ait2i.__version__,
+        "ait2i_version": __version__,
     }
 
 
@@ -582,20 +300,6 @@ def check_images(run: Run) -> Images:
     return images
 
 
-def _row_key(image: str, image_id: str | None, sha: str | None) -> tuple:
-    return image, image_id, sha
-
-
-def row_index(rows: Sequence[dict], keys: Sequence[str]) -> dict:
-    """The rows that carry every value of ``keys``, by (path, image id, SHA-256) of the PNG they scored (the
-    latest row of each); rows without a hash (written before rows were tied to bytes) are left out."""
-    return {
-        _row_key(r.get("image"), r.get("image_id"), r["sha256"]): r
-        for r in rows
-        if r.get("sha256") and all(k in r for k in keys)
-    }
-
-
 def matched_rows(run: Run, keys: Sequence[str]) -> tuple[list[dict], list[str]]:
     """The rows of the planned images of ``run`` exactly as they are on disk, and the planned images that have
     none (absent, unreadable, or saved but not scored), paths relative to the folder.
@@ -608,7 +312,7 @@ def matched_rows(run: Run, keys: Sequence[str]) -> tuple[list[dict], list[str]]:
     have = row_index(load_rows(run.out), keys)
     rows, missing = [], list(images.missing)
     for *_, rel, iid, sha in images.present:
-        row = have.get(_row_key(rel, iid, sha))
+        row = have.get(row_key(rel, iid, sha))
         if row is None:
             missing.append(rel)
         else:
@@ -658,12 +362,10 @@ def generate(
         generate_fn (`Callable`, *optional*): :func:`ait2i.generate` by default (tests pass a fake).
         on_saved (`Callable[[str], None]`, *optional*): called with each saved image's relative path.
     """
-    import torch
-
-    from ..metadata import save_png
+    import torch  # the runner reads and writes files without torch; generating needs it
 
     if generate_fn is None:
-        from ..guided import generate as generate_fn
+        generate_fn = guided_generate
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = run.out
@@ -697,7 +399,7 @@ def generate(
             print(f"[ait2i bench] {len(report.regenerated)} unreadable image(s) regenerated", file=sys.stderr)
         if scorers and done:  # saved by a run stopped before it scored them (or whose row was torn)
             have = row_index(load_rows(out), [k for sc in scorers.values() for k in sc.keys])
-            unscored = [p for p in done if _row_key(*p[3:]) not in have]
+            unscored = [p for p in done if row_key(*p[3:]) not in have]
             if unscored:
                 print(
                     f"[ait2i bench] {len(unscored)} image(s) saved earlier but not scored: scoring them",
@@ -714,9 +416,10 @@ def generate(
         try:
             for label, cfg, item, seeds in todo:
                 step = batch_size or len(seeds)
+                item_pipe = pipe if run.suite.prepare is None else run.suite.prepare(pipe, item)  # e.g. its concepts
                 for k in range(0, len(seeds), step):
                     batch = seeds[k : k + step]
-                    images = _generate_batch(pipe, run, cfg, item, batch, generate_fn, torch)
+                    images = _generate_batch(item_pipe, run, cfg, item, batch, generate_fn, torch)
                     saved = []
                     for seed, image in zip(batch, images):
                         rel = run.path(label, item, seed)
@@ -812,7 +515,7 @@ def score(
     keys = [k for s in scorers.values() for k in s.keys]
     with lock(out, "score", lambda other: other == "score"):
         have = row_index(load_rows(out), keys)
-        todo = [p for p in images.present if _row_key(*p[3:]) not in have]
+        todo = [p for p in images.present if row_key(*p[3:]) not in have]
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -823,14 +526,12 @@ def score(
         finally:
             if bar is not None:
                 bar.close()
-    return [have[_row_key(*p[3:])] for p in images.present]
+    return [have[row_key(*p[3:])] for p in images.present]
 
 
 def _score_present(out: Path, scorers: dict, present: Sequence, batch_size: int, bar=None) -> list[dict]:
     """Score PNGs of the folder (``(label, item, seed, path, image_id, sha256)`` each), a prompt's images in
     batches of ``batch_size``; append and return their rows."""
-    from PIL import Image
-
     by_unit: dict = {}
     for p in present:
         by_unit.setdefault((p[0], p[1].category, p[1].index), []).append(p)
@@ -853,11 +554,9 @@ def _score_present(out: Path, scorers: dict, present: Sequence, batch_size: int,
 
 
 def load_pipeline(model: str | None, protocol: dict, device=None):
-    """The one model loader (:func:`ait2i.cli.load_model`: safetensors only, ``None`` = the shipped ShapesWorld
+    """The one model loader (:func:`ait2i.models.load_model`: safetensors only, ``None`` = the shipped ShapesWorld
     model), with the protocol's scheduler and dtype, moved to ``device`` (CUDA when available)."""
-    import torch
-
-    from ..cli import load_model
+    import torch  # the runner reads and writes files without torch; loading a model needs it
 
     if protocol["dtype"] not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {protocol['dtype']!r}")
@@ -866,8 +565,6 @@ def load_pipeline(model: str | None, protocol: dict, device=None):
         raise ValueError("float16 needs a CUDA device; pass --dtype float32 on CPU (it is recorded)")
     pipe = load_model(model, protocol["dtype"], protocol["scheduler"]).to(device)
     pipe.set_progress_bar_config(disable=True)
-    from ..hosts import host_for
-
     allowed = getattr(host_for(pipe), "schedulers", None)
     name = type(pipe.scheduler).__name__
     if allowed is not None and name not in allowed:
@@ -877,31 +574,3 @@ def load_pipeline(model: str | None, protocol: dict, device=None):
             "the manifest)"
         )
     return pipe
-
-
-def model_identity(model: str | None) -> str:
-    """How the manifest names a model: a local folder by the SHA-256 of its weights (two copies agree), a hub id
-    as it is, the shipped ShapesWorld models as ``shapesworld:<sha>`` and ``shapesworld-mmdit:<sha>``."""
-    import hashlib
-
-    from ..cli import SHIPPED_MODEL
-
-    if model is None or (model == SHIPPED_MODEL and not Path(model).exists()):
-        from ..shapes.model import model_folder
-
-        return "shapesworld:" + model_identity(str(model_folder(None))).partition(":")[2]
-    if model == "shapesworld-mmdit" and not Path(model).exists():
-        from ..shapes.model import model_folder, pretrained_mmdit_dir
-
-        return "shapesworld-mmdit:" + model_identity(str(model_folder(pretrained_mmdit_dir()))).partition(":")[2]
-    folder = Path(model)
-    if not folder.is_dir():
-        return model
-    files = sorted(folder.glob("*/*.safetensors"))
-    if not files:
-        raise ValueError(f"{folder} holds no */*.safetensors weights")
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.relative_to(folder).as_posix().encode())
-        h.update(f.read_bytes())
-    return f"sha256:{h.hexdigest()[:16]}"

@@ -16,9 +16,8 @@ import json
 import re
 from collections.abc import Sequence
 
-from ..cliparse import read_setting as _convert  # the one reader of KEY=VALUE (also --set)
-from ..config import GuidanceConfig
-from ..methods import get_method
+from ..methods import GuidanceConfig, get_method
+from ..parsing import parse_settings, read_setting
 
 #: Attend-and-Excite with its windows as fractions of the run: at 50 steps this is exactly the preset (guided
 #: steps 0-24, refinement at steps 0, 10, 20); at 20 steps it guides steps 0-9 and refines at 0, 4 and 8.
@@ -115,17 +114,7 @@ def parse_method(spec: str) -> tuple[str, GuidanceConfig]:
             raise ValueError(f"method {spec!r}: nothing after ':'; write e.g. {name}:w_isolation=0")
         return name, cfg
     fields = [f.name for f in dataclasses.fields(cfg) if f.name != "name"]
-    overrides = {}
-    for item in _split_top(rest):
-        key, eq, raw = item.partition("=")
-        key = key.strip()
-        if not eq or not key:
-            raise ValueError(f"method {spec!r}: override {item!r} is not key=value")
-        if key not in fields:
-            raise ValueError(f"method {spec!r}: {name} has no setting {key!r}; valid settings: {', '.join(fields)}")
-        if key in overrides:
-            raise ValueError(f"method {spec!r}: {key!r} given twice")
-        overrides[key] = _convert(cfg, key, raw)
+    overrides = parse_settings(cfg, _split_top(rest), option=f"method {spec!r}")
     try:
         cfg = cfg.replace(**overrides)
     except (ValueError, TypeError) as e:
@@ -175,7 +164,7 @@ def parse_methods(spec: str | Sequence[str], common: str | None = None) -> list[
             extra = {k: v for k, v in shared.items() if k in names and k not in own and cfg.name != "none"}
             if extra:
                 try:
-                    cfg = cfg.replace(**{k: _convert(cfg, k, v) for k, v in extra.items()})
+                    cfg = cfg.replace(**{k: read_setting(cfg, k, v) for k, v in extra.items()})
                 except (ValueError, TypeError) as e:
                     raise ValueError(f"common override on {label!r}: {e}") from None
                 used.update(extra)

@@ -1,10 +1,10 @@
-"""Cross-attention capture by attention processors (docs/method.md, section 1).
+"""Cross-attention capture on a ``UNet2DConditionModel`` (docs/method.md, section 1).
 
-:func:`capture_attention` installs a :class:`CaptureProcessor` with ``set_attn_processor`` on the cross-attention
-layers (``attn2``) of a ``UNet2DConditionModel`` that run at the requested resolution, keyed by module path. The
-processor records ``softmax(QK^T / sqrt(d))`` only while the store is recording (the guided forward pass); every
-other call, and every other layer, runs the original (fused) processor. The original processors are restored when
-the context exits, also when it exits by an exception.
+:func:`capture_attention` installs a :class:`CaptureProcessor` on the cross-attention layers (``attn2``) that run at
+the requested resolution in the requested UNet parts (:func:`select_layers`). The processor records
+``softmax(QK^T / sqrt(d))`` only while the store is recording (the guided forward pass); every other call, and every
+other layer, runs the original (fused) processor. :class:`CaptureProcessor` is the cross-attention processor of every
+denoiser with ``Attention`` cross-attention layers (a DiT's ``attn2`` too, :mod:`ait2i.capture.dit`).
 
 While recording, the guided forward pass stops as soon as the last selected layer has been recorded: the rest of
 the UNet (the expensive high-resolution up blocks) does not influence the maps, so neither its forward nor its
@@ -13,94 +13,11 @@ backward pass is computed.
 
 from __future__ import annotations
 
-import inspect
 import math
-import threading
-from contextlib import contextmanager
 
 import torch
 
-
-class StopForward(Exception):
-    """Raised by the last recording layer to end the guided forward pass early."""
-
-
-class AttentionStore:
-    """Running mean of cross-attention probabilities over the selected layers and their heads.
-
-    The mean is taken over all (layer, head) pairs, as diffusers' Attend-and-Excite store does when it concatenates
-    ``(batch * heads, Q, L)`` tensors of every layer.
-    """
-
-    def __init__(self, res: tuple[int, int], layers: list[str]):
-        self.res = res  # (h, w) of the maps
-        self.layers = list(layers)
-        self._recording = False
-        self._owner: int | None = None  # the thread whose guided pass records (others share the model, unrecorded)
-        self.stop_early = True
-        self._sum: torch.Tensor | None = None  # (B, Q, L)
-        self._count = 0
-        self._seen: set[str] = set()
-
-    @property
-    def recording(self) -> bool:
-        """Recording, and called from the thread that started it."""
-        return self._recording and threading.get_ident() == self._owner
-
-    def start(self) -> None:
-        self._sum, self._count, self._seen = None, 0, set()
-        self._owner = threading.get_ident()
-        self._recording = True
-
-    def stop(self) -> None:
-        self._recording = False
-
-    def add(self, name: str, probs: torch.Tensor, heads: int) -> None:
-        """Accumulate ``probs`` of shape ``(B * heads, Q, L)`` from layer ``name``."""
-        bh, q, length = probs.shape
-        per_head_sum = probs.reshape(bh // heads, heads, q, length).sum(1)  # (B, Q, L)
-        self._sum = per_head_sum if self._sum is None else self._sum + per_head_sum
-        self._count += heads
-        self._seen.add(name)
-        if self.stop_early and len(self._seen) == len(self.layers):
-            raise StopForward
-
-    def maps(self) -> torch.Tensor:
-        """The recorded maps as ``(B, h, w, L)`` float32."""
-        if self._sum is None:
-            raise RuntimeError("no attention was recorded: the guided forward pass reached no selected layer")
-        b, q, length = self._sum.shape
-        return (self._sum / self._count).float().reshape(b, self.res[0], self.res[1], length)
-
-
-class WrappingProcessor:
-    """An attention processor that stands in for ``original``: called like it, and looking like it to
-    ``Attention.forward``, which filters ``cross_attention_kwargs`` by ``inspect.signature(processor.__call__)``.
-
-    Subclasses implement ``_call(attn, hidden_states, *args, **kwargs)`` and pass the arguments on unchanged.
-    """
-
-    def __init__(self, store: AttentionStore, name: str, original):
-        self.store = store
-        self.name = name
-        self.original = original
-        try:
-            signature = inspect.signature(original.__call__)
-        except (TypeError, ValueError):
-            signature = None
-
-        def call(attn, hidden_states, *args, **kwargs):
-            return self._call(attn, hidden_states, *args, **kwargs)
-
-        if signature is not None:
-            call.__signature__ = signature
-        self.__call__ = call  # what Attention.forward inspects; the instance is called through type(self).__call__
-
-    def __call__(self, attn, hidden_states, *args, **kwargs):
-        return self._call(attn, hidden_states, *args, **kwargs)
-
-    def _call(self, attn, hidden_states, *args, **kwargs):
-        raise NotImplementedError
+from .store import AttentionStore, WrappingProcessor, install_capture
 
 
 class CaptureProcessor(WrappingProcessor):
@@ -226,34 +143,7 @@ def select_layers(unet, latent_hw: tuple[int, int], res: tuple[int, int], from_w
     return chosen
 
 
-@contextmanager
 def capture_attention(unet, layers: list[str], res: tuple[int, int]):
-    """Install :class:`CaptureProcessor` on ``layers``; yield the :class:`AttentionStore`; always restore."""
-    original = dict(unet.attn_processors)
-    store = AttentionStore(res, layers)
-    procs = {name: (CaptureProcessor(store, name, p) if name in layers else p) for name, p in original.items()}
-    unet.set_attn_processor(procs)
-    try:
-        yield store
-    finally:
-        unet.set_attn_processor(original)
-
-
-def token_grid_res(transformer, z, attn_res: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
-    """``(grid, res)`` of a patch transformer's image tokens for latents ``z``: the token grid, and the side the
-    maps are average-pooled to (``attn_res``; ``None`` keeps the grid).
-
-    Raises:
-        ValueError: ``attn_res`` that does not pool the grid exactly (a divisor of a square grid).
-    """
-    patch = transformer.config.patch_size
-    grid = (z.shape[-2] // patch, z.shape[-1] // patch)
-    if attn_res is None:
-        return grid, grid
-    f = grid[0] // attn_res if grid[0] % attn_res == 0 else 0
-    if not f or grid[1] % f or grid[1] // f != attn_res:
-        raise ValueError(
-            f"attn_res={attn_res}: the transformer's token grid is {grid[0]}x{grid[1]}; attn_res must be a side it "
-            "average-pools to exactly (a divisor of a square grid), or None for the grid itself"
-        )
-    return grid, (attn_res, attn_res)
+    """Install :class:`CaptureProcessor` on ``layers``; yield the :class:`~ait2i.capture.store.AttentionStore`;
+    always restore."""
+    return install_capture(unet, AttentionStore(res, layers), CaptureProcessor)

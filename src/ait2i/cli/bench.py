@@ -2,12 +2,13 @@
 
 ait2i bench fetch t2i-compbench
 ait2i bench generate --suite ane --methods ait2i --model CompVis/stable-diffusion-v1-4 --out runs/ane
-accelerate launch --num_processes 8 -m ait2i.bench generate --suite ane ...   # 8 GPUs, no overlap
+accelerate launch --num_processes 8 -m ait2i.cli bench generate --suite ane ...   # 8 GPUs, no overlap
 ait2i bench generate ... --shard 3/16                                         # Slurm array task 3 of 16
 ait2i bench score runs/ane                                                    # the suite's published metrics
 ait2i bench compare runs/ane-none runs/ane-ait2i
 ait2i bench shapes --methods default --seeds 0-31 --out runs/shapes           # generate + check + summary
 ait2i bench layout --out runs/layout                                          # boxes: none + 3 layout methods
+ait2i bench personalization --out runs/personalization                        # the shipped star and ring concepts
 ait2i bench verify-chunks                                                     # spaCy table of T2I-CompBench
 
 Bad input ends with one "ait2i: error: ..." line and exit code 2; nothing is written.
@@ -22,6 +23,17 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..bench import grid, rundir, runner
+from ..bench.chunks import shipped_table, verify, write_table
+from ..bench.report import compare, markdown, write_scores
+from ..bench.scorers import LayoutScorer, ShapesScorer, load_scorers
+from ..bench.specs import parse_methods
+from ..bench.suites import compbench, load_suite
+from ..io import write_atomic
+from ..models import model_identity
+from ..parsing import parse_seeds
+from .errors import RunFailed, run_command
+
 GEN_SKIP = {"func", "command", "bench_command", "shard", "workers", "threads", "quiet", "_parser", "grid"}
 
 
@@ -32,7 +44,7 @@ def _generation_args(g: argparse.ArgumentParser, kind: str) -> None:
         "--methods",
         "--method",
         dest="methods",
-        default={"generate": "ait2i", "shapes": "default", "layout": "layout"}[kind],
+        default={"generate": "ait2i", "shapes": "default", "layout": "layout", "personalization": "default"}[kind],
         help="comma-separated methods and variants: none,attend-and-excite,ait2i:w_isolation=0 or the sets "
         "'default', 'ablation' and 'layout' (see ait2i.bench.specs)",
     )
@@ -147,14 +159,32 @@ def add_parser(subparsers) -> None:
     _generation_args(la, "layout")
     la.set_defaults(func=cmd_layout)
 
+    pe = sub.add_parser("personalization", help="the shipped star and ring concepts (LoRA, textual inversion), checked")
+    pe.add_argument("--sets", default=None, help="comma-separated concept sets of star,ring,star+ring (default all)")
+    pe.add_argument("--kinds", default=None, help="comma-separated kinds of ti,lora,base (default all)")
+    pe.add_argument("--concepts", default=None, help="folder of star-lora/, ring-ti/ ... (default: the shipped)")
+    pe.add_argument("--adapter-weight", type=float, default=1.0, help="weight of each LoRA in set_adapters")
+    pe.add_argument("--summarize-only", action="store_true", help="generate nothing; summarise what the folder holds")
+    pe.add_argument("--grid", default=None, metavar="PNG", help="also draw seeds 0-7 of some prompts")
+    pe.add_argument("--grid-prompts", default=None, metavar="SET:INDEX,...", help="e.g. star:2,star+ring:0")
+    pe.add_argument("--grid-kinds", default=None, help="comma-separated kinds of the grid's rows (default all)")
+    _generation_args(pe, "personalization")
+    pe.set_defaults(func=cmd_personalization)
+
     v = sub.add_parser("verify-chunks", help="recompute the shipped T2I-CompBench noun-chunk table with spaCy")
     v.add_argument("--data-dir", default=None, help="folder of the fetched T2I-CompBench files")
+    v.add_argument(
+        "--write",
+        default=None,
+        metavar="JSON",
+        help="write the table recomputed with the installed spaCy to this file instead (the shipped one is "
+        "src/ait2i/bench/data/compbench_chunks.json)",
+    )
+    v.add_argument("--source", default="", help="with --write: where the spaCy model came from (recorded)")
     v.set_defaults(func=cmd_verify_chunks)
 
 
 def cmd_fetch(args) -> int:
-    from .suites import compbench
-
     try:
         dest = compbench.fetch(args.dest, base_url=args.base_url or compbench.BASE_URL, force=args.force)
     except OSError as e:
@@ -165,10 +195,6 @@ def cmd_fetch(args) -> int:
 
 def plan(args, suite_spec: str):
     """The :class:`~ait2i.bench.runner.Run` of a ``generate``/``shapes`` command line (checked, nothing loaded)."""
-    from .runner import Run, model_identity, resolve_protocol
-    from .specs import parse_methods
-    from .suites import load_suite, parse_seeds
-
     try:
         suite = load_suite(suite_spec, args.data_dir).head(args.limit)
     except OSError as e:
@@ -183,17 +209,16 @@ def plan(args, suite_spec: str):
         "width": args.width,
         "generator_device": args.generator_device,
     }
-    import torch
+    import torch  # heavy: only once the arguments are read
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    protocol = resolve_protocol(args.protocol or suite.protocol, device, **over)
-    from .runner import PROTOCOLS
-
-    seeds = parse_seeds(args.seeds or suite.seeds or PROTOCOLS[protocol["name"]].seeds)
+    protocol = runner.resolve_protocol(args.protocol or suite.protocol, device, **over)
+    seeds = tuple(sorted(parse_seeds(args.seeds or suite.seeds or runner.PROTOCOLS[protocol["name"]].seeds, "--seeds")))
     if args.model is not None and not Path(args.model).exists() and (args.model.startswith((".", "/", "~"))):
         raise ValueError(f"could not load the model {args.model!r}: no such folder")
     check_out_folder(Path(args.out))
-    return Run(suite, methods, seeds, protocol, model_identity(args.model), Path(args.out), args.data_dir), device
+    run = runner.Run(suite, methods, seeds, protocol, model_identity(args.model), Path(args.out), args.data_dir)
+    return run, device
 
 
 def check_out_folder(out: Path) -> None:
@@ -215,9 +240,7 @@ def check_out_file(out: Path) -> None:
 
 
 def _generate(args, run, device, scorers=None) -> None:
-    from .runner import check_manifest, generate, launcher_rank, load_pipeline, parse_shard
-
-    check_manifest(run.out, run.manifest(), args.force)  # refuse before any worker starts or any model loads
+    rundir.check_manifest(run.out, run.manifest(), args.force)  # refuse before any worker starts or any model loads
     if args.workers > 1 and args.shard is None:
         _run_workers(args)
         return
@@ -225,11 +248,11 @@ def _generate(args, run, device, scorers=None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    shard, nshards = parse_shard(args.shard)
-    rank, world = launcher_rank()
+    shard, nshards = runner.parse_shard(args.shard)
+    rank, world = runner.launcher_rank()
     rank, world = shard * world + rank, nshards * world
-    pipe = load_pipeline(args.model, run.protocol, device)
-    rep = generate(
+    pipe = runner.load_pipeline(args.model, run.protocol, device)
+    rep = runner.generate(
         pipe,
         run,
         rank=rank,
@@ -250,7 +273,7 @@ def _generate(args, run, device, scorers=None) -> None:
 def worker_argv(args, i: int, n: int, threads: int) -> list[str]:
     """The command line of worker ``i`` of ``n``: this command's settings, its shard, no progress bar."""
     p = args._parser
-    argv = [sys.executable, "-m", "ait2i.bench", args.bench_command]
+    argv = [sys.executable, "-m", "ait2i.cli", "bench", args.bench_command]
     for a in p._actions:
         if not a.option_strings or a.dest in GEN_SKIP or a.dest == "help":
             continue
@@ -287,8 +310,6 @@ def _run_workers(args) -> None:
         logs[i].seek(0)
         text = logs[i].read().decode(errors="replace").strip()
         if p.returncode != 0:
-            from ..cliparse import RunFailed
-
             raise RunFailed(
                 f"worker {i}/{n} exited with status {p.returncode}; the folder keeps every finished "
                 "image (rerun the same command to resume). Its last lines:\n" + "\n".join(text.splitlines()[-15:])
@@ -303,13 +324,9 @@ def cmd_generate(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from .report import markdown, write_scores
-    from .runner import read_manifest, run_from_manifest, score
-    from .scorers import load_scorers
-
     out = Path(args.run_dir)
-    manifest = read_manifest(out)
-    run = run_from_manifest(out, args.data_dir)
+    manifest = rundir.read_manifest(out)
+    run = runner.run_from_manifest(out, args.data_dir)
     suite = run.suite
     names = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else list(suite.scorers)
     if not names:
@@ -326,7 +343,7 @@ def cmd_score(args) -> int:
         if getattr(args, f"{m}_model")
     }
     scorers = load_scorers(names, args.device, models, data_dir=args.data_dir, detect_threshold=args.detect_threshold)
-    rows = score(
+    rows = runner.score(
         out,
         scorers,
         data_dir=args.data_dir,
@@ -342,15 +359,11 @@ def cmd_score(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .report import compare
-
     if args.out:
         check_out_file(Path(args.out))
     table = compare(args.run_dirs, args.allow_mismatch)
     print(table)  # first: the table is never lost to a failed write
     if args.out:
-        from .runner import write_atomic
-
         try:
             write_atomic(Path(args.out), table)
         except OSError as e:
@@ -366,24 +379,21 @@ def _suite_spec(family: str, categories: str | None) -> str:
 def _run_and_summarize(args, spec: str, scorers: dict) -> tuple:
     """Generate ``spec`` with ``scorers`` run on each batch (resumable, sharded), then summarise the folder's rows
     of this plan into ``scores.json``/``scores.md``; returns ``(run, scores)`` (``scores`` None for a shard)."""
-    from .report import markdown, write_scores
-    from .runner import check_manifest, matched_rows, read_manifest
-
     run, device = plan(args, spec)
     if args.reference and args.reference not in [m for m, _ in run.methods]:
         raise ValueError(f"reference {args.reference!r} is not among the methods {[m for m, _ in run.methods]}")
     if args.summarize_only:
-        read_manifest(run.out)  # a run folder of this version
-        check_manifest(run.out, run.manifest(), False)  # a request unlike the folder is refused, not relabelled
+        rundir.read_manifest(run.out)  # a run folder of this version
+        rundir.check_manifest(run.out, run.manifest(), False)  # a request unlike the folder is refused, not relabelled
     else:
         _generate(args, run, device, scorers)
     if args.shard is not None:
         return run, None
     # only rows of the PNGs on disk, byte for byte, made as this request asks
-    rows, missing = matched_rows(run, [k for sc in scorers.values() for k in sc.keys])
+    rows, missing = runner.matched_rows(run, [k for sc in scorers.values() for k in sc.keys])
     if not rows:
         raise ValueError(f"{run.out} holds no checked images of this run yet")
-    scope = read_manifest(run.out)
+    scope = rundir.read_manifest(run.out)
     scope.update({k: v for k, v in run.manifest().items() if k in ("limit", "seeds", "methods")})  # what was asked
     scores = write_scores(run.out, rows, scope, scorers, missing, args.reference)
     print(markdown(scores))
@@ -392,34 +402,74 @@ def _run_and_summarize(args, spec: str, scorers: dict) -> tuple:
 
 def cmd_shapes(args) -> int:
     """Generate (resumable, sharded), check every image as it is made, summarise with paired differences."""
-    from .scorers import ShapesScorer
-
     run, scores = _run_and_summarize(args, _suite_spec("shapes", args.categories), {"shapes": ShapesScorer()})
     if scores is not None and args.grid:
-        from ..shapes.bench import save_grid
-
-        save_grid(run.out, args.grid, methods=[m for m, _ in run.methods], seeds=list(run.seeds)[:8])
+        grid.save_grid(run.out, args.grid, methods=[m for m, _ in run.methods], seeds=list(run.seeds)[:8])
         print(f"grid: {args.grid}")
     return 0
 
 
 def cmd_layout(args) -> int:
     """The layout benchmark: generate (boxes for box methods), score each image's boxes and binding, summarise."""
-    from .scorers import LayoutScorer
-
     _run_and_summarize(args, _suite_spec("layout", args.categories), {"layout": LayoutScorer()})
     return 0
 
 
-def cmd_verify_chunks(args) -> int:
-    from .chunks import verify
-    from .suites.compbench_chunks import PROVENANCE
+def cmd_personalization(args) -> int:
+    """Personalized concepts: generate (each item with its concepts loaded; resumable, sharded), check every
+    image, write ``summary.md`` per concept set (docs/results/personalization.md)."""
+    import dataclasses
 
+    from ..bench.rundir import check_manifest, read_manifest
+    from ..bench.runner import matched_rows
+    from ..bench.specs import config_dict
+    from ..bench.suites import personalization as P
+
+    def listed(text):
+        return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+    if args.model is not None:
+        raise ValueError("the concepts were trained on the shipped ShapesWorld model; drop --model")
+    cats = P.categories(listed(args.sets) or P.CONCEPT_SETS, listed(args.kinds) or P.MEASURE_KINDS)
+    picks = P.parse_picks(listed(args.grid_prompts)) if args.grid_prompts else None
+    grid_kinds = listed(args.grid_kinds) or None
+    P.categories(P.CONCEPT_SETS, grid_kinds or ())  # an unknown kind is refused before anything loads
+    run, device = plan(args, "personalization:" + ",".join(cats))
+    suite = P.suite(",".join(cats), concepts=args.concepts, adapter_weight=args.adapter_weight).head(args.limit)
+    model = P.model_identity(run.model, cats, args.concepts, args.adapter_weight)  # concept files checked here
+    run = dataclasses.replace(run, suite=suite, model=model)
+    if args.summarize_only:
+        read_manifest(run.out)  # a run folder of this version
+        check_manifest(run.out, run.manifest(), False)  # a request unlike the folder is refused, not relabelled
+    else:
+        _generate(args, run, device, {"personalization": P.PersonalizationScorer()})
+    if args.shard is not None:
+        return 0
+    rows, missing = matched_rows(run, P.METRICS)
+    if not rows:
+        raise ValueError(f"{run.out} holds no checked images of this run yet")
+    rows = P.rescore(run.out, rows)  # every image read again by the current checker
+    methods = {label: config_dict(cfg) for label, cfg in run.methods}
+    print(P.write_summary(run.out, rows, methods, args.adapter_weight, missing))
+    if args.grid:
+        _, legend = P.save_grid(run.out, args.grid, rows, picks, list(run.seeds)[:8], kinds=grid_kinds, methods=methods)
+        print("\n".join([f"grid: {args.grid}", *legend]))
+    return 0
+
+
+def cmd_verify_chunks(args) -> int:
+    if args.write:
+        check_out_file(Path(args.write))
     try:
-        diffs = verify(args.data_dir)
+        prompts = compbench.official_prompts(args.data_dir)
     except OSError as e:
         raise ValueError(str(e)) from None
-    print(f"shipped table: {PROVENANCE}")
+    if args.write:
+        n = write_table(args.write, prompts, args.source)
+        print(f"wrote the chunks of {n} prompts to {args.write}")
+        return 0
+    diffs = verify(prompts)
+    print(f"shipped table: {shipped_table()['provenance']}")
     for d in diffs:
         print(d)
     print(f"{len(diffs)} prompt(s) differ from the installed spaCy")
@@ -427,7 +477,8 @@ def cmd_verify_chunks(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ait2i.bench ...`` (what ``accelerate launch``/``torchrun`` run): same as ``ait2i bench ...``.
+    """``ait2i bench ...`` run on its own (``argv`` without ``bench``; ``python -m ait2i.cli bench ...`` is what
+    ``accelerate launch``/``torchrun`` run).
     One error policy: bad input is one ``ait2i: error:`` line and exit code 2, a failed worker exit code 1."""
     parser = argparse.ArgumentParser(prog="ait2i")
     add_parser(parser.add_subparsers(dest="command"))
@@ -435,6 +486,4 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
-    from ..cliparse import run_command  # the one error policy (docs/errors.md)
-
     return run_command(lambda: args.func(args))

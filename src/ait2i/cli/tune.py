@@ -20,6 +20,9 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..io import write_atomic
+from ..tune import open_storage, redact, require_optuna, tune
+
 #: Options passed on to the worker processes of ``--workers`` (dest -> flag).
 _FORWARD = {
     "method": "--method", "suite": "--suite", "model": "--model", "trials": "--trials", "seeds": "--seeds",
@@ -77,8 +80,6 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_tune(args) -> int:
-    from .tune import require_optuna
-
     require_optuna()
     if args.action == "report":
         if not args.storage or not args.study or not args.out:
@@ -86,8 +87,6 @@ def cmd_tune(args) -> int:
         for path in write_report(args.storage, args.study, args.out):
             print(f"wrote {path}")
         return 0
-    from .tune import tune
-
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.threads:
@@ -180,14 +179,11 @@ def pareto(points: list[tuple[float, float, int]]) -> list[tuple[float, float, i
 
 def write_report(storage: str, study_name: str, out: str | os.PathLike) -> list[Path]:
     """``trials.csv``, ``trials.md``, ``pareto.png`` (reward vs time per image) and ``importances.md``."""
-    import matplotlib
+    import matplotlib  # heavy: only when a report is written
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import optuna
-
-    from .bench.runner import write_atomic
-    from .tune import open_storage, redact
+    import optuna  # optional (the tune extra): only when a report is written
 
     try:
         study = optuna.load_study(study_name=study_name, storage=open_storage(storage))

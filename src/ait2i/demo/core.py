@@ -1,9 +1,9 @@
 """What the demo page does, without the page: models, token tables, subject suggestions, one side-by-side run.
 
 Everything here calls the public API (:func:`ait2i.generate`, :func:`ait2i.available_methods`, the subject
-resolver, the ShapesWorld checker, :mod:`ait2i.viz`, :func:`ait2i.metadata.save_png`) and the CLI's own helpers
-(model loading, ``--set`` overrides, the token table), so that the page accepts and refuses exactly what the API
-and ``ait2i generate`` do, with the same messages. :mod:`ait2i.demo.app` lays it out with Gradio.
+resolver, the ShapesWorld checker, :mod:`ait2i.viz`, :func:`ait2i.io.save_png`) and the helpers the CLI uses
+(model loading, ``--set`` overrides, the token table), so that the page accepts and refuses exactly what the API and
+``ait2i generate`` do, with the same messages. :mod:`ait2i.demo.app` lays it out with Gradio.
 """
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .. import cli
-from ..layout import Box, split_box_spec
+from ..boxes import Box, split_box_spec
+from ..io import save_png
+from ..models import SHIPPED_MODEL, SHIPPED_MODELS, load_model
+from ..parsing import parse_settings, parse_subject
+from ..tokens import token_table
 
 #: Models the page offers whatever ``--model`` says: the shipped ShapesWorld UNet (default) and MM-DiT.
-SHIPPED = cli.SHIPPED_MODELS
+SHIPPED = SHIPPED_MODELS
 #: Side of the ShapesWorld images as the page shows them (32 px upscaled with nearest neighbour).
 VIEW_SIZE = 256
 #: Colours of the subjects' boxes over the results, in subject order.
@@ -41,7 +44,7 @@ def is_shapesworld(model: str) -> bool:
 
 
 class Pipelines:
-    """The loaded pipelines, by model name, each loaded once (``cli.load_model``: same loader as the CLI).
+    """The loaded pipelines, by model name, each loaded once (:func:`ait2i.models.load_model`: same loader as the CLI).
 
     Args:
         device (`str`, *optional*): ``"cuda"`` when available, else ``"cpu"``.
@@ -58,7 +61,7 @@ class Pipelines:
         """The pipeline of ``model`` (loading it on first use); `ValueError` with the CLI's message if it cannot."""
         with self._lock:
             if model not in self._pipes:
-                pipe = cli.load_model(None if model == cli.SHIPPED_MODEL else model)
+                pipe = load_model(None if model == SHIPPED_MODEL else model)
                 pipe.to(self.device)
                 pipe.set_progress_bar_config(disable=True)
                 self._pipes[model] = pipe
@@ -80,7 +83,7 @@ def default_guidance_scale(pipe) -> float:
 
 def token_rows(tokenizer, prompt: str) -> list[list]:
     """``[index, token, word]`` per token the text encoder sees (the table of ``ait2i tokens``)."""
-    return [[i, t, w] for i, t, w in cli.token_table(tokenizer, prompt)]
+    return [[i, t, w] for i, t, w in token_table(tokenizer, prompt)]
 
 
 def suggest_subjects(prompt: str) -> tuple[list[str], str]:
@@ -159,7 +162,7 @@ def subject_specs(subjects_text: str, boxes: dict[str, Box] | None = None) -> li
         raise ValueError(f"boxes are drawn for {unknown}, which are not among the subjects {lines}")
     specs: list = []
     for line in lines:
-        spec = cli.parse_subject(line)
+        spec = parse_subject(line)
         box = boxes.get(line.partition("@")[0].strip())
         if box is None:
             specs.append(spec)
@@ -197,7 +200,6 @@ def config_rows(method) -> list[list[str]]:
 def config_from_rows(method: str, rows: Sequence[Sequence]) -> object:
     """The method's config with the panel's values applied, read as ``--set FIELD=VALUE`` is (by the field's type);
     unknown fields and bad values are refused with the parser's or the config's own `ValueError`."""
-    from ..cliparse import parse_settings
     from ..methods import get_method
 
     cfg = get_method(method)
@@ -393,7 +395,6 @@ def run(
         "ait2i_version": __version__,
         "source": "ait2i demo",
     }
-    from ..metadata import save_png
 
     for name, im in images.items():
         d = diags[name]

@@ -9,12 +9,12 @@ give two different losses.
 
 from __future__ import annotations
 
-from .base import CallbackHost
-from .registry import register_host
+from .base import register_host
+from .sd import UNetHost
 
 
 @register_host
-class ControlNetHost(CallbackHost):
+class ControlNetHost(UNetHost):
     """``StableDiffusionControlNetPipeline``."""
 
     pipelines = ("StableDiffusionControlNetPipeline",)

@@ -17,7 +17,7 @@ patches into one token), average-pooled to ``attn_res``. ``"text"`` (softmax ove
 ``N_img x N_img`` logits) is the cheaper alternative (:attr:`FluxHost.normalise`).
 
 **Which blocks.** The double-stream blocks only, by default the one at a quarter of their depth
-(:func:`~ait2i.hosts.sd3.quarter_depth`: block 4 of FLUX.1's 19); the guided pass stops there, so it costs a
+(:func:`~ait2i.capture.store.quarter_depth`: block 4 of FLUX.1's 19); the guided pass stops there, so it costs a
 fraction of one forward pass. The single-stream blocks (one self-attention over the concatenated streams) are not
 read. Which block gives the best maps on FLUX.1 is not measured here (no weights can be downloaded); the default
 follows the measurement on the ShapesWorld MM-DiT.
@@ -31,92 +31,23 @@ negative prompt the pipeline encodes twice; the guided pass uses the prompt's en
 ``prompt_embeds`` / ``pooled_prompt_embeds`` and their negatives given as tensors, IP-Adapter images, a prompt
 longer than ``max_sequence_length`` T5 tokens, an ``attention_mask`` in ``joint_attention_kwargs`` (the maps would
 read the keys it masks), a negative prompt without ``true_cfg_scale > 1`` and the reverse (the pipeline would ignore
-them silently), fused QKV projections, gradient checkpointing and transformer caches (:func:`~ait2i.hosts.base.
+them silently), fused QKV projections, gradient checkpointing and transformer caches (:func:`~ait2i.hosts.checks.
 check_denoiser`). ``FlowMatchEulerDiscreteScheduler`` only.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import ClassVar
 
 import torch
 
-from ..attention import WrappingProcessor
+from ..capture.joint import capture_flux_attention
+from ..capture.store import Reads, block_layers, pooled_res, quarter_depth
 from ..subjects import EndToken, end_token_index, token_layout
-from .base import CallbackHost, Host, check_sequence_length
-from .registry import register_host
-from .sd3 import FLOW_SCHEDULERS, capture_blocks, quarter_depth
-
-#: How the image-query x text-key probabilities are normalised: within the joint softmax, or over the text keys.
-FLUX_NORMALISATIONS = ("joint", "text")
-
-#: Positional parameters of ``FluxAttention.forward``'s call to its processor, after ``attn`` and ``hidden_states``.
-_PROCESSOR_ARGS = ("encoder_hidden_states", "attention_mask", "image_rotary_emb")
-
-
-def flux_text_probabilities(attn, hidden_states, context, rotary, normalise: str = "joint") -> torch.Tensor:
-    """Image-query x text-key probabilities of one Flux double-stream attention call, ``(B * heads, N_img, N_txt)``.
-
-    Args:
-        attn (`FluxAttention`): the block's attention (``to_q``/``to_k`` on the image stream, ``add_q_proj``/
-            ``add_k_proj`` on the text stream, RMS norms per head).
-        hidden_states (`torch.Tensor` of shape `(B, N_img, C)`): the image tokens.
-        context (`torch.Tensor` of shape `(B, N_txt, C)`): the text tokens.
-        rotary (`tuple[torch.Tensor, torch.Tensor]` or `None`): the ``(cos, sin)`` rotary embedding of the joint
-            sequence ``[text ; image]``, as the transformer passes it.
-        normalise (`str`, *optional*, defaults to `"joint"`): ``"joint"``: the softmax over all keys (text and
-            image); ``"text"``: the softmax over the text keys.
-    """
-    from diffusers.models.embeddings import apply_rotary_emb
-
-    if normalise not in FLUX_NORMALISATIONS:
-        raise ValueError(f"normalise must be one of {FLUX_NORMALISATIONS}, got {normalise!r}")
-    d = attn.head_dim
-
-    def heads(x, norm):
-        return norm(x.unflatten(-1, (-1, d)))  # (B, N, heads, d)
-
-    n_txt = context.shape[1]
-    query = heads(attn.to_q(hidden_states), attn.norm_q)  # the image queries only (the text ones are not read)
-    key = torch.cat(
-        [heads(attn.add_k_proj(context), attn.norm_added_k), heads(attn.to_k(hidden_states), attn.norm_k)], 1
-    )
-    if rotary is not None:  # (cos, sin) of the joint sequence [text ; image]
-        query = apply_rotary_emb(query, tuple(r[n_txt:] for r in rotary), sequence_dim=1)
-        key = apply_rotary_emb(key, rotary, sequence_dim=1)
-    q = query.transpose(1, 2).float()  # (B, heads, N_img, d)
-    k = (key if normalise == "joint" else key[:, :n_txt]).transpose(1, 2).float()
-    probs = (q @ k.transpose(-1, -2) * d**-0.5).softmax(-1)[..., :n_txt]  # scaled_dot_product_attention's scale
-    b, h, n_img, _ = probs.shape
-    return probs.reshape(b * h, n_img, n_txt)
-
-
-class FluxCaptureProcessor(WrappingProcessor):
-    """Records one double-stream block's image-to-text probabilities while its store records (see
-    :class:`~ait2i.hosts.sd3.JointCaptureProcessor`: same arguments to ``original``, same signature)."""
-
-    def __init__(self, store, name: str, original, normalise: str):
-        super().__init__(store, name, original)
-        self.normalise = normalise
-
-    def _call(self, attn, hidden_states, *args, **kwargs):
-        given = {**dict(zip(_PROCESSOR_ARGS, args)), **kwargs}
-        context = given.get("encoder_hidden_states")
-        if self.store.recording and context is not None:
-            probs = flux_text_probabilities(attn, hidden_states, context, given.get("image_rotary_emb"), self.normalise)
-            self.store.add(self.name, probs, attn.heads)  # may end the forward pass (StopForward)
-        return self.original(attn, hidden_states, *args, **kwargs)
-
-
-def capture_flux_attention(transformer, blocks, grid, res, normalise: str = "joint"):
-    """Install :class:`FluxCaptureProcessor` on the double-stream ``blocks``; yield the store; always restore."""
-    layers = [f"transformer_blocks.{i}.attn.processor" for i in blocks]
-
-    def make(store, name, original):
-        return FluxCaptureProcessor(store, name, original, normalise)
-
-    return capture_blocks(transformer, layers, grid, res, make, "double-stream attention")
+from .base import LOOP_START, ReadyAfter, register_host
+from .checks import check_sequence_length
+from .driver import DrivenHost
+from .schedulers import FLOW_SCHEDULERS
 
 
 def packed_grid(image_ids: torch.Tensor) -> tuple[int, int]:
@@ -125,12 +56,13 @@ def packed_grid(image_ids: torch.Tensor) -> tuple[int, int]:
 
 
 @register_host
-class FluxHost(CallbackHost):
+class FluxHost(DrivenHost):
     """``FluxPipeline`` (FLUX.1 [dev] / [schnell] and fine-tunes with the same transformer)."""
 
     pipelines = ("FluxPipeline",)
+    components = ("transformer", "scheduler", "encode_prompt", "prepare_latents")
     refused = {
-        **CallbackHost.refused,
+        **DrivenHost.refused,
         "pooled_prompt_embeds": "subjects are words of the prompt: give the prompt as text",
         "negative_prompt_embeds": "give the negative prompt as text",
         "negative_pooled_prompt_embeds": "give the negative prompt as text",
@@ -140,7 +72,7 @@ class FluxHost(CallbackHost):
     #: ``read_blocks(num_double_stream_blocks) -> block indices`` whose attention is averaged into the maps.
     read_blocks: ClassVar = staticmethod(quarter_depth)
     schedulers = FLOW_SCHEDULERS
-    #: One of :data:`FLUX_NORMALISATIONS`.
+    #: One of :data:`~ait2i.capture.joint.FLUX_NORMALISATIONS`.
     normalise: ClassVar[str] = "joint"
     #: Default ``max_sequence_length`` of the pipeline's ``__call__``.
     max_sequence_length: ClassVar[int] = 512
@@ -148,8 +80,7 @@ class FluxHost(CallbackHost):
     #: Flux's ``guidance_scale`` is the distilled guidance embedding; true classifier-free guidance is this one.
     cfg_scale = "true_cfg_scale"
 
-    def check(self) -> None:
-        Host.check(self)  # CallbackHost.check looks for a UNet
+    def check_pipeline(self) -> None:
         pipe = self.pipe
         need = ("transformer", "tokenizer_2", "text_encoder_2", "scheduler", "encode_prompt", "prepare_latents")
         missing = [a for a in need if getattr(pipe, a, None) is None]
@@ -158,15 +89,17 @@ class FluxHost(CallbackHost):
                 f"{type(pipe).__name__} has no {', '.join(missing)}; guidance on Flux needs the T5 encoder and its "
                 "tokenizer (the transformer attends to T5's tokens)"
             )
-        if "callback_on_step_end" not in inspect.signature(pipe.__call__).parameters:
-            raise TypeError(f"{type(pipe).__name__}.__call__ has no `callback_on_step_end`; upgrade diffusers")
+        super().check_pipeline()
         tr = pipe.transformer
         if any(getattr(b.attn, "fused_projections", False) for b in tr.transformer_blocks):
             raise ValueError(
                 f"{type(pipe).__name__}: fused QKV projections are not supported (the capture reads to_q/to_k); "
                 "call pipe.transformer.unfuse_qkv_projections() first"
             )
-        self.check_call_arguments()  # gradient checkpointing and caches included
+
+    def check_call_arguments(self) -> None:
+        super().check_call_arguments()  # gradient checkpointing and caches included
+        pipe = self.pipe
         if "attention_mask" in (self.kwargs.get("joint_attention_kwargs") or {}):
             raise ValueError(
                 f"{type(pipe).__name__}: an `attention_mask` in joint_attention_kwargs is not supported with guidance "
@@ -209,43 +142,36 @@ class FluxHost(CallbackHost):
     def reset(self) -> None:
         self._image_ids = self._pooled = self._text_ids = None
 
-    def ready_after(self) -> str:
-        # Flux sets its timesteps after prepare_latents; progress_bar opens the loop, once they are set.
-        return "progress_bar"
+    def ready_after(self) -> ReadyAfter:
+        return LOOP_START  # Flux sets its timesteps after prepare_latents
 
-    def _cond_from_encode(self, result) -> torch.Tensor:
+    def cond_from_encode(self, result) -> torch.Tensor:
         if self.cond is not None:  # true CFG: the second call encodes the negative prompt
             return self.cond
         embeds, self._pooled, self._text_ids = result  # (prompt_embeds, pooled_prompt_embeds, text_ids)
         self._pooled = self._pooled.detach()
         return embeds
 
-    def _start_latents(self, result) -> torch.Tensor:
+    def start_latents(self, result) -> torch.Tensor:
         latents, self._image_ids = result  # packed latents (B, N_img, 4 C), their position ids (N_img, 3)
         return latents
 
-    def _with_start_latents(self, result, latents: torch.Tensor):
+    def with_start_latents(self, result, latents: torch.Tensor):
         return latents, result[1]
 
     def cond_rows(self, x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         return x if rows is None else x[rows]  # Flux has no classifier-free batch doubling
 
-    def capture(self, z: torch.Tensor):
-        tr = self.pipe.transformer
+    def reads(self, cfg, z) -> Reads:
+        """The double-stream attention of :attr:`read_blocks` on the packed token grid, pooled to ``cfg.attn_res``
+        (``None``: the grid itself); ``cfg.from_where`` (UNet parts) does not apply."""
         grid = packed_grid(self._image_ids)
-        attn_res = self._cfg.attn_res
-        if attn_res is None:
-            res = grid
-        else:
-            f = grid[0] // attn_res if grid[0] % attn_res == 0 else 0
-            if not f or grid[1] % f or grid[1] // f != attn_res:
-                raise ValueError(
-                    f"attn_res={attn_res}: Flux's token grid is {grid[0]}x{grid[1]} (latent side / 2); attn_res must "
-                    "be a side it average-pools to exactly (a divisor of a square grid), or None for the grid itself"
-                )
-            res = (attn_res, attn_res)
-        blocks = list(self.read_blocks(len(tr.transformer_blocks)))
-        return capture_flux_attention(tr, blocks, grid, res, self.normalise)
+        res = pooled_res(grid, cfg.attn_res, "Flux's token grid", " (latent side / 2)")
+        blocks = self.read_blocks(len(self.pipe.transformer.transformer_blocks))
+        return Reads(block_layers(blocks, "attn"), grid, res)
+
+    def capture(self, reads: Reads):
+        return capture_flux_attention(self.pipe.transformer, reads, self.normalise)
 
     def denoise(self, u, t, step, rows, cond) -> None:
         pooled = self._pooled if rows is None else self._pooled[rows]

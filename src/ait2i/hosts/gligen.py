@@ -1,7 +1,7 @@
 """GLIGEN host (``StableDiffusionGLIGENPipeline``: boxes + phrases grounded by gated self-attention).
 
 GLIGEN's pipeline has no ``callback_on_step_end``, so it is driven through the scheduler-step hook
-(:class:`~ait2i.hosts.stephook.StepHookHost`). Its gated self-attention stays as it is: the guided pass runs the
+(:data:`~ait2i.hosts.injectors.SCHEDULER_STEP`). Its gated self-attention stays as it is: the guided pass runs the
 UNet with exactly the grounding inputs the pipeline's loop passes, the conditional half of them. The pipeline
 builds those (``cross_attention_kwargs["gligen"]``: box coordinates, phrase embeddings, masks) in its ``__call__``
 into the ``cross_attention_kwargs`` dict it is given; the host hands it its own dict and reads them from there. The
@@ -14,17 +14,22 @@ step and adds UNet input channels).
 
 from __future__ import annotations
 
-from .registry import register_host
-from .stephook import StepHookHost
+from .base import ReadyAfter, register_host
+from .injectors import SCHEDULER_STEP
+from .sd import UNetHost
+
+#: ``enable_fuser(True)`` is called once the grounding inputs exist, right before the loop.
+GROUNDING = ReadyAfter("enable_fuser")
 
 
 @register_host
-class GLIGENHost(StepHookHost):
+class GLIGENHost(UNetHost):
     """``StableDiffusionGLIGENPipeline`` (text-box grounding)."""
 
     pipelines = ("StableDiffusionGLIGENPipeline",)
+    injector = SCHEDULER_STEP
     refused = {
-        **StepHookHost.refused,
+        **UNetHost.refused,
         "gligen_inpaint_image": "GLIGEN inpainting replaces the latents inside the boxes at every step",
     }
 
@@ -35,9 +40,8 @@ class GLIGENHost(StepHookHost):
             self.kwargs.get("cross_attention_kwargs") or {}
         )
 
-    def ready_after(self) -> str:
-        # enable_fuser(True) is called once the grounding inputs exist, right before the loop
-        return "enable_fuser"
+    def ready_after(self) -> ReadyAfter:
+        return GROUNDING
 
     def _fusers(self) -> list:
         return [m for m in self.pipe.unet.modules() if type(m).__name__ == "GatedSelfAttentionDense"]

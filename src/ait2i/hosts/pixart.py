@@ -1,11 +1,11 @@
 """PixArt-α / PixArt-Σ hosts (``PixArtAlphaPipeline``, ``PixArtSigmaPipeline``: cross-attention DiT, T5 text).
 
 **Loop.** These pipelines have no ``callback_on_step_end``: the latents are updated from the scheduler's ``step``
-(:class:`~ait2i.hosts.stephook.StepHookHost`). The legacy ``callback`` sees the updated latents and is allowed.
+(:data:`~ait2i.hosts.injectors.SCHEDULER_STEP`). The legacy ``callback`` sees the updated latents and is allowed.
 
 **Maps.** Every ``PixArtTransformer2DModel`` block has a cross-attention ``attn2`` on the same token grid
 (``latent side / patch_size``). A map is ``softmax(QK^T / sqrt(d) + mask)`` of the read blocks' ``attn2``, averaged
-over those blocks and their heads (:class:`~ait2i.attention.CaptureProcessor`, installed on them only). The
+over those blocks and their heads (:class:`~ait2i.capture.unet.CaptureProcessor`, installed on them only). The
 pipeline's T5 attention mask reaches ``attn2`` as the transformer's additive bias (``-10000`` on padding), and the
 capture computes the probabilities with that same bias, so the padded keys get probability 0 exactly as in the
 denoiser: the maps sum to 1 over the prompt's tokens and its ``</s>``. The maps are average-pooled from the grid to
@@ -44,12 +44,13 @@ from typing import ClassVar
 
 import torch
 
-from ..attention import CaptureProcessor, token_grid_res
+from ..capture.dit import capture_cross_attention
+from ..capture.store import Reads, block_layers, first_half, token_grid_res
 from ..subjects import EndToken, end_token_index, token_layout
-from .base import check_sequence_length, intercept
-from .registry import register_host
-from .sd3 import capture_blocks, first_half
-from .stephook import StepHookHost
+from .base import register_host
+from .checks import check_sequence_length
+from .driver import DrivenHost
+from .injectors import SCHEDULER_STEP, intercept
 
 
 def _preprocess(text: str) -> str:
@@ -73,20 +74,14 @@ class PipelineTokenizer:
         return self.tokenizer.tokenize(_preprocess(text), *args, **kwargs)
 
 
-def capture_cross_attention(transformer, blocks, grid, res):
-    """Install :class:`~ait2i.attention.CaptureProcessor` on the ``attn2`` of ``blocks``; yield the store (maps
-    pooled from ``grid`` to ``res``); always restore the processors."""
-    layers = [f"transformer_blocks.{i}.attn2.processor" for i in blocks]
-    return capture_blocks(transformer, layers, grid, res, CaptureProcessor, "cross-attention")
-
-
 @register_host
-class PixArtAlphaHost(StepHookHost):
+class PixArtAlphaHost(DrivenHost):
     """``PixArtAlphaPipeline`` (PixArt-α; micro-conditions at ``sample_size`` 128)."""
 
     pipelines = ("PixArtAlphaPipeline",)
+    injector = SCHEDULER_STEP
     refused = {
-        **StepHookHost.refused,
+        **DrivenHost.refused,
         "prompt_attention_mask": "subjects are words of the prompt: give the prompt as text",
     }
     #: ``read_blocks(num_blocks) -> block indices`` whose ``attn2`` maps are averaged.
@@ -138,15 +133,19 @@ class PixArtAlphaHost(StepHookHost):
         self._size = (int(args["height"]), int(args["width"]))  # after resolution binning
         return original(*a, **k)
 
-    def _cond_from_encode(self, result) -> torch.Tensor:
+    def cond_from_encode(self, result) -> torch.Tensor:
         self._mask = result[1]  # (prompt_embeds, prompt_attention_mask, negative..., negative mask)
         return result[0]
 
-    def capture(self, z: torch.Tensor):
+    def reads(self, cfg, z) -> Reads:
+        """The ``attn2`` of :attr:`read_blocks` on the token grid, pooled to ``cfg.attn_res`` (``None``: the grid
+        itself); ``cfg.from_where`` (UNet parts) does not apply."""
         tr = self.pipe.transformer
-        grid, res = token_grid_res(tr, z, self._cfg.attn_res)
-        blocks = list(self.read_blocks(len(tr.transformer_blocks)))
-        return capture_cross_attention(tr, blocks, grid, res)
+        grid, res = token_grid_res(tr, z, cfg.attn_res)
+        return Reads(block_layers(self.read_blocks(len(tr.transformer_blocks)), "attn2"), grid, res)
+
+    def capture(self, reads: Reads):
+        return capture_cross_attention(self.pipe.transformer, reads)
 
     def micro_conditions(self, batch: int, dtype, device) -> dict:
         """The micro-conditions the pipeline passes (PixArt-α at ``sample_size`` 128: resolution, aspect ratio)."""

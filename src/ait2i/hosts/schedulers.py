@@ -105,8 +105,8 @@ REFUSED_SCHEDULERS: dict[str, str] = {
 }
 
 
-#: Flow-matching schedulers: for the pipelines trained with them (SD3), not interchangeable with the others.
-FLOW_MATCHING = frozenset({"FlowMatchEulerDiscreteScheduler"})
+#: Flow-matching schedulers: for the pipelines trained with them (SD3, Flux), not interchangeable with the others.
+FLOW_SCHEDULERS: tuple[str, ...] = ("FlowMatchEulerDiscreteScheduler",)
 
 
 def check_scheduler(scheduler, allowed=None) -> str:

@@ -1,6 +1,10 @@
-"""Stable Diffusion 1.x/2.x hosts: text-to-image, image-to-image and inpainting (UNet, CLIP, ``callback_on_step_end``).
+"""UNet hosts: :class:`UNetHost` (what every UNet family shares) and Stable Diffusion 1.x/2.x text-to-image,
+image-to-image and inpainting (UNet, CLIP, ``callback_on_step_end``).
 
-They differ from :class:`~ait2i.hosts.base.CallbackHost` only where their pipelines differ:
+:class:`UNetHost` is the denoiser axis for a ``UNet2DConditionModel``: the guided pass runs the UNet with the call's
+``cross_attention_kwargs`` and added conditions, and the maps are its cross-attention layers (``attn2``) at
+``attn_res`` in the UNet parts ``from_where`` (:meth:`UNetHost.reads`). The Stable Diffusion hosts differ from it
+only where their pipelines differ:
 
 - **text-to-image** (``StableDiffusionPipeline``): the base behaviour;
 - **image-to-image** (``StableDiffusionImg2ImgPipeline``): the loop starts at the timestep ``strength`` picks
@@ -14,49 +18,101 @@ They differ from :class:`~ait2i.hosts.base.CallbackHost` only where their pipeli
 from __future__ import annotations
 
 import math
-import numbers
+from typing import ClassVar
 
 import torch
 
-from .base import CallbackHost, _default
-from .registry import register_host
+from ..capture.store import Reads
+from ..capture.unet import capture_attention, select_layers
+from .base import ReadyAfter, register_host
+from .checks import check_strength, latents_shape_for
+from .driver import DrivenHost
 
 
-def check_strength(host: CallbackHost) -> None:
-    """Refuse a ``strength`` that is not a number in [0, 1], or one that leaves no denoising step.
+class UNetHost(DrivenHost):
+    """A host whose denoiser is a ``UNet2DConditionModel`` (``pipe.unet``); the injector is the family's choice.
 
-    The pipeline runs ``int(num_inference_steps * strength)`` steps; below 1 its loop is empty and the guided run
-    would fail late ("loop index 0 is out of step"), so say what to raise up front.
-
-    Raises:
-        ValueError: naming strength, num_inference_steps and the fix.
+    Class attributes:
+        added_conditions (`tuple[str, ...]`): UNet ``addition_embed_type`` values whose inputs this host passes to
+            the guided pass (see :meth:`added_cond_kwargs`); a UNet with any other added condition is refused.
     """
-    kw, pipe = host.kwargs, host.pipe
-    strength = kw.get("strength", _default(pipe, "strength"))
-    if strength is None:
-        return
-    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 <= strength <= 1:
-        raise ValueError(f"{type(pipe).__name__}: strength must be a finite number in [0, 1], got {strength!r}")
-    if kw.get("timesteps") is not None or kw.get("sigmas") is not None:
-        return  # the schedule is the caller's: the pipeline counts its steps from it
-    steps = kw.get("num_inference_steps") or _default(pipe, "num_inference_steps")
-    if isinstance(steps, numbers.Integral) and math.floor(steps * strength) < 1:
-        raise ValueError(
-            f"{type(pipe).__name__}: strength={strength} x num_inference_steps={steps} leaves no denoising step (the "
-            f"pipeline runs int({steps} x {strength}) = {int(steps * strength)} steps); raise strength or "
-            "num_inference_steps so that their product is at least 1"
-        )
+
+    pipelines = ()  # abstract
+    components = ("unet", "tokenizer", "scheduler", "encode_prompt", "prepare_latents")
+    components_note = "it is not a Stable Diffusion pipeline"
+    added_conditions: ClassVar[tuple[str, ...]] = ()
+
+    def check_pipeline(self) -> None:
+        super().check_pipeline()
+        config = self.pipe.unet.config
+        if getattr(config, "time_cond_proj_dim", None) is not None:
+            raise TypeError(
+                "UNets with a guidance-scale embedding (time_cond_proj_dim: LCM-distilled models) are not supported"
+            )
+        added = getattr(config, "addition_embed_type", None)
+        if added is not None and added not in self.added_conditions:
+            raise TypeError(
+                f"this UNet takes added conditions ({added}), which {type(self).__name__} does not pass to the "
+                "guided pass; not supported"
+            )
+
+    def latents_shape(self) -> tuple[int, ...] | None:
+        """``(num_images_per_prompt, latent channels, height // vae_scale_factor, width // vae_scale_factor)``."""
+        pipe = self.pipe
+        unet, vae = getattr(pipe, "unet", None), getattr(pipe, "vae", None)
+        size = getattr(getattr(unet, "config", None), "sample_size", None)
+        if unet is None or not isinstance(size, int) or not hasattr(pipe, "vae_scale_factor"):
+            return None
+        channels = vae.config.latent_channels if vae is not None else unet.config.in_channels
+        return latents_shape_for(self.kwargs, size * pipe.vae_scale_factor, channels, pipe.vae_scale_factor)
+
+    def reads(self, cfg, z) -> Reads:
+        """The UNet's cross-attention layers at ``cfg.attn_res`` (``None``: ``ceil(side / 32)`` of the image) in the
+        UNet parts ``cfg.from_where``.
+
+        Raises:
+            ValueError: no cross-attention layer of those parts runs at that resolution for this image size; the
+                message lists the resolutions that do.
+        """
+        latent_hw = tuple(z.shape[-2:])
+        scale = self.pipe.vae_scale_factor
+        if cfg.attn_res is None:
+            res = (math.ceil(latent_hw[0] * scale / 32), math.ceil(latent_hw[1] * scale / 32))
+        else:
+            res = (cfg.attn_res, cfg.attn_res)
+        layers = select_layers(self.pipe.unet, latent_hw, res, cfg.from_where)
+        return Reads(tuple(layers), res, res)
+
+    def capture(self, reads: Reads):
+        return capture_attention(self.pipe.unet, list(reads.layers), reads.res)
+
+    def denoise(self, u: torch.Tensor, t, step: int, rows: torch.Tensor | None, cond: torch.Tensor) -> None:
+        self.unet(u, t, cond, rows)
+
+    def unet(self, u: torch.Tensor, t, cond: torch.Tensor, rows: torch.Tensor | None = None, **inputs) -> None:
+        """The UNet on ``u`` with the call's ``cross_attention_kwargs`` (LoRA scale, processor arguments) and the
+        added conditions of rows ``rows`` (:meth:`added_cond_kwargs`)."""
+        if self.kwargs.get("cross_attention_kwargs"):
+            inputs["cross_attention_kwargs"] = self.kwargs["cross_attention_kwargs"]
+        added = self.added_cond_kwargs(rows)
+        if added is not None:
+            inputs["added_cond_kwargs"] = added
+        self.pipe.unet(u, t, encoder_hidden_states=cond, **inputs)
+
+    def added_cond_kwargs(self, rows: torch.Tensor | None) -> dict | None:
+        """The UNet's ``added_cond_kwargs`` for the conditional half (rows ``rows``); ``None``: the UNet takes none."""
+        return None
 
 
 @register_host
-class StableDiffusionHost(CallbackHost):
+class StableDiffusionHost(UNetHost):
     """``StableDiffusionPipeline`` (SD 1.x / 2.x text-to-image)."""
 
     pipelines = ("StableDiffusionPipeline",)
 
 
 @register_host
-class StableDiffusionImg2ImgHost(CallbackHost):
+class StableDiffusionImg2ImgHost(UNetHost):
     """``StableDiffusionImg2ImgPipeline``: the loop runs the last ``strength`` of the schedule."""
 
     pipelines = ("StableDiffusionImg2ImgPipeline",)
@@ -66,8 +122,12 @@ class StableDiffusionImg2ImgHost(CallbackHost):
         check_strength(self)
 
 
+#: A 9-channel inpainting UNet's guided pass needs the mask latents, prepared after the start latents.
+MASK_LATENTS = ReadyAfter("prepare_mask_latents")
+
+
 @register_host
-class StableDiffusionInpaintHost(CallbackHost):
+class StableDiffusionInpaintHost(UNetHost):
     """``StableDiffusionInpaintPipeline``: 4-channel (blending) and 9-channel (mask channels) UNets."""
 
     pipelines = ("StableDiffusionInpaintPipeline",)
@@ -76,18 +136,17 @@ class StableDiffusionInpaintHost(CallbackHost):
         super().check_call_arguments()
         check_strength(self)
 
-    def _start_latents(self, result) -> torch.Tensor:
+    def start_latents(self, result) -> torch.Tensor:
         return result[0]
 
-    def _with_start_latents(self, result, latents: torch.Tensor):
+    def with_start_latents(self, result, latents: torch.Tensor):
         return (latents, *result[1:])
 
     def preparations(self):
         return {**super().preparations(), "prepare_mask_latents": self._keep_mask}
 
-    def ready_after(self) -> str:
-        # a 9-channel UNet's guided pass needs the mask latents, prepared after the start latents
-        return "prepare_mask_latents" if self.pipe.unet.config.in_channels == 9 else "prepare_latents"
+    def ready_after(self) -> ReadyAfter:
+        return MASK_LATENTS if self.pipe.unet.config.in_channels == 9 else super().ready_after()
 
     def _keep_mask(self, result) -> None:
         self._mask, self._masked = result  # (CFG ? 2B : B, 1 / 4, h, w); the conditional half is the last B rows

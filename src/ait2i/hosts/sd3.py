@@ -5,13 +5,14 @@ over the concatenated keys ``[image ; text]``. A subject's map is the image-quer
 attention: for each read block, the probabilities ``softmax_joint(q_img k^T / sqrt(d))`` **within the joint
 softmax** (image keys included), at the CLIP keys, then the mean over the read blocks and their heads. A map then
 holds the share of its pixel's attention that goes to that token (the 77 columns sum to less than 1; the
-Attend-and-Excite view re-softmaxes them anyway). The alternatives (:data:`MAP_NORMALISATIONS`, set
-:attr:`StableDiffusion3Host.normalise`): ``"text"``, the softmax over all text keys (CLIP and T5) at the CLIP
+Attend-and-Excite view re-softmaxes them anyway). The alternatives (:data:`~ait2i.capture.joint.MAP_NORMALISATIONS`,
+set :attr:`StableDiffusion3Host.normalise`): ``"text"``, the softmax over all text keys (CLIP and T5) at the CLIP
 keys; ``"clip"``, the softmax over the 77 CLIP keys alone (maps summing to 1, as a UNet's).
 
-**Which blocks.** :attr:`StableDiffusion3Host.read_blocks`, default :func:`quarter_depth`: the one block at a
-quarter of the depth (block 1 of 4; 6 of SD3-medium's 24). The guided pass stops after it, so it costs about a
-quarter of a forward pass; ``"joint"`` adds an ``N_img x N_img`` logit matrix per read block (the normaliser).
+**Which blocks.** :attr:`StableDiffusion3Host.read_blocks`, default :func:`~ait2i.capture.store.quarter_depth`: the
+one block at a quarter of the depth (block 1 of 4; 6 of SD3-medium's 24). The guided pass stops after it, so it
+costs about a quarter of a forward pass; ``"joint"`` adds an ``N_img x N_img`` logit matrix per read block (the
+normaliser).
 
 Both choices were first measured on the ShapesWorld MM-DiT's training export at step 632 (8 prompts), and measured
 again on the shipped model (step 4951) with ``python benchmarks/sd3_read_choice.py --per-category 2 --seeds 0-1``:
@@ -47,177 +48,54 @@ hidden states are concatenated position by position with CLIP-1's, so a differen
 the subjects' indices; a different ``prompt_3`` conditions on words the maps do not read); ``prompt_embeds``,
 ``pooled_prompt_embeds``, IP-Adapter images.
 
-**Scheduler.** ``FlowMatchEulerDiscreteScheduler`` only (:data:`FLOW_SCHEDULERS`). The pipeline feeds the latents
-themselves to the transformer (the scheduler has no ``scale_model_input``: ``c = 1``), and its ``step`` starts from
-the latents it is given, so an update acts fully.
-"""
+**Scheduler.** ``FlowMatchEulerDiscreteScheduler`` only (:data:`~ait2i.hosts.schedulers.FLOW_SCHEDULERS`). The
+pipeline feeds the latents themselves to the transformer (the scheduler has no ``scale_model_input``: ``c = 1``),
+and its ``step`` starts from the latents it is given, so an update acts fully."""
 
 from __future__ import annotations
 
-import inspect
-from contextlib import contextmanager
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
-from ..attention import AttentionStore, WrappingProcessor, token_grid_res
-from .base import CallbackHost, Host, _latents_shape, check_tokenizers_agree
-from .registry import register_host
-
-#: Schedulers checked with this host (also in ``schedulers.SUPPORTED_SCHEDULERS``, which ``run`` consults).
-FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
-
-#: How the image-query x CLIP-key probabilities are normalised (see the module docstring).
-MAP_NORMALISATIONS = ("clip", "text", "joint")
-
-
-class JointAttentionStore(AttentionStore):
-    """:class:`~ait2i.attention.AttentionStore` on the patch grid ``grid``, returning maps average-pooled to ``res``."""
-
-    def __init__(self, grid: tuple[int, int], res: tuple[int, int], layers: list[str]):
-        super().__init__(res, layers)
-        self.grid = tuple(grid)
-
-    def maps(self) -> torch.Tensor:
-        """The recorded maps as ``(B, h, w, L)`` float32 at ``res``."""
-        if self._sum is None:
-            raise RuntimeError("no attention was recorded: the guided forward pass reached no read block")
-        b, _, length = self._sum.shape
-        m = (self._sum / self._count).float().reshape(b, *self.grid, length)
-        if self.grid != tuple(self.res):
-            m = F.avg_pool2d(m.permute(0, 3, 1, 2), self.grid[0] // self.res[0]).permute(0, 2, 3, 1)
-        return m
-
-
-def joint_text_probabilities(attn, hidden_states, context, n_keys: int, normalise: str = "joint") -> torch.Tensor:
-    """Image-query x text-key attention probabilities of one joint-attention call, ``(B * heads, N_img, n_keys)``.
-
-    Args:
-        attn (`Attention`): the block's joint attention (``JointAttnProcessor2_0`` layout: ``to_q``/``to_k`` on the
-            image stream, ``add_k_proj`` on the context, optional RMS/layer norms on queries and keys).
-        hidden_states (`torch.Tensor` of shape `(B, N_img, C)`): the image tokens.
-        context (`torch.Tensor` of shape `(B, N_text, C_ctx)`): the text tokens.
-        n_keys (`int`): the first ``n_keys`` text keys are returned (77: the CLIP part).
-        normalise (`str`, *optional*, defaults to `"joint"`): ``"clip"``: softmax over the first ``n_keys`` text
-            keys; ``"text"``: softmax over all text keys; ``"joint"``: the joint softmax (image + text keys).
-    """
-    if normalise not in MAP_NORMALISATIONS:
-        raise ValueError(f"normalise must be one of {MAP_NORMALISATIONS}, got {normalise!r}")
-    b, heads = hidden_states.shape[0], attn.heads
-
-    def split(x, norm):
-        x = x.view(b, -1, heads, x.shape[-1] // heads).transpose(1, 2)
-        return (norm(x) if norm is not None else x).float()
-
-    q = split(attn.to_q(hidden_states), attn.norm_q)  # (B, heads, N_img, d)
-    scale = q.shape[-1] ** -0.5  # scaled_dot_product_attention's default, as JointAttnProcessor2_0 uses
-    keys = split(attn.add_k_proj(context), attn.norm_added_k)
-    if normalise == "clip":
-        keys = keys[:, :, :n_keys]
-    logits = q @ keys.transpose(-1, -2) * scale  # (B, heads, N_img, N_text or n_keys)
-    if normalise == "joint":
-        image_logits = q @ split(attn.to_k(hidden_states), attn.norm_k).transpose(-1, -2) * scale
-        lse = torch.logsumexp(torch.cat([image_logits, logits], dim=-1), dim=-1, keepdim=True)
-        probs = torch.exp(logits[..., :n_keys] - lse)
-    else:
-        probs = logits.softmax(-1)[..., :n_keys]
-    return probs.reshape(b * heads, probs.shape[2], n_keys)
-
-
-class JointCaptureProcessor(WrappingProcessor):
-    """Records one joint-attention block's image-to-CLIP-token probabilities while its store records.
-
-    Every call reaches ``original`` with the same arguments (and ``inspect.signature(processor.__call__)`` is the
-    original's, so that ``Attention.forward`` passes it the same keyword arguments), except the last read block of
-    a recording pass, which ends the pass (:class:`~ait2i.attention.StopForward`) before computing its output.
-    """
-
-    def __init__(self, store: AttentionStore, name: str, original, n_keys: int, normalise: str):
-        super().__init__(store, name, original)
-        self.n_keys, self.normalise = n_keys, normalise
-
-    def _call(self, attn, hidden_states, *args, **kwargs):
-        context = kwargs.get("encoder_hidden_states", args[0] if args else None)
-        if self.store.recording and context is not None:
-            probs = joint_text_probabilities(attn, hidden_states, context, self.n_keys, self.normalise)
-            self.store.add(self.name, probs, attn.heads)  # may end the forward pass (StopForward)
-        return self.original(attn, hidden_states, *args, **kwargs)
-
-
-@contextmanager
-def capture_blocks(transformer, layers: list[str], grid, res, make_processor, what: str):
-    """Install ``make_processor(store, name, original)`` on the attention processors ``layers`` of a transformer;
-    yield their :class:`JointAttentionStore` (maps pooled from ``grid`` to ``res``); always restore the processors.
-
-    Raises:
-        ValueError: a layer the transformer does not have (``what`` names the kind of attention expected).
-    """
-    original = dict(transformer.attn_processors)
-    missing = [n for n in layers if n not in original]
-    if missing:
-        raise ValueError(f"{type(transformer).__name__} has no {what} {missing}")
-    store = JointAttentionStore(grid, res, layers)
-    transformer.set_attn_processor(
-        {n: (make_processor(store, n, p) if n in layers else p) for n, p in original.items()}
-    )
-    try:
-        yield store
-    finally:
-        transformer.set_attn_processor(original)
-
-
-def capture_joint_attention(transformer, blocks, grid, res, n_keys: int = 77, normalise: str = "joint"):
-    """Install :class:`JointCaptureProcessor` on the joint attention of ``blocks``; yield the store; always restore."""
-    layers = [f"transformer_blocks.{i}.attn.processor" for i in blocks]
-
-    def make(store, name, original):
-        return JointCaptureProcessor(store, name, original, n_keys, normalise)
-
-    return capture_blocks(transformer, layers, grid, res, make, "joint attention")
-
-
-def first_half(num_blocks: int) -> list[int]:
-    """Blocks ``0 .. ceil(num_blocks / 2) - 1`` (SD3's default before the measurement; other hosts use it)."""
-    return list(range((num_blocks + 1) // 2))
-
-
-def quarter_depth(num_blocks: int) -> list[int]:
-    """The default read block: ``[num_blocks // 4]``, the block at a quarter of the depth."""
-    return [num_blocks // 4]
+from ..capture.joint import capture_joint_attention
+from ..capture.store import Reads, block_layers, quarter_depth, token_grid_res
+from .base import LOOP_START, ReadyAfter, register_host
+from .checks import check_tokenizers_agree, latents_shape_for
+from .driver import DrivenHost
+from .schedulers import FLOW_SCHEDULERS
 
 
 @register_host
-class StableDiffusion3Host(CallbackHost):
+class StableDiffusion3Host(DrivenHost):
     """``StableDiffusion3Pipeline`` (SD3 / SD3.5; with or without the T5 encoder)."""
 
     pipelines = ("StableDiffusion3Pipeline",)
+    components = ("transformer", "tokenizer", "scheduler", "encode_prompt", "prepare_latents", "progress_bar")
+    components_note = "it is not an SD3 pipeline"
     refused = {
-        **CallbackHost.refused,
+        **DrivenHost.refused,
         "pooled_prompt_embeds": "subjects are words of the prompt: give the prompt as text",
     }
     #: ``read_blocks(num_blocks) -> block indices`` whose joint attention is averaged into the maps.
     read_blocks: ClassVar = staticmethod(quarter_depth)
     schedulers = FLOW_SCHEDULERS
-    #: One of :data:`MAP_NORMALISATIONS`.
+    #: One of :data:`~ait2i.capture.joint.MAP_NORMALISATIONS`.
     normalise: ClassVar[str] = "joint"
 
-    def check(self) -> None:
-        Host.check(self)  # CallbackHost.check looks for a UNet
+    def check_pipeline(self) -> None:
+        super().check_pipeline()
         pipe = self.pipe
-        need = ("transformer", "tokenizer", "scheduler", "encode_prompt", "prepare_latents", "progress_bar")
-        missing = [a for a in need if not hasattr(pipe, a)]
-        if missing:
-            raise TypeError(f"{type(pipe).__name__} has no {', '.join(missing)}; it is not an SD3 pipeline")
-        if "callback_on_step_end" not in inspect.signature(pipe.__call__).parameters:
-            raise TypeError(f"{type(pipe).__name__}.__call__ has no `callback_on_step_end`; upgrade diffusers")
         scheduler = type(pipe.scheduler).__name__
         if scheduler not in FLOW_SCHEDULERS:
             raise TypeError(
                 f"scheduler {scheduler} is not supported with {type(pipe).__name__}; supported: "
                 f"{', '.join(FLOW_SCHEDULERS)} (flow matching: the transformer sees the latents unscaled)"
             )
-        self.check_call_arguments()
+
+    def check_call_arguments(self) -> None:
+        super().check_call_arguments()
+        pipe = self.pipe
         check_tokenizers_agree(pipe, self.prompt)  # CLIP-1 and CLIP-2 are joined position by position
         self._check_other_prompt("prompt_2", getattr(pipe, "tokenizer_2", None), "text_encoder_2")
         self._check_other_prompt("prompt_3", getattr(pipe, "tokenizer_3", None), "text_encoder_3")
@@ -228,7 +106,7 @@ class StableDiffusion3Host(CallbackHost):
         if not isinstance(size, int):
             return None
         scale = pipe.vae_scale_factor
-        return _latents_shape(self.kwargs, size * scale, pipe.transformer.config.in_channels, scale)
+        return latents_shape_for(self.kwargs, size * scale, pipe.transformer.config.in_channels, scale)
 
     def _check_other_prompt(self, key: str, tokenizer, encoder: str) -> None:
         other = self.kwargs.get(key) or None  # the pipeline reads `prompt_2 or prompt` (an empty one is unset)
@@ -249,11 +127,10 @@ class StableDiffusion3Host(CallbackHost):
         """The CLIP part of the text sequence (77)."""
         return int(getattr(self.pipe, "tokenizer_max_length", None) or self.pipe.tokenizer.model_max_length)
 
-    def ready_after(self) -> str:
-        # SD3 sets its timesteps after prepare_latents; progress_bar opens the loop, once they are set.
-        return "progress_bar"
+    def ready_after(self) -> ReadyAfter:
+        return LOOP_START  # SD3 sets its timesteps after prepare_latents
 
-    def _cond_from_encode(self, result) -> torch.Tensor:
+    def cond_from_encode(self, result) -> torch.Tensor:
         self._pooled = result[2].detach()  # (prompt_embeds, negative, pooled, negative pooled)
         return result[0]
 
@@ -264,11 +141,15 @@ class StableDiffusion3Host(CallbackHost):
             b = self._pooled.shape[0]
             self._pooled = pooled[b:] if pooled.shape[0] == 2 * b else pooled if pooled.shape[0] == b else self._pooled
 
-    def capture(self, z: torch.Tensor):
+    def reads(self, cfg, z) -> Reads:
+        """The joint attention of :attr:`read_blocks` on the patch grid, pooled to ``cfg.attn_res`` (``None``: the
+        grid itself); ``cfg.from_where`` (UNet parts) does not apply."""
         tr = self.pipe.transformer
-        grid, res = token_grid_res(tr, z, self._cfg.attn_res)
-        blocks = list(self.read_blocks(len(tr.transformer_blocks)))
-        return capture_joint_attention(tr, blocks, grid, res, self.n_keys, self.normalise)
+        grid, res = token_grid_res(tr, z, cfg.attn_res)
+        return Reads(block_layers(self.read_blocks(len(tr.transformer_blocks)), "attn"), grid, res)
+
+    def capture(self, reads: Reads):
+        return capture_joint_attention(self.pipe.transformer, reads, self.n_keys, self.normalise)
 
     def denoise(self, u, t, step, rows, cond) -> None:
         pooled = self._pooled if rows is None else self._pooled[rows]

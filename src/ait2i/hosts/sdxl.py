@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import CallbackHost, check_tokenizers_agree
+from .base import LOOP_START, ReadyAfter, register_host
+from .checks import check_tokenizers_agree
 from .controlnet import ControlNetHost
-from .registry import register_host
+from .sd import UNetHost
 
 
 class _SDXLMixin:
@@ -66,7 +67,7 @@ class _SDXLMixin:
         return self._converted(self.tokenizer)
 
     # -- what the guided pass needs ---------------------------------------------------------------------------
-    def _cond_from_encode(self, result) -> torch.Tensor:
+    def cond_from_encode(self, result) -> torch.Tensor:
         self._text_embeds = result[2].detach()  # pooled conditional embeddings, (B, D)
         return result[0]
 
@@ -81,9 +82,8 @@ class _SDXLMixin:
         if self._time_ids is None:  # the first call is the conditional one (the second: negative_original_size)
             self._time_ids = result
 
-    def ready_after(self) -> str:
-        # the time ids are computed after the start latents: update step 0 when the loop is about to start
-        return "progress_bar"
+    def ready_after(self) -> ReadyAfter:
+        return LOOP_START  # the time ids are computed after the start latents
 
     def loop_timesteps(self) -> list:
         loop = super().loop_timesteps()
@@ -119,7 +119,7 @@ class _SDXLMixin:
 
 
 @register_host
-class StableDiffusionXLHost(_SDXLMixin, CallbackHost):
+class StableDiffusionXLHost(_SDXLMixin, UNetHost):
     """``StableDiffusionXLPipeline`` (text-to-image), ``denoising_end`` included."""
 
     pipelines = ("StableDiffusionXLPipeline",)

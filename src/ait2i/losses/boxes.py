@@ -1,4 +1,4 @@
-"""Layout control: boxes per subject and the box-guided losses (docs/method.md, "Hosts and methods").
+"""Box losses: the terms of the methods that read a box per subject (docs/method.md, "Hosts and methods").
 
 Three families of pure losses on subject maps ``S_g`` (``(B, G, H, W)``, non-negative) and one box per subject:
 
@@ -6,278 +6,38 @@ Three families of pure losses on subject maps ``S_g`` (``(B, G, H, W)``, non-neg
   guidance): :func:`layout_guidance_loss`;
 - **BoxDiff** (Xie et al., 2023, "BoxDiff: text-to-image synthesis with training-free box-constrained diffusion"):
   inner-box, outer-box and corner constraints, :func:`boxdiff_inner_loss`, :func:`boxdiff_outer_loss`,
-  :func:`boxdiff_corner_loss` (and their sum :func:`boxdiff_loss`);
+  :func:`boxdiff_corner_loss`;
 - **AI-T2I with boxes**: :func:`box_aggregation_loss` (the aggregation target becomes the box) and
   :func:`box_isolation_loss` (each subject kept out of the other subjects' boxes and out of the area outside its own
-  box), each in a Euclidean and a cosine form like the base terms of :mod:`ait2i.losses`.
+  box), each in a Euclidean and a cosine form like the base terms of :mod:`ait2i.losses.ait2i`.
 
-:func:`box_terms` computes them all in one call for a method class.
-
-Conventions are those of :mod:`ait2i.losses`: maps ``(..., H, W)``, float32 arithmetic, coordinates ``(x, y)`` in
-cell units with cell centres at integers (``x`` = column, ``y`` = row), and a sample whose maps hold a NaN or inf
-gets a NaN loss (only that sample). Boxes are normalised ``(x0, y0, x1, y1)`` in [0, 1] with the origin at the
-**top-left** corner of the image (``y`` grows downwards, as for image rows): cell ``(x, y)`` of an ``H x W`` map
-covers ``[x / W, (x + 1) / W] x [y / H, (y + 1) / H]`` of the normalised image.
+Conventions are those of :mod:`ait2i.losses.maps`: maps ``(..., H, W)``, float32 arithmetic, coordinates ``(x, y)``
+in cell units with cell centres at integers (``x`` = column, ``y`` = row), and a sample whose maps hold a NaN or inf
+gets a NaN loss (only that sample). Boxes are :class:`ait2i.boxes.Box` (normalised ``(x0, y0, x1, y1)``, top-left
+origin) or any spelling :func:`ait2i.boxes.parse_box` reads; their masks are :func:`ait2i.boxes.box_mask`.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .losses import _check_stack, _nan_if_nonfinite, centroid
+from ..boxes import Box, box_masks, parse_box
+from .maps import _check_stack, centroid, nan_if_nonfinite
 
 __all__ = [
-    "Box",
     "box_aggregation_loss",
-    "box_iou",
     "box_isolation_loss",
-    "box_mask",
-    "box_masks",
-    "box_terms",
     "boxdiff_corner_loss",
     "boxdiff_inner_loss",
-    "boxdiff_loss",
     "boxdiff_outer_loss",
-    "boxes_overlap",
     "layout_guidance_loss",
-    "overlapping_pairs",
-    "parse_box",
-    "split_box_spec",
 ]
 
 _METRICS = ("euclidean", "cosine")
-_EXAMPLE = "e.g. 0.05,0.1,0.45,0.5 for a box in the top-left quarter"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Boxes
-# ----------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Box:
-    """A normalised box ``(x0, y0, x1, y1)`` in [0, 1], origin at the top-left corner of the image.
-
-    Args:
-        x0 (`float`): left edge, in [0, 1).
-        y0 (`float`): top edge, in [0, 1).
-        x1 (`float`): right edge, in (x0, 1].
-        y1 (`float`): bottom edge, in (y0, 1].
-
-    Raises:
-        `ValueError`: a coordinate that is not a finite number in [0, 1], or ``x1 <= x0`` / ``y1 <= y0``.
-    """
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-
-    def __post_init__(self):
-        values = (self.x0, self.y0, self.x1, self.y1)
-        for name, v in zip(("x0", "y0", "x1", "y1"), values):
-            if isinstance(v, bool) or not isinstance(v, numbers.Real):
-                raise ValueError(
-                    f"box {name}={v!r} is not a number; give a box as four normalised numbers x0,y0,x1,y1 ({_EXAMPLE})"
-                )
-            if not math.isfinite(v):
-                raise ValueError(f"box {name}={v!r} is not finite; give finite coordinates in [0, 1] ({_EXAMPLE})")
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(
-                    f"box {name}={v!r} is outside [0, 1]; box coordinates are fractions of the image width and height "
-                    f"(divide pixel coordinates by the image size), {_EXAMPLE}"
-                )
-            object.__setattr__(self, name, float(v))
-        if not self.x1 > self.x0:
-            raise ValueError(
-                f"box {self.as_tuple()}: x1={self.x1} must be greater than x0={self.x0}; the order is x0,y0,x1,y1 "
-                f"(left, top, right, bottom), {_EXAMPLE}"
-            )
-        if not self.y1 > self.y0:
-            raise ValueError(
-                f"box {self.as_tuple()}: y1={self.y1} must be greater than y0={self.y0}; the order is x0,y0,x1,y1 "
-                f"(left, top, right, bottom) with y growing downwards, {_EXAMPLE}"
-            )
-
-    @classmethod
-    def from_sequence(cls, values: Sequence[float]) -> Box:
-        """A box from four numbers ``(x0, y0, x1, y1)``; `ValueError` for any other length."""
-        if isinstance(values, Box):
-            return values
-        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-            raise ValueError(f"a box is four numbers x0,y0,x1,y1, got {values!r} ({_EXAMPLE})")
-        values = tuple(values)  # lists, tuples, numpy arrays
-        if len(values) != 4:
-            raise ValueError(f"a box is four numbers x0,y0,x1,y1, got {len(values)}: {tuple(values)!r} ({_EXAMPLE})")
-        return cls(*values)
-
-    def as_tuple(self) -> tuple[float, float, float, float]:
-        return (self.x0, self.y0, self.x1, self.y1)
-
-    @property
-    def width(self) -> float:
-        return self.x1 - self.x0
-
-    @property
-    def height(self) -> float:
-        return self.y1 - self.y0
-
-    @property
-    def area(self) -> float:
-        return self.width * self.height
-
-    @property
-    def centre(self) -> tuple[float, float]:
-        """``(x, y)`` of the box centre, normalised."""
-        return ((self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2)
-
-    def centre_cells(self, h: int, w: int) -> tuple[float, float]:
-        """``(x, y)`` of the box centre in the cell units of an ``h x w`` map (cell centres at integers)."""
-        cx, cy = self.centre
-        return (cx * w - 0.5, cy * h - 0.5)
-
-    def __str__(self) -> str:
-        return ",".join(f"{v:g}" for v in self.as_tuple())
-
-
-def parse_box(spec: str | Sequence[float] | Box) -> Box:
-    """A :class:`Box` from its spelling ``"x0,y0,x1,y1"`` (normalised, top-left origin), a 4-sequence or a box.
-
-    Spaces around the numbers and one pair of enclosing brackets (``[...]`` or ``(...)``) are allowed.
-
-    Args:
-        spec (`str`, `Sequence[float]` or `Box`): e.g. ``"0.05,0.1,0.45,0.5"``.
-
-    Returns:
-        `Box`.
-
-    Raises:
-        `ValueError`: not four numbers, or an invalid box (see :class:`Box`).
-    """
-    if isinstance(spec, Box):
-        return spec
-    if not isinstance(spec, str):
-        return Box.from_sequence(spec)  # 4-sequence or array
-    text = spec.strip()
-    if len(text) >= 2 and (text[0], text[-1]) in (("[", "]"), ("(", ")")):
-        text = text[1:-1]
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) != 4:
-        raise ValueError(
-            f"box {spec!r}: expected four comma-separated numbers x0,y0,x1,y1, got {len(parts)} ({_EXAMPLE})"
-        )
-    values = []
-    for p in parts:
-        try:
-            values.append(float(p))
-        except ValueError:
-            raise ValueError(f"box {spec!r}: {p!r} is not a number; write x0,y0,x1,y1 ({_EXAMPLE})") from None
-    return Box(*values)
-
-
-def split_box_spec(spec: str) -> tuple[str, Box | None]:
-    """Splits a subject spelling ``"phrase@x0,y0,x1,y1"`` into the phrase and its box.
-
-    ``split_box_spec("red circle@0.05,0.1,0.45,0.5") -> ("red circle", Box(0.05, 0.1, 0.45, 0.5))``; without ``@``
-    the box is ``None``: ``split_box_spec("red circle") -> ("red circle", None)``.
-
-    Args:
-        spec (`str`): the subject phrase, optionally followed by ``@`` and a box.
-
-    Returns:
-        `(phrase, box or None)`, the phrase stripped of surrounding spaces.
-
-    Raises:
-        `ValueError`: empty phrase, more than one ``@``, or an invalid box.
-    """
-    if not isinstance(spec, str):
-        raise ValueError(f"subject spec must be a string 'phrase' or 'phrase@x0,y0,x1,y1', got {spec!r}")
-    if spec.count("@") > 1:
-        raise ValueError(f"subject spec {spec!r} has more than one '@'; write 'phrase@x0,y0,x1,y1' ({_EXAMPLE})")
-    phrase, at, box = spec.partition("@")
-    phrase = phrase.strip()
-    if not phrase:
-        raise ValueError(f"subject spec {spec!r} has no phrase before the box; write 'phrase@x0,y0,x1,y1'")
-    if not at:
-        return phrase, None
-    if not box.strip():
-        raise ValueError(f"subject spec {spec!r} has '@' but no box after it; write 'phrase@x0,y0,x1,y1' ({_EXAMPLE})")
-    return phrase, parse_box(box)
-
-
-def _intersection(a: Box, b: Box) -> float:
-    iw = min(a.x1, b.x1) - max(a.x0, b.x0)
-    ih = min(a.y1, b.y1) - max(a.y0, b.y0)
-    return max(iw, 0.0) * max(ih, 0.0)
-
-
-def box_iou(a: Box, b: Box) -> float:
-    """Intersection over union of two boxes, in [0, 1] (0 for boxes that only touch)."""
-    a, b = parse_box(a), parse_box(b)
-    inter = _intersection(a, b)
-    return inter / (a.area + b.area - inter)
-
-
-def boxes_overlap(a: Box, b: Box) -> bool:
-    """Whether two boxes share a region of positive area (touching edges do not count)."""
-    return _intersection(parse_box(a), parse_box(b)) > 0.0
-
-
-def overlapping_pairs(boxes: Sequence[Box | None]) -> list[tuple[int, int, float]]:
-    """``(i, j, iou)`` for every pair ``i < j`` of overlapping boxes (``None`` entries skipped), for diagnostics.
-
-    Overlapping boxes are allowed: the isolation term leaves the shared area alone (see :func:`box_isolation_loss`).
-    """
-    out = []
-    for i in range(len(boxes)):
-        for j in range(i + 1, len(boxes)):
-            if boxes[i] is not None and boxes[j] is not None and boxes_overlap(boxes[i], boxes[j]):
-                out.append((i, j, box_iou(boxes[i], boxes[j])))
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Masks
-# ----------------------------------------------------------------------------------------------------------------
-def _coverage(lo: float, hi: float, n: int, device=None) -> torch.Tensor:
-    """Fraction of each of ``n`` unit cells ``[i, i + 1]`` that lies in ``[lo * n, hi * n]``: ``(n,)``."""
-    edges = torch.arange(n, device=device, dtype=torch.float64)
-    return ((torch.clamp(edges + 1, max=hi * n) - torch.clamp(edges, min=lo * n)).clamp(0.0, 1.0)).float()
-
-
-def box_mask(box: Box | Sequence[float] | str, h: int, w: int, device=None) -> torch.Tensor:
-    """The mask of a box on an ``h x w`` map grid: the fraction of each cell's area that lies inside the box.
-
-    Cell ``(x, y)`` covers ``[x / w, (x + 1) / w] x [y / h, (y + 1) / h]`` of the normalised image (top-left origin),
-    so the mask is the outer product of the box's 1-D coverages along y and x. Cells fully inside are 1, fully outside
-    0, cells cut by an edge hold their covered fraction; a box whose edges fall on cell boundaries gives an exact 0/1
-    mask, and ``mask.sum() == box.area * h * w`` always. (Chen et al. and BoxDiff round the edges to whole cells; the
-    fractional mask keeps a small box from vanishing on a coarse grid and moves smoothly with the box.)
-
-    Args:
-        box (`Box`, 4-sequence or `str`): the box.
-        h (`int`), w (`int`): map size in cells.
-        device (*optional*): device of the mask.
-
-    Returns:
-        `torch.Tensor` of shape `(h, w)`, float32 in [0, 1].
-    """
-    box = parse_box(box)
-    for name, n in (("h", h), ("w", w)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{name} must be a positive int (map size in cells), got {n!r}")
-    cy = _coverage(box.y0, box.y1, h, device)  # (h,)
-    cx = _coverage(box.x0, box.x1, w, device)  # (w,)
-    return cy[:, None] * cx[None, :]  # (h, w)
-
-
-def box_masks(boxes: Sequence[Box], h: int, w: int, device=None) -> torch.Tensor:
-    """:func:`box_mask` of each box, stacked: ``(G, h, w)``."""
-    return torch.stack([box_mask(b, h, w, device) for b in boxes])
 
 
 def _edge_band(lo: float, hi: float, n: int, width: int, device=None) -> torch.Tensor:
@@ -363,7 +123,7 @@ def layout_guidance_loss(subject_maps: torch.Tensor, boxes: Sequence[Box]) -> to
     """
     maps, _, masks = _prepare(subject_maps, boxes)
     inside = _mass_fraction(maps, masks)  # (B, G)
-    return _nan_if_nonfinite(((1.0 - inside) ** 2).mean(dim=-1), maps)
+    return nan_if_nonfinite(((1.0 - inside) ** 2).mean(dim=-1), maps)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -395,7 +155,7 @@ def boxdiff_inner_loss(
     for g in range(maps.shape[1]):
         k = max(1, int(top_k * float(masks[g].sum())))
         out.append((1.0 - _topk_mean((norm[:, g] * masks[g]).flatten(1), k)).clamp_min(0.0))  # (B,)
-    return _nan_if_nonfinite(torch.stack(out, dim=-1).sum(dim=-1), maps)
+    return nan_if_nonfinite(torch.stack(out, dim=-1).sum(dim=-1), maps)
 
 
 def boxdiff_outer_loss(
@@ -417,7 +177,7 @@ def boxdiff_outer_loss(
     for g in range(maps.shape[1]):
         k = max(1, int(top_k * (cells - float(masks[g].sum()))))
         out.append(_topk_mean((norm[:, g] * (1.0 - masks[g])).flatten(1), k).clamp_min(0.0))  # (B,)
-    return _nan_if_nonfinite(torch.stack(out, dim=-1).sum(dim=-1), maps)
+    return nan_if_nonfinite(torch.stack(out, dim=-1).sum(dim=-1), maps)
 
 
 def boxdiff_corner_loss(
@@ -458,28 +218,7 @@ def boxdiff_corner_loss(
         ex = _edge_band(box.x0, box.x1, w, corner_width, dev)  # (W,)
         ey = _edge_band(box.y0, box.y1, h, corner_width, dev)  # (H,)
         out.append(((px - bx).abs() * ex).mean(dim=-1) + ((py - by).abs() * ey).mean(dim=-1))  # (B,)
-    return _nan_if_nonfinite(torch.stack(out, dim=-1).sum(dim=-1), maps)
-
-
-def boxdiff_loss(
-    subject_maps: torch.Tensor,
-    boxes: Sequence[Box],
-    top_k: float = 0.2,
-    corner_width: int = 1,
-    normalize: str = "max",
-) -> torch.Tensor:
-    """BoxDiff (Xie et al., 2023): inner-box + outer-box + corner constraints, unweighted as in its code.
-
-    See :func:`boxdiff_inner_loss`, :func:`boxdiff_outer_loss`, :func:`boxdiff_corner_loss`.
-
-    Returns:
-        `torch.Tensor` of shape `(B,)`.
-    """
-    return (
-        boxdiff_inner_loss(subject_maps, boxes, top_k, normalize)
-        + boxdiff_outer_loss(subject_maps, boxes, top_k, normalize)
-        + boxdiff_corner_loss(subject_maps, boxes, corner_width, normalize)
-    )
+    return nan_if_nonfinite(torch.stack(out, dim=-1).sum(dim=-1), maps)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -515,7 +254,7 @@ def box_aggregation_loss(subject_maps: torch.Tensor, boxes: Sequence[Box], metri
         dist = torch.linalg.vector_norm(centroid(safe) - centres, dim=-1)  # (B, G)
         dist = torch.where(has_mass, dist, torch.zeros_like(dist))
         per_map = outside + dist / math.sqrt(max((h - 1) ** 2 + (w - 1) ** 2, 1))
-    return _nan_if_nonfinite(per_map.sum(dim=-1), maps)
+    return nan_if_nonfinite(per_map.sum(dim=-1), maps)
 
 
 def _foreign_regions(masks: torch.Tensor) -> torch.Tensor:
@@ -559,44 +298,4 @@ def box_isolation_loss(subject_maps: torch.Tensor, boxes: Sequence[Box], metric:
         per_map = _mass_fraction(maps, foreign) + _mass_fraction(maps, outside)  # (B, G)
     else:
         per_map = _energy_cos(maps, foreign) + _energy_cos(maps, outside)  # (B, G)
-    return _nan_if_nonfinite(per_map.mean(dim=-1), maps)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# All terms in one call
-# ----------------------------------------------------------------------------------------------------------------
-def box_terms(
-    subject_maps: torch.Tensor,
-    boxes: Sequence[Box],
-    metric: str = "euclidean",
-    aggregation_metric: str | None = None,
-    isolation_metric: str | None = None,
-    top_k: float = 0.2,
-    corner_width: int = 1,
-    normalize: str = "max",
-) -> dict[str, torch.Tensor]:
-    """Every box loss of this module on one set of subject maps, unweighted, for a method to combine.
-
-    Args:
-        subject_maps (`torch.Tensor` of shape `(B, G, H, W)`): subject maps (raw for the AI-T2I and layout terms;
-            BoxDiff's own input is the Attend-and-Excite view with ``normalize="none"``).
-        boxes (`list[Box]` of length G): one box per subject (Box, 4-sequences or ``"x0,y0,x1,y1"`` strings).
-        metric (`str`, *optional*, defaults to `"euclidean"`): form of both AI-T2I box terms.
-        aggregation_metric (`str`, *optional*): overrides ``metric`` for ``box_aggregation``.
-        isolation_metric (`str`, *optional*): overrides ``metric`` for ``box_isolation``.
-        top_k (`float`, *optional*, defaults to 0.2): BoxDiff's P.
-        corner_width (`int`, *optional*, defaults to 1): BoxDiff's L.
-        normalize (`str`, *optional*, defaults to `"max"`): map normalisation of the BoxDiff terms.
-
-    Returns:
-        `dict[str, torch.Tensor]`, each `(B,)`: ``"layout_guidance"``, ``"boxdiff_inner"``, ``"boxdiff_outer"``,
-        ``"boxdiff_corner"``, ``"box_aggregation"``, ``"box_isolation"``.
-    """
-    return {
-        "layout_guidance": layout_guidance_loss(subject_maps, boxes),
-        "boxdiff_inner": boxdiff_inner_loss(subject_maps, boxes, top_k, normalize),
-        "boxdiff_outer": boxdiff_outer_loss(subject_maps, boxes, top_k, normalize),
-        "boxdiff_corner": boxdiff_corner_loss(subject_maps, boxes, corner_width, normalize),
-        "box_aggregation": box_aggregation_loss(subject_maps, boxes, aggregation_metric or metric),
-        "box_isolation": box_isolation_loss(subject_maps, boxes, isolation_metric or metric),
-    }
+    return nan_if_nonfinite(per_map.mean(dim=-1), maps)

@@ -1,9 +1,11 @@
-"""Method configurations: one dataclass per method, validated on construction (the presets live in ``methods``).
+"""The method protocol: :class:`GuidanceConfig`, the base of every method's config (a dataclass validated on
+construction).
 
 Every method shares the guidance schedule of :class:`GuidanceConfig` (which steps are guided, the step size,
-iterative refinement, where attention is read) and implements the method protocol of :mod:`ait2i.methods`: a
-``loss(raw, subjects, eot_index)`` on one capture of the cross-attention maps. The loss-specific fields live in the
-subclasses. Windows are
+iterative refinement, where attention is read) and implements ``loss(raw, subjects, eot_index)`` on one capture of
+the cross-attention maps; the loss-specific fields live in the subclasses (one file per built-in method in
+:mod:`ait2i.methods`), and so does the space ``ait2i tune`` searches (:meth:`GuidanceConfig.search_space`,
+:mod:`ait2i.methods.space`). Windows are
 given either as absolute step indices (``int``, the reference implementations' semantics: "the first 25 steps",
 "refine at steps 0, 10, 20" whatever the step count) or as a fraction of the steps (``float`` in (0, 1]).
 """
@@ -15,6 +17,10 @@ import math
 import numbers
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from .space import READ_LAYERS, FloatRange, declare_space, declared_space
 
 if TYPE_CHECKING:
     import torch
@@ -31,10 +37,13 @@ MAX_SCALE_FACTOR = 1000.0
 class GuidanceConfig:
     """The latent-update schedule shared by every method (docs/method.md, section 4 and "Hosts and methods")."""
 
-    #: Side of the cross-attention maps that guidance reads (16 = 16x16, SD 1.x/2.x at 512 px; a 1024 px image
-    #: would read 32). ``None`` picks ``ceil(width / 32)``, the Attend-and-Excite rule.
+    #: Side of the attention maps that guidance reads; the host interprets it (``Host.reads``). A UNet reads its
+    #: cross-attention layers at that resolution (16 = 16x16, SD 1.x/2.x at 512 px; a 1024 px image would read 32;
+    #: ``None`` picks ``ceil(width / 32)``, the Attend-and-Excite rule); a transformer pools its token grid to it
+    #: (``None``: the grid itself).
     attn_res: int | None = 16
-    #: UNet parts whose cross-attention layers at ``attn_res`` are averaged (over layers and heads).
+    #: UNet parts whose cross-attention layers at ``attn_res`` are averaged (over layers and heads); read by UNet
+    #: hosts only (a transformer host reads its own blocks, ``read_blocks``).
     from_where: tuple[str, ...] = ("up", "down", "mid")
     #: Steps ``i < max_guided_steps`` get a gradient update. ``int``: absolute step index (25 of 50 in the
     #: references); ``float`` in (0, 1]: that fraction of the scheduler's steps.
@@ -77,7 +86,7 @@ class GuidanceConfig:
             ValueError: naming the field, the value and the valid range.
         """
         if self.attn_res is not None:
-            _integer("attn_res", self.attn_res, 1, note=" or None (16 for SD 1.x at 512 px)")
+            check_integer("attn_res", self.attn_res, 1, note=" or None (16 for SD 1.x at 512 px)")
         if isinstance(self.from_where, str) or not isinstance(self.from_where, (tuple, list)):
             hint = f"; write one part as ({self.from_where!r},)" if isinstance(self.from_where, str) else ""
             raise ValueError(
@@ -89,28 +98,28 @@ class GuidanceConfig:
         if bad or not self.from_where or len(set(self.from_where)) != len(self.from_where):
             raise ValueError(f"from_where must be a non-empty subset of {PLACES}, each once, got {self.from_where!r}")
         _check_window("max_guided_steps", self.max_guided_steps)
-        _number("scale_factor", self.scale_factor, 0.0, MAX_SCALE_FACTOR, note=" (typical 10-40)")
+        check_number("scale_factor", self.scale_factor, 0.0, MAX_SCALE_FACTOR, note=" (typical 10-40)")
         sr = self.scale_range
         if isinstance(sr, (str, bytes)) or not isinstance(sr, (tuple, list)) or len(sr) != 2:
             raise ValueError(f"scale_range must be two numbers in [0, 1] (start, end), got {sr!r}")
         for k, s in zip(("start", "end"), sr):
-            _number(f"scale_range {k}", s, 0.0, 1.0, shown=f"scale_range={sr!r}")
+            check_number(f"scale_range {k}", s, 0.0, 1.0, shown=f"scale_range={sr!r}")
         self.scale_range = tuple(float(s) for s in sr)
         if self.refinement is not None and not isinstance(self.refinement, dict):
             raise ValueError(f"refinement must be a dict {{step: threshold}} or None, got {self.refinement!r}")
         self.refinement = dict(self.refinement or {})
         for k, v in self.refinement.items():
             _check_window("refinement step", k)
-            _number(f"refinement threshold at step {k!r}", v, 0.0, 1.0)
-        _integer("max_refinement_steps", self.max_refinement_steps, 0)
+            check_number(f"refinement threshold at step {k!r}", v, 0.0, 1.0)
+        check_integer("max_refinement_steps", self.max_refinement_steps, 0)
         if self.softmax_span not in SOFTMAX_SPANS:
             raise ValueError(f"softmax_span must be one of {SOFTMAX_SPANS}, got {self.softmax_span!r}")
-        _integer("smooth_kernel", self.smooth_kernel, 1, note=", odd")
+        check_integer("smooth_kernel", self.smooth_kernel, 1, note=", odd")
         if self.smooth_kernel % 2 == 0:
             raise ValueError(f"smooth_kernel must be an odd int >= 1, got {self.smooth_kernel!r}")
-        _number("smooth_sigma", self.smooth_sigma, 0.0, None, low_open=True)
+        check_number("smooth_sigma", self.smooth_sigma, 0.0, None, low_open=True)
         for k in self.weight_fields:
-            _number(k, getattr(self, k), 0.0, None)
+            check_number(k, getattr(self, k), 0.0, None)
 
     def _check_moves(self) -> None:
         """Refuse a guiding config that can never change the latents: its output would be method "none" mislabelled."""
@@ -147,8 +156,6 @@ class GuidanceConfig:
 
     def step_sizes(self, num_steps: int) -> list[float]:
         """``eta_i = scale_factor * sqrt(linspace(s0, s1, num_steps)[i])`` (the references' schedule)."""
-        import numpy as np
-
         s = np.linspace(self.scale_range[0], self.scale_range[1], num_steps)
         return [float(x) for x in self.scale_factor * np.sqrt(s)]
 
@@ -158,10 +165,9 @@ class GuidanceConfig:
 
     @classmethod
     def search_space(cls) -> dict:
-        """The fields ``ait2i tune`` searches, ``{field: FloatRange | IntRange | Choice}`` (:mod:`ait2i.search_space`:
-        the built-in methods' spaces; a method declares its own with ``declare_space`` or by overriding this)."""
-        from .search_space import declared_space
-
+        """The fields ``ait2i tune`` searches, ``{field: FloatRange | IntRange | Choice}``: the space declared for the
+        class or its nearest declared ancestor (:func:`ait2i.methods.space.declare_space`, which each built-in
+        method's file calls; a method may also override this)."""
         return declared_space(cls)
 
     # -- the method protocol ----------------------------------------------------------------------------------
@@ -183,94 +189,6 @@ class GuidanceConfig:
         raise NotImplementedError(f"{type(self).__name__} does not implement loss(raw, subjects, eot_index)")
 
 
-@dataclass
-class AttendExciteConfig(GuidanceConfig):
-    """Attend-and-Excite (Chefer et al., 2023): ``L = max_g (1 - max A_g)`` on the softmaxed, smoothed maps.
-
-    Defaults are those of diffusers' ``StableDiffusionAttendAndExcitePipeline``.
-    """
-
-    refinement: dict[int | float, float] | None = field(default_factory=lambda: {0: 0.05, 10: 0.5, 20: 0.8})
-    name: str = field(default="attend-and-excite", repr=False)
-
-    def loss(self, raw, subjects, eot_index):
-        from .losses import attend_excite_objective
-
-        return attend_excite_objective(raw, subjects, self, eot_index)
-
-
-@dataclass
-class AIT2IConfig(GuidanceConfig):
-    """AI-T2I (Cao et al., 2026): aggregation + attribute binding + isolation (+ presence).
-
-    Formulas: docs/method.md, section 3.
-    """
-
-    from_where: tuple[str, ...] = ("up", "down")
-    #: Our default guides the first half of the steps whatever their number (25 of 50, as the authors' code);
-    #: the "ait2i-paper" preset keeps the absolute 25.
-    max_guided_steps: int | float = 0.5
-    refinement: dict[int | float, float] | None = None
-    #: Loss weights. Isolation pushes subjects apart; aggregation gathers each subject into one region;
-    #: attribute binding gathers each attribute token onto its noun; presence is A&E's neglect term.
-    w_isolation: float = 2.0
-    w_aggregation: float = 1.25
-    w_presence: float = 0.25
-    w_attribute: float = 0.75
-    #: Distance metric per geometric term: "euclidean" (centroid distances) or "cosine" (map overlap).
-    #: Aggregation defaults to cosine, chosen by the ShapesWorld ablation (docs/method.md); the released code
-    #: (preset "ait2i-paper") is Euclidean throughout.
-    isolation_metric: str = "euclidean"
-    aggregation_metric: str = "cosine"
-    attribute_metric: str = "euclidean"
-    #: Regions found by non-maximum suppression per map, and the disc radii (in cells at 16x16; scaled with
-    #: ``attn_res / 16`` at other resolutions).
-    num_regions: int = 3
-    region_radius: float = 5.0
-    attribute_radius: float = 6.0
-    name: str = field(default="ait2i", repr=False)
-
-    weight_fields: ClassVar[tuple[str, ...]] = ("w_isolation", "w_aggregation", "w_presence", "w_attribute")
-
-    def _validate(self) -> None:
-        super()._validate()
-        for k in ("isolation_metric", "aggregation_metric", "attribute_metric"):
-            if getattr(self, k) not in METRICS:
-                raise ValueError(f"{k} must be one of {METRICS}, got {getattr(self, k)!r}")
-        _integer("num_regions", self.num_regions, 1)
-        _number("region_radius", self.region_radius, 0.0, None, low_open=True, note=" (cells at 16x16; typical 5)")
-        _number(
-            "attribute_radius", self.attribute_radius, 0.0, None, low_open=True, note=" (cells at 16x16; typical 6)"
-        )
-
-    def loss(self, raw, subjects, eot_index):
-        from .losses import ait2i_objective
-
-        return ait2i_objective(raw, subjects, self, eot_index)
-
-
-@dataclass
-class NoGuidanceConfig(GuidanceConfig):
-    """Vanilla sampling: the host pipeline runs untouched (maps may still be recorded for pictures)."""
-
-    max_guided_steps: int | float = 0
-    name: str = field(default="none", repr=False)
-    guides: ClassVar[bool] = False
-
-    def guided_steps(self, num_steps: int) -> int:
-        return 0
-
-    def refinement_thresholds(self, num_steps: int) -> dict[int, float]:
-        return {}
-
-    def loss(self, raw, subjects, eot_index):
-        """No loss (zeros); the subjects' maximum attention, for the diagnostics."""
-        from .losses import check_subjects, subject_max_attention
-
-        raw = check_subjects(raw, subjects, self.softmax_span, eot_index)
-        return raw.new_zeros(raw.shape[0]), {}, subject_max_attention(raw, subjects, self, eot_index)
-
-
 def _check_window(what: str, v) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError(f"{what} must be an int step index >= 0 or a float fraction in [0, 1], got {v!r}")
@@ -284,7 +202,7 @@ def _is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def _number(
+def check_number(
     what: str, v, low: float, high: float | None, *, low_open: bool = False, note: str = "", shown: str = ""
 ) -> None:
     """Refuse ``v`` unless it is a finite real number (not a bool) in ``[low, high]`` (``(low, ...`` if open)."""
@@ -296,7 +214,7 @@ def _number(
         raise ValueError(f"{what} must be a finite number {rng}{note}, got {shown or repr(v)}")
 
 
-def _integer(what: str, v, low: int, *, note: str = "") -> None:
+def check_integer(what: str, v, low: int, *, note: str = "") -> None:
     """Refuse ``v`` unless it is an int (not a bool, not a float) >= ``low``."""
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
         raise ValueError(f"{what} must be an int >= {low}{note}, got {v!r}")
@@ -306,8 +224,10 @@ def _resolve(v: int | float, num_steps: int) -> int:
     return v if isinstance(v, int) else int(round(v * num_steps))
 
 
-def get_config(method) -> GuidanceConfig:
-    """Resolve a registered method name or pass a config object through (see :func:`ait2i.methods.get_method`)."""
-    from .methods import get_method
-
-    return get_method(method)
+#: The schedule every method inherits, searched by ``ait2i tune`` for a method that declares no space of its own.
+SCHEDULE_SPACE = {
+    "scale_factor": FloatRange(2.0, 80.0, log=True),
+    "max_guided_steps": FloatRange(0.1, 1.0),
+    "from_where": READ_LAYERS,
+}
+declare_space(GuidanceConfig, SCHEDULE_SPACE)

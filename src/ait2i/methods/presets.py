@@ -33,6 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..io import atomic_path
+from ..parsing import read_setting
+from .registry import available_methods, registered
+
 #: Top-level keys of a preset file.
 KEYS = ("method", "none_fields", "config", "provenance")
 
@@ -137,9 +141,7 @@ def _plain(v):
 
 def changed_fields(cfg) -> dict[str, Any]:
     """The fields of ``cfg`` that differ from its registered method's defaults (``cfg.name``)."""
-    from .methods import get_method
-
-    base = get_method(cfg.name)
+    base = registered(cfg.name)
     if type(base) is not type(cfg):
         raise ValueError(f"method {cfg.name!r} is registered as {type(base).__name__}, not {type(cfg).__name__}")
     return {
@@ -151,8 +153,6 @@ def changed_fields(cfg) -> dict[str, Any]:
 
 def write_preset(path: str | os.PathLike, cfg, provenance: Mapping | None = None) -> Path:
     """Write ``cfg`` (its changes from the registered defaults) and ``provenance`` to ``path`` (atomically)."""
-    from .metadata import atomic_path
-
     path = Path(path)
     if not is_preset_path(path):
         raise ValueError(f"a preset file ends in .toml, got {str(path)!r}")
@@ -175,9 +175,6 @@ def _toml():
 
 def load_text(text: str, where: str = "<preset>") -> Preset:
     """Parse and check a preset's text (``where`` names it in errors)."""
-    from .bench.specs import _convert
-    from .methods import available_methods, get_method
-
     tomllib = _toml()
     try:
         data = tomllib.loads(text)
@@ -194,7 +191,7 @@ def load_text(text: str, where: str = "<preset>") -> Preset:
             f"preset {where} is for the method {method!r}, which is not registered here; registered: "
             f"{available_methods()} (install the package that provides it)"
         )
-    cfg = get_method(method)
+    cfg = registered(method)
     config, nones = data.get("config", {}), data.get("none_fields", [])
     if not isinstance(config, dict) or not isinstance(nones, list):
         raise ValueError(f"preset {where}: [config] must be a table and none_fields a list")
@@ -212,7 +209,7 @@ def load_text(text: str, where: str = "<preset>") -> Preset:
         elif isinstance(v, int) and not isinstance(v, bool) and "float" in ann and "int" not in ann:
             v = float(v)
         elif isinstance(v, str) and "str" not in ann:
-            v = _convert(cfg, k, v)
+            v = read_setting(cfg, k, v)
         values[k] = v
     try:
         cfg = cfg.replace(**values)

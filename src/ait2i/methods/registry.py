@@ -1,25 +1,10 @@
-"""The method protocol and registry: every method the API, the CLI and the benchmarks accept.
+"""The method registry: every method name the API, the CLI and the benchmarks accept.
 
-A method is a :class:`~ait2i.config.GuidanceConfig` subclass (a dataclass, validated in ``__post_init__``) that
-implements ``loss(raw, subjects, eot_index) -> (loss (B,), terms, max_att (B, G))``. The schedule (which steps are
-guided, step sizes, refinement, where attention is read) comes with the base class; a method overrides it only if
-it needs to. Two class attributes describe it to the engine and to ``generate``: ``guides`` (``False`` only for
-``"none"``) and ``uses_boxes`` (it reads ``Subject.box``).
-
-Methods are looked up by name in one registry. The built-in ones are ``"ait2i"``, ``"ait2i-paper"``,
-``"attend-and-excite"`` and ``"none"``. A third-party package registers its own without editing ait2i, either by
-calling :func:`register_method` at import, or through the ``ait2i.methods`` entry-point group (``name = "pkg.mod:
-factory"``), which is read the first time a name is looked up::
-
-    @dataclass
-    class CentreBias(ait2i.GuidanceConfig):
-        name: str = field(default="centre-bias", repr=False)
-
-        def loss(self, raw, subjects, eot_index):
-            ...
-
-    ait2i.register_method("centre-bias", CentreBias)
-    ait2i.generate(pipe, prompt, subjects, method="centre-bias")
+One table ``name -> factory`` (a factory returns a fresh config, a :class:`~ait2i.methods.base.GuidanceConfig`
+subclass that implements ``loss``). The built-in methods are registered in :mod:`ait2i.methods` (one line each); a
+third-party package registers its own without editing ait2i, either by calling :func:`register_method` at import,
+or through the ``ait2i.methods`` entry-point group (``name = "pkg.mod:factory"``), read the first time a name is
+looked up. :func:`ait2i.methods.get_method` also reads preset files (:mod:`ait2i.methods.presets`).
 """
 
 from __future__ import annotations
@@ -28,7 +13,7 @@ import warnings
 from collections.abc import Callable
 from importlib import metadata
 
-from .config import AIT2IConfig, AttendExciteConfig, GuidanceConfig, NoGuidanceConfig
+from .base import GuidanceConfig
 
 #: Entry-point group through which installed packages register methods (``name -> factory``).
 ENTRY_POINT_GROUP = "ait2i.methods"
@@ -90,60 +75,24 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_method(method) -> GuidanceConfig:
-    """A fresh config for a registered method name or a preset file (``*.toml``, :mod:`ait2i.presets`), or a
-    config object passed through.
+def registered(name: str) -> GuidanceConfig:
+    """A fresh config of the method registered as ``name`` (installed packages' entry points included).
 
     Raises:
-        ValueError: an unknown name (the message lists the registered ones); a preset file that is missing,
-            malformed, for an unregistered method or with unknown fields (the message names the file).
+        ValueError: an unknown name (the message lists the registered ones), or a method whose package failed
+            to load.
     """
-    if isinstance(method, GuidanceConfig):
-        return method
-    from .presets import is_preset_path, load_preset
-
-    if is_preset_path(method):
-        return load_preset(method)
-    if isinstance(method, str):
+    if isinstance(name, str):
         _load_entry_points()
-        if method in _REGISTRY:
-            return _REGISTRY[method]()
-        if method in _entry_point_errors:
-            raise ValueError(f"method {method!r} failed to load from its package ({_entry_point_errors[method]})")
+        if name in _REGISTRY:
+            return _REGISTRY[name]()
+        if name in _entry_point_errors:
+            raise ValueError(f"method {name!r} failed to load from its package ({_entry_point_errors[name]})")
     raise ValueError(
-        f"unknown method {method!r}; expected one of {available_methods()}, a preset file (.toml) or a GuidanceConfig"
+        f"unknown method {name!r}; expected one of {available_methods()}, a preset file (.toml) or a GuidanceConfig"
     )
-
-
-#: Alias kept for the names used across the package and by users of 0.1.
-get_config = get_method
 
 
 def box_methods() -> list[str]:
     """Names of the registered methods that read per-subject boxes."""
-    return [n for n in available_methods() if get_method(n).uses_boxes]
-
-
-# The authors' released configuration, kept whatever our defaults become.
-register_method(
-    "ait2i-paper",
-    lambda: AIT2IConfig(
-        name="ait2i-paper",
-        max_guided_steps=25,
-        isolation_metric="euclidean",
-        aggregation_metric="euclidean",
-        attribute_metric="euclidean",
-    ),
-)
-# Our default: the paper preset with the first half of the steps guided and cosine aggregation, as the ShapesWorld
-# ablation chose (docs/method.md).
-register_method("ait2i", AIT2IConfig)
-register_method("attend-and-excite", AttendExciteConfig)
-register_method("none", NoGuidanceConfig)
-
-# Layout methods (every subject carries a box): AI-T2I with boxes and the two baselines.
-from .layout_methods import AIT2ILayoutConfig, BoxDiffConfig, LayoutGuidanceConfig  # noqa: E402
-
-register_method("ait2i-layout", AIT2ILayoutConfig)
-register_method("layout-guidance", LayoutGuidanceConfig)
-register_method("boxdiff", BoxDiffConfig)
+    return [n for n in available_methods() if registered(n).uses_boxes]

@@ -3,12 +3,12 @@
 Each method declares its space, ``{field: spec}``, read through ``GuidanceConfig.search_space()``: a spec is a
 :class:`FloatRange` (``low``, ``high``, optional ``log`` scale), an :class:`IntRange` or a :class:`Choice` of
 values (strings, numbers, tuples such as ``from_where=("down",)``, dicts such as a refinement schedule, ``None``).
-The built-in methods' spaces are declared here (:data:`SPACES`, keyed by config class; a subclass inherits the
-nearest declared ancestor's space); a third-party method declares its own with :func:`declare_space` or by
-overriding the classmethod::
+Each built-in method's file declares its space next to its config (:data:`SPACES`, keyed by config class; a
+subclass inherits the nearest declared ancestor's space); a third-party method declares its own the same way, with
+:func:`declare_space`, or by overriding the classmethod::
 
-    ait2i.search_space.declare_space(CentreBias, {"scale_factor": FloatRange(5, 60, log=True),
-                                                  "w_centre": FloatRange(0, 4)})
+    ait2i.methods.declare_space(CentreBias, {"scale_factor": FloatRange(5, 60, log=True),
+                                             "w_centre": FloatRange(0, 4)})
 
 A user narrows or widens a space from the command line (:func:`customize`): ``--space FIELD=LOW:HIGH[:log]``
 (a range; ``0.1:1.0`` is a float range, ``1:3`` an int range for an int field), ``--space FIELD=a|b|c`` (choices,
@@ -26,6 +26,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from ..parsing import read_setting
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,8 @@ class Choice:
 
 Spec = FloatRange | IntRange | Choice
 
-#: Declared spaces by config class (filled below for the built-in methods and by :func:`declare_space`).
+#: Declared spaces by config class (each built-in method's file declares its own with :func:`declare_space`).
 SPACES: dict[type, dict[str, Spec]] = {}
-_builtins_declared = False
 
 
 def declare_space(cls: type, space: Mapping[str, Spec]) -> None:
@@ -139,7 +140,6 @@ def declare_space(cls: type, space: Mapping[str, Spec]) -> None:
 
 def declared_space(cls: type) -> dict[str, Spec]:
     """The space declared for ``cls`` or its nearest declared ancestor (empty if none)."""
-    _declare_builtins()
     for klass in cls.__mro__:
         if klass in SPACES:
             return dict(SPACES[klass])
@@ -206,8 +206,6 @@ def _split_assignment(item: str, what: str) -> tuple[str, str]:
 
 def parse_spec(cfg, name: str, raw: str) -> Spec:
     """``LOW:HIGH[:log]`` or ``a|b|c`` for field ``name`` of ``cfg`` (values read by the field's type)."""
-    from .bench.specs import _convert
-
     ann = str({f.name: f.type for f in dataclasses.fields(cfg)}[name])
     parts = raw.split(":")
     numeric = ("int" in ann or "float" in ann) and not any(t in ann for t in ("dict", "tuple", "str"))
@@ -221,7 +219,7 @@ def parse_spec(cfg, name: str, raw: str) -> Spec:
             return FloatRange(float(lo), float(hi), log) if as_float else IntRange(int(lo), int(hi), log)
         except ValueError as e:
             raise ValueError(f"--space {name}={raw}: {e}") from None
-    return Choice(tuple(_convert(cfg, name, v) for v in raw.split("|")))
+    return Choice(tuple(read_setting(cfg, name, v) for v in raw.split("|")))
 
 
 def customize(
@@ -243,8 +241,6 @@ def customize(
     Returns:
         `(space, fixed)`: the space to search and the fixed values.
     """
-    from .bench.specs import _convert
-
     fields = tunable_fields(cfg)
 
     def known(name: str, what: str) -> str:
@@ -263,7 +259,7 @@ def customize(
     fixed: dict[str, Any] = {}
     for item in fixes:
         name, raw = _split_assignment(item, "--fix")
-        fixed[name] = _convert(cfg, known(name, "--fix"), raw)
+        fixed[name] = read_setting(cfg, known(name, "--fix"), raw)
         out.pop(name, None)
     check_space(cfg, out)
     try:
@@ -278,62 +274,9 @@ def describe(space: Mapping[str, Spec]) -> list[str]:
     return [f"{name}: {spec.describe()}" for name, spec in space.items()]
 
 
-# -- the built-in methods' spaces ----------------------------------------------------------------------------------
+# -- choices shared by the built-in methods' spaces -----------------------------------------------------------
 #: Read layers at the read resolution: down only, down + mid, down + up (the AI-T2I default), all, up only.
 READ_LAYERS = Choice((("down",), ("down", "mid"), ("up", "down"), ("up", "down", "mid"), ("up",)))
 #: Attend-and-Excite's refinement at steps 0, 10, 20 of 50 as fractions of the run, or none.
 REFINEMENT = Choice((None, {0: 0.05, 0.2: 0.5, 0.4: 0.8}))
 METRIC = Choice(("euclidean", "cosine"))
-
-
-def _declare_builtins() -> None:
-    global _builtins_declared
-    if _builtins_declared:
-        return
-    _builtins_declared = True
-    from .config import AIT2IConfig, AttendExciteConfig, GuidanceConfig
-    from .layout_methods import AIT2ILayoutConfig, BoxDiffConfig
-
-    schedule = {
-        "scale_factor": FloatRange(2.0, 80.0, log=True),
-        "max_guided_steps": FloatRange(0.1, 1.0),
-        "from_where": READ_LAYERS,
-    }
-    ait2i = {
-        **schedule,
-        "w_isolation": FloatRange(0.0, 4.0),
-        "w_aggregation": FloatRange(0.0, 4.0),
-        "w_presence": FloatRange(0.0, 2.0),
-        "w_attribute": FloatRange(0.0, 3.0),
-        "isolation_metric": METRIC,
-        "aggregation_metric": METRIC,
-        "attribute_metric": METRIC,
-        "refinement": REFINEMENT,
-    }
-    SPACES.setdefault(GuidanceConfig, schedule)  # any method: the schedule it inherits
-    SPACES.setdefault(AttendExciteConfig, {**schedule, "refinement": REFINEMENT})
-    SPACES.setdefault(AIT2IConfig, ait2i)
-    SPACES.setdefault(
-        AIT2ILayoutConfig,
-        {
-            **ait2i,
-            "w_box_aggregation": FloatRange(0.0, 6.0),
-            "w_box_isolation": FloatRange(0.0, 6.0),
-            "box_aggregation_metric": METRIC,
-            "box_isolation_metric": METRIC,
-        },
-    )
-    SPACES.setdefault(
-        BoxDiffConfig,
-        {
-            **schedule,
-            "top_k": FloatRange(0.05, 0.5),
-            "corner_width": IntRange(1, 3),
-            "w_inner": FloatRange(0.0, 3.0),
-            "w_outer": FloatRange(0.0, 3.0),
-            "w_corner": FloatRange(0.0, 3.0),
-        },
-    )
-    from .config import NoGuidanceConfig
-
-    SPACES.setdefault(NoGuidanceConfig, {})  # vanilla: nothing to tune

@@ -39,6 +39,21 @@ SCHEDULER_KWARGS = {
 }
 
 
+def clip_tokenizer_dir() -> Path:
+    """Folder holding ``vocab.json`` and ``merges.txt`` of the SD 1.x CLIP tokenizer (package data)."""
+    return Path(str(resources.files("ait2i") / "data" / "clip-tokenizer"))
+
+
+def clip_tokenizer(model_max_length: int = 77):
+    """The SD 1.x CLIP tokenizer, built offline from the package's vocabulary files."""
+    from transformers import CLIPTokenizer
+
+    d = clip_tokenizer_dir()
+    return CLIPTokenizer(
+        str(d / "vocab.json"), str(d / "merges.txt"), pad_token="<|endoftext|>", model_max_length=model_max_length
+    )
+
+
 def build_text_encoder():
     """A randomly initialised ``CLIPTextModel`` (2 layers, width 128, 4 heads, SD's vocabulary and 77 positions)."""
     from transformers import CLIPTextConfig, CLIPTextModel

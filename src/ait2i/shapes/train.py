@@ -394,10 +394,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from ait2i.testing import clip_tokenizer
-
     torch.manual_seed(args.seed)
-    tokenizer = clip_tokenizer()
+    tokenizer = M.clip_tokenizer()
     arch = ARCHES[args.arch](args, tokenizer)
     vae, vae_opt = arch.vae, arch.vae_opt
     params = [p for m in arch.models.values() for p in m.parameters()]

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ...shapes.check import check, match
 from .. import metrics as M
+from ..chunks import shipped_table, vqa_questions
 from .layout import KEYS as LAYOUT_KEYS
 from .layout import LayoutScorer
 
@@ -87,8 +89,6 @@ class VqaScorer:
         self.has_enc = isinstance(enc, int) and enc != tok.unk_token_id
 
     def score(self, images, item) -> list[dict]:
-        from ..chunks import vqa_questions
-
         qs = vqa_questions(item.prompt)
         flat = M.vqa_yes(self.model, self.processor, [im for im in images for _ in qs], qs * len(images)) if qs else []
         return [
@@ -97,14 +97,12 @@ class VqaScorer:
         ]
 
     def info(self) -> dict:
-        from ..suites.compbench_chunks import PROVENANCE
-
         enc = (
             "question encoder starts with [ENC], as BLIP was trained"
             if self.has_enc
             else "FALLBACK: the tokenizer has no [ENC] token; questions start with its [CLS] token instead"
         )
-        return {"model": _model_name(self.model), "enc_token": enc, "noun_chunks": PROVENANCE}
+        return {"model": _model_name(self.model), "enc_token": enc, "noun_chunks": shipped_table()["provenance"]}
 
 
 class ClipScoreScorer:
@@ -153,13 +151,9 @@ class ShapesScorer:
     name, keys = "shapes", KEYS["shapes"]
 
     def __init__(self, checker=None):
-        from ...shapes.check import check
-
         self.checker = checker or check
 
     def score(self, images, item) -> list[dict]:
-        from ...shapes.check import match
-
         out = []
         for im in images:
             found = self.checker(im)

@@ -12,6 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ...boxes import xyxy_iou
+from ...shapes.check import check, match
+from ..suites.layout import objects_of
+
 #: Row keys, the headline first.
 KEYS = ("iou", "centre_in_box", "all_in_box", "exact_binding", "clean_binding")
 
@@ -24,8 +28,6 @@ def score_boxes(image, objects: Sequence, found=None) -> dict:
         objects: the requested objects with their boxes (normalised, origin top-left).
         found (*optional*): the checker's detections, if already computed.
     """
-    from ...shapes.check import check, match
-
     if found is None:
         found = [d for d in check(image) if not d.is_noise]
     if isinstance(getattr(image, "size", None), tuple):  # PIL: (width, height)
@@ -39,10 +41,7 @@ def score_boxes(image, objects: Sequence, found=None) -> dict:
             if d.mixed or (d.color, d.shape) != (color, shape):
                 continue
             x0, y0, x1, y1 = d.bbox[0] / w, d.bbox[1] / h, d.bbox[2] / w, d.bbox[3] / h
-            iw = max(0.0, min(x1, box.x1) - max(x0, box.x0))
-            ih = max(0.0, min(y1, box.y1) - max(y0, box.y0))
-            inter = iw * ih
-            iou = inter / ((x1 - x0) * (y1 - y0) + box.area - inter)
+            iou = xyxy_iou((x0, y0, x1, y1), box.as_tuple())
             if iou > best_iou or (best_iou == 0.0 and not best_in):
                 cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
                 best_iou, best_in = max(iou, best_iou), box.x0 <= cx <= box.x1 and box.y0 <= cy <= box.y1
@@ -61,8 +60,6 @@ def score_boxes(image, objects: Sequence, found=None) -> dict:
 def score_layout(image, item) -> dict:
     """:func:`score_boxes` for a layout item (a :class:`~ait2i.bench.suites.layout.LayoutItem` or a runner item
     of the ``layout`` suite)."""
-    from ..suites.layout import objects_of
-
     return score_boxes(image, objects_of(item))
 
 

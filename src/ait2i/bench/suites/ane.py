@@ -18,6 +18,8 @@ from __future__ import annotations
 import itertools
 import json
 
+from .base import Item, Suite
+
 # fmt: off
 #: Word lists in the order of the paper; each pair is written first-in-this-order first.
 ANIMALS = ("cat", "dog", "bird", "bear", "lion", "horse", "elephant", "monkey", "frog", "turtle", "rabbit", "mouse")
@@ -131,7 +133,6 @@ def ane_json() -> str:
 
 def suite(category: str | None = None, data_dir=None):
     """The AnE suite (all three sets, or one), protocol ``ane``, scored by CLIP and BLIP captions."""
-    from . import Item, Suite
 
     rows, seen = ane_prompts(category), {}
     items = []

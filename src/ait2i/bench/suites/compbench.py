@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from ..chunks import subjects_of
+from .base import Item, Suite
 
 #: Repository and commit the files are taken from (path ``examples/dataset/<file>``).
 REPO = "Karine-Huang/T2I-CompBench"
@@ -144,10 +145,15 @@ DEFAULT_SCORERS = {
 }
 
 
+def official_prompts(data_dir=None) -> list[str]:
+    """Every prompt of the 8 T2I-CompBench++ validation files, first occurrence order (the prompts of the shipped
+    noun-chunk table, :mod:`ait2i.bench.chunks`)."""
+    return list(dict.fromkeys(p for c in CATEGORIES for _, p, _ in compbench_prompts(c, data_dir)))
+
+
 def suite(category: str | None, data_dir=None):
     """One T2I-CompBench++ category (one per output folder, as the official scripts expect), protocol
     ``compbench``; subjects and BLIP-VQA questions from the shipped spaCy noun-chunk table."""
-    from . import Item, Suite
 
     if not category:
         raise ValueError(

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...layout import Box
+from ...boxes import Box
+from ...shapes import render as R
+from .base import Item, Suite
 
 IMAGE_SIZE = 32
 CATEGORIES = ("two", "three", "corners")
@@ -48,8 +50,6 @@ def _box_of(spec) -> Box:
 
 def layout_items(prompts_per_category: int = 4, layouts_per_prompt: int = 3, seed: int = 0) -> list[LayoutItem]:
     """The fixed item list: per category, ``prompts_per_category`` prompts x ``layouts_per_prompt`` layouts."""
-    from ...shapes import render as R
-
     rng = np.random.default_rng(seed)
     items: list[LayoutItem] = []
     for category in CATEGORIES:
@@ -75,7 +75,6 @@ def layout_items(prompts_per_category: int = 4, layouts_per_prompt: int = 3, see
 
 def to_item(it: LayoutItem, index: int):
     """A :class:`LayoutItem` as the runner's :class:`~ait2i.bench.suites.Item`."""
-    from . import Item
 
     data = {
         "objects": tuple((c, s) for c, s, _ in it.objects),
@@ -95,7 +94,6 @@ def objects_of(item) -> list[tuple[str, str, Box]]:
 def suite(category: str | None = None, data_dir=None, prompts_per_category: int = 4, layouts_per_prompt: int = 3):
     """``layout`` (every category) or ``layout:two+corners``; protocol ``shapes``, seeds 0-7, scored by the
     layout scorer (box metrics and binding)."""
-    from . import Suite
 
     cats = [c for c in (category or "").split("+") if c]
     bad = [c for c in cats if c not in CATEGORIES]

@@ -12,6 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ...shapes.render import COLORS, HELD_OUT, SHAPES, caption_of
+from .base import Item, Suite
+
 #: Prompt categories. New ones go at the end: a category's prompt list is drawn from its position.
 CATEGORIES = ("single", "two", "same_shape", "held_out", "three", "three_same_shape", "three_held_out")
 _PROMPT_SEED = 20_261_129  # fixes the prompt lists
@@ -63,8 +66,6 @@ def shapes_items(categories: Sequence[str] | None = None, per_category: int = 8)
     Returns:
         `list[Item]`: subjects ``["red circle", ...]``, ``data["objects"]`` the ``(colour, shape)`` pairs.
     """
-    from ...shapes.render import COLORS, HELD_OUT, SHAPES, caption_of
-    from . import Item
 
     cats = tuple(categories) if categories else CATEGORIES
     bad = [c for c in cats if c not in CATEGORIES]
@@ -85,7 +86,6 @@ def shapes_items(categories: Sequence[str] | None = None, per_category: int = 8)
 
 def suite(category: str | None = None, data_dir=None, per_category: int = 12):
     """``shapes`` (every category) or ``shapes:two+three``; protocol ``shapes``, scored by the checker."""
-    from . import Suite
 
     cats = [c for c in (category or "").split("+") if c] or None
     name = "shapes" if not cats else "shapes:" + "+".join(cats)
