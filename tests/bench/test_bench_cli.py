@@ -8,7 +8,7 @@ import torch
 
 from ait2i.cli.bench import main as bench
 
-CB_DIR = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "t2i-compbench"
+CB_DIR = Path(__file__).resolve().parents[3] / "shared" / "benchmarks" / "t2i-compbench"
 
 
 @pytest.mark.skipif(not (CB_DIR / "color_val.txt").is_file(), reason="shared T2I-CompBench copies absent")

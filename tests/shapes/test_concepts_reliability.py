@@ -2,7 +2,7 @@
 
 A LoRA whose keys sit under a prefix the pipeline does not read, a textual inversion with a NaN embedding, a
 truncated safetensors file and a missing peft are refused by name, and the pipeline is left as it was (the
-``personalization`` suite running Attend-and-Excite as the benchmark does: tests/test_personalize.py).
+``personalization`` suite running Attend-and-Excite as the benchmark does: tests/shapes/test_personalize.py).
 """
 
 import sys
@@ -120,7 +120,7 @@ def test_peft_is_installed_with_the_package():
     """The README's install (``pip install -e .``) gives what its personalization example needs."""
     import tomllib
 
-    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     assert any(d.replace(" ", "").startswith("peft>=") for d in pyproject["project"]["dependencies"])
 
 

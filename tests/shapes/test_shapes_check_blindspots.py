@@ -138,6 +138,6 @@ def test_square_tilt_limit_is_one_number():
         for angle in (MAX_TILT + 10, 30.0, 45.0):  # tilted beyond the limit: neither a square nor a circle
             image = R.render(R.Scene([S("blue", "square", 16.2, 15.7, float(size), angle=angle)], 50))
             assert _read(image) == [("blue", "other")], (size, angle)
-    doc = (Path(__file__).parents[1] / "docs" / "results" / "shapes.md").read_text()
+    doc = (Path(__file__).parents[2] / "docs" / "results" / "shapes.md").read_text()
     quoted = {float(x) for x in re.findall(r"tilted up to (\d+(?:\.\d+)?) degrees", doc)}
     assert quoted == {MAX_TILT}

@@ -13,7 +13,7 @@ from PIL import Image
 from ait2i.bench import metrics as M
 from ait2i.boxes import xyxy_iou
 
-CB_DIR = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "t2i-compbench"
+CB_DIR = Path(__file__).resolve().parents[3] / "shared" / "benchmarks" / "t2i-compbench"
 needs_cb = pytest.mark.skipif(not (CB_DIR / "color_val.txt").is_file(), reason="shared T2I-CompBench copies absent")
 
 

@@ -180,7 +180,7 @@ def test_match_metrics_on_hand_made_detections():
 # -- the stricter reading: colour leakage, touching objects, aspect ratio, tilt, the star ----------------------
 
 S = R.ShapeSpec
-DATA = Path(__file__).parent / "data" / "shapes-check"
+DATA = Path(__file__).parents[1] / "data" / "shapes-check"
 
 
 def _read(*objects, background=40):

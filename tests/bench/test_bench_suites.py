@@ -11,7 +11,7 @@ from ait2i.bench.chunks import subjects_of, vqa_questions
 from ait2i.bench.suites import ane, compbench, load_suite
 from ait2i.parsing import parse_seeds
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "benchmarks"
 ANE_FILE = SHARED / "ane" / "a.e_prompts.txt"
 CB_DIR = SHARED / "t2i-compbench"
 needs_ane = pytest.mark.skipif(not ANE_FILE.is_file(), reason="shared AnE prompt file not present")

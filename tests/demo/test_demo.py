@@ -29,7 +29,7 @@ from ait2i import cli
 from ait2i.demo import core
 from ait2i.io import read_png_params
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "images" / "demo.png"
 PROMPT = "a green triangle and a purple circle"
 

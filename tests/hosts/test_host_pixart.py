@@ -25,7 +25,7 @@ from ait2i.testing import tiny_pixart_pipeline, unmoved
 
 pytestmark = pytest.mark.slow
 
-T5_DIR = Path(__file__).parent / "data" / "t5-tokenizer"
+T5_DIR = Path(__file__).parents[1] / "data" / "t5-tokenizer"
 PROMPT, SUBJECTS = "a red car and a blue bench", ["red car", "blue bench"]
 KW = dict(num_inference_steps=4, output_type="latent", clean_caption=False)
 

@@ -421,7 +421,7 @@ def test_readme_personalization_example_runs(tmp_path, monkeypatch):
     _shipped("lora")
     if not (C.concepts_dir() / "ring-lora" / C.LORA_FILE).is_file():
         pytest.skip("no shipped ring LoRA")
-    readme = Path(__file__).resolve().parents[1] / "README.md"
+    readme = Path(__file__).resolve().parents[2] / "README.md"
     m = re.search(r"<!-- example: personalization -->\n```python\n(.*?)```", readme.read_text(), re.S)
     assert m, "README.md has no personalization example"
     monkeypatch.chdir(tmp_path)
