@@ -46,3 +46,22 @@ def test_init_from_starts_from_the_exported_weights():
     ema = dict(arch.emas["transformer"].named_parameters())
     assert all(torch.equal(ema[n], p) for n, p in ref.named_parameters())
     assert args.layers == ref.config.num_layers and all(p.dtype == torch.float32 for p in ref.parameters())
+
+
+@pytest.mark.slow
+def test_no_pooled_cuts_the_pooled_path_and_stays_cut():
+    shipped = M.pretrained_mmdit_dir()
+    args = T.parse_args(["--arch", "mmdit", "--out", "x", "--init-from", str(shipped), "--no-pooled"])
+    arch = T.MMDiTArch(args, None)
+    tr = arch.emas["transformer"]
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ctx = torch.randn(1, 78, 96, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        a = tr(x, ctx, torch.randn(1, 96), t).sample
+        b = tr(x, ctx, torch.randn(1, 96) * 5, t).sample
+    assert torch.equal(a, b)  # the pooled vector no longer matters
+    w = arch.models["transformer"].time_text_embed.text_embedder.linear_1.weight
+    assert not w.requires_grad and not w.any()
+    with pytest.raises(ValueError, match="mmdit only"):
+        T.parse_args(["--out", "x", "--no-pooled"])

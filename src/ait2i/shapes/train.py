@@ -97,6 +97,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(with --warmup). A new run: its steps count from 0",
     )
     p.add_argument(
+        "--no-pooled",
+        action="store_true",
+        help="mmdit: cut the pooled CLIP vector's path (the weight of time_text_embed.text_embedder.linear_1 held at "
+        "zero), so the caption reaches the image only through the word tokens in joint attention, as SD3's T5 "
+        "tokens do; the exported model ignores the pooled vector the unmodified pipeline passes",
+    )
+    p.add_argument(
         "--mix",
         default=None,
         help="probabilities of 1, 2 and 3 objects per training scene, e.g. 0.25,0.55,0.20 "
@@ -112,6 +119,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise ValueError(f"--mix must be three comma-separated numbers, got {args.mix!r}") from None
         if len(args.mix) != 3 or any(not math.isfinite(v) or v < 0 for v in args.mix) or abs(sum(args.mix) - 1) > 1e-6:
             raise ValueError(f"--mix must be three non-negative probabilities summing to 1, got {args.mix}")
+    if args.no_pooled and args.arch != "mmdit":
+        raise ValueError("--no-pooled applies to --arch mmdit only")
     if args.init_from is not None:
         if args.arch != "mmdit":
             raise ValueError("--init-from applies to --arch mmdit only")
@@ -328,6 +337,16 @@ class UNetArch:
         return {}
 
 
+def cut_pooled_path(transformer) -> None:
+    """Hold the first weight of the pooled-vector projection at zero (frozen): ``time_text_embed`` then adds a
+    constant, whatever pooled vector the pipeline passes, and the caption can reach the image only through the word
+    tokens of joint attention."""
+    weight = transformer.time_text_embed.text_embedder.linear_1.weight
+    with torch.no_grad():
+        weight.zero_()
+    weight.requires_grad_(False)
+
+
 class MMDiTArch:
     """SD3 without T5: ``SD3Transformer2DModel`` + two CLIPTextModelWithProjection, rectified flow; frozen VAE."""
 
@@ -348,6 +367,8 @@ class MMDiTArch:
         else:
             te, te2 = M.build_sd3_text_encoders(width=args.text_width)
             transformer = M.build_mmdit(width=args.width, layers=args.layers, text_width=args.text_width)
+        if args.no_pooled:
+            cut_pooled_path(transformer)
         self.models = {"transformer": transformer, "text_encoder": te, "text_encoder_2": te2}
         self.emas = {k: copy.deepcopy(m).requires_grad_(False) for k, m in self.models.items()}
         # Training runs the 256 zero "T5" tokens of the pipeline as one token (exactly equivalent, much faster);
@@ -409,6 +430,9 @@ def main(argv: list[str] | None = None) -> None:
         ck_arch = ck.get("args", {}).get("arch", "unet")
         if ck_arch != args.arch:
             raise ValueError(f"{ckpt_path} is a --arch {ck_arch} checkpoint; resume it with --arch {ck_arch}")
+        if bool(ck.get("args", {}).get("no_pooled", False)) != args.no_pooled:
+            flag = "with" if ck["args"].get("no_pooled") else "without"
+            raise ValueError(f"{ckpt_path} was trained {flag} --no-pooled; resume it the same way")
         for k, m in arch.models.items():
             m.load_state_dict(ck[k])
             arch.emas[k].load_state_dict(ck[f"ema_{k}"])
@@ -445,6 +469,7 @@ def main(argv: list[str] | None = None) -> None:
             "commit": history["runs"][0]["commit"], "runs": history["runs"], "vae_psnr_db": history["vae_psnr"],
             "command": history["runs"][0]["command"], "ema_decay": args.ema, "lr": args.lr, "planned_steps": args.steps,
             "throughput_images_per_s": images_seen / max(1e-9, time.time() - t0), "mix": list(args.mix),
+            "no_pooled": bool(getattr(args, "no_pooled", False)),
             "init_from": history.get("init_from"), **arch.extra_info(),
         }  # fmt: skip
 
