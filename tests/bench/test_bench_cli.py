@@ -62,7 +62,7 @@ def test_generate_resume_score_compare_commands(saved_models, tmp_path, capsys):
     assert bench(["generate", *common, "--methods", "ait2i", "--out", str(out_a)]) == 2  # same label, other config
     assert "scale_factor" in capsys.readouterr().err
     assert bench(["generate", *common, "--methods", "ait2i:bogus=1", "--out", str(tmp_path / "z")]) == 2
-    assert "no setting 'bogus'" in capsys.readouterr().err and not (tmp_path / "z").exists()
+    assert "no field 'bogus'" in capsys.readouterr().err and not (tmp_path / "z").exists()
     assert bench(["generate", *common, "--methods", "ait2i", "--out", str(out_b), "--batch-size", "1"]) == 0
     capsys.readouterr()
 

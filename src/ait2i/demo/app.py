@@ -73,7 +73,7 @@ class DemoApp:
     """
 
     def __init__(self, model: str | None = None, device: str | None = None):
-        self.model = model or core.cli.SHIPPED_MODEL
+        self.model = model or core.SHIPPED_MODEL
         self.models = list(dict.fromkeys([self.model, *core.SHIPPED]))
         self.pipelines = core.Pipelines(device)
         self._cancel: dict[str, threading.Event] = {}
