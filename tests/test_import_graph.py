@@ -22,7 +22,7 @@ LAYERS = (
     ("ait2i.engine", "ait2i.hosts"),
     ("ait2i.generate", "ait2i.viz", "ait2i.models", "ait2i.testing"),
     ("ait2i.bench",),
-    ("ait2i.tune",),
+    ("ait2i.tuning",),
     ("ait2i",),  # the package itself: the public API (its __init__ re-exports the layers above); exact name only
     ("ait2i.demo",),
     ("ait2i.cli",),
@@ -129,3 +129,17 @@ def test_shapes_is_a_leaf():
     graph = imports(modules())
     out = [f"{m} imports {d}" for m, deps in graph.items() if m.startswith("ait2i.shapes") for d in deps]
     assert not [x for x in out if not x.split(" imports ")[1].startswith("ait2i.shapes")], out
+
+
+def test_import_ait2i_loads_no_benchmark_cli_or_demo():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ait2i; print(sorted(m for m in sys.modules if m.startswith(('ait2i.bench', 'ait2i.cli', "
+        "'ait2i.demo', 'ait2i.tuning'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out
+    code = "import ait2i; from ait2i import tune; import ait2i.tuning; print(ait2i.tune is ait2i.tuning.tune)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "True"

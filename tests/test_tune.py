@@ -19,7 +19,7 @@ optuna = pytest.importorskip("optuna")
 import ait2i  # noqa: E402
 from ait2i.methods.presets import read_preset, write_preset  # noqa: E402
 from ait2i.methods.space import Choice, FloatRange, IntRange, customize, declare_space, declared_space  # noqa: E402
-from ait2i.tune import FunctionEvaluator, tune  # noqa: E402
+from ait2i.tuning import FunctionEvaluator, tune  # noqa: E402
 
 REPO_SRC = str(Path(ait2i.__file__).resolve().parents[1])
 
@@ -157,7 +157,7 @@ SCRIPT = """
 import os, sys, time
 sys.path.insert(0, {src!r})
 from pathlib import Path
-from ait2i.tune import Evaluation, tune
+from ait2i.tuning import Evaluation, tune
 
 LOG = Path({log!r})
 
@@ -388,7 +388,7 @@ def test_model_identity_hashes_config_files_and_weights(tmp_path):
     import shutil
 
     from ait2i.testing import tiny_sd_pipeline
-    from ait2i.tune import model_fingerprint
+    from ait2i.tuning import model_fingerprint
 
     pipe = tiny_sd_pipeline()
     pipe.save_pretrained(tmp_path / "a", safe_serialization=True)

@@ -22,11 +22,21 @@ from .methods import (
     register_method,
 )
 from .subjects import Subject, prompt_tokens, resolve_subjects
-from .tune import tune  # the function; the module's other names: `from ait2i.tune import ...`
 from .version import __version__
 
 #: The name of :func:`get_method` in 0.1, kept for its users.
 get_config = get_method
+
+
+def __getattr__(name: str):
+    """``ait2i.tune`` (:func:`ait2i.tuning.tune`) is loaded on first use: tuning pulls in the benchmark runner, which
+    ``import ait2i`` alone does not need."""
+    if name == "tune":
+        from .tuning import tune
+
+        return tune
+    raise AttributeError(f"module 'ait2i' has no attribute {name!r}")
+
 
 __all__ = [
     "AIT2IConfig",

@@ -1,3 +1,3 @@
 """The version of ait2i (a leaf: any module may read it without importing the package's public API)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

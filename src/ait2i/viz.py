@@ -20,7 +20,7 @@ import torch
 from .io import atomic_path
 
 
-def _figure(**kwargs):
+def new_figure(**kwargs):
     from matplotlib.figure import Figure  # a bare Figure draws with Agg; no pyplot, no GUI
 
     return Figure(**kwargs)
@@ -96,7 +96,7 @@ def attention_figure(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     img = _image_array(image)
 
-    fig = _figure(figsize=(panel_size * g, panel_size * len(rows) + 0.3), layout="constrained")
+    fig = new_figure(figsize=(panel_size * g, panel_size * len(rows) + 0.3), layout="constrained")
     _draw_grid(fig, img, list(zip(row_steps, rows)), labels, alpha=alpha, cmap=cmap)
     return fig
 
@@ -152,7 +152,7 @@ def loss_plot(diagnostics, sample: int = 0, figure=None):
     """
     records = list(diagnostics.steps)
     labels = [s.label for s in diagnostics.subjects]
-    fig = figure if figure is not None else _figure(figsize=(10, 3.4), layout="constrained")
+    fig = figure if figure is not None else new_figure(figsize=(10, 3.4), layout="constrained")
     ax_loss, ax_att = fig.subplots(1, 2, squeeze=True)
     ax_loss.set_title("loss terms per step", fontsize=10)
     ax_att.set_title("max attention per subject", fontsize=10)
@@ -237,7 +237,7 @@ def save_attention(
     boxes = [getattr(s, "box", None) for s in diagnostics.subjects]
     g = len(labels)
 
-    fig = _figure(figsize=(max(2.2 * g, 10.0), 2.2 * len(keys) + 3.8), layout="constrained")
+    fig = new_figure(figsize=(max(2.2 * g, 10.0), 2.2 * len(keys) + 3.8), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[2.2 * len(keys), 3.4])
     _draw_grid(top, _image_array(image), list(rows.items()), labels, boxes=boxes)
     loss_plot(diagnostics, sample=sample, figure=bottom)

@@ -82,3 +82,8 @@ def test_generate_resume_score_compare_commands(saved_models, tmp_path, capsys):
     assert "1 of 4 planned images are missing" in capsys.readouterr().err
     assert bench(["score", str(out_b), "--metrics", "clip,vqa", *clip]) == 2
     assert "do not apply" in capsys.readouterr().err
+
+
+def test_the_personalization_suite_runs_only_through_its_own_command(tmp_path, capsys):
+    assert bench(["generate", "--suite", "personalization", "--out", str(tmp_path / "p"), "--quiet"]) == 2
+    assert "ait2i bench personalization" in capsys.readouterr().err and not (tmp_path / "p").exists()

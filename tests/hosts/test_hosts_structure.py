@@ -75,3 +75,23 @@ def test_a_unet_host_says_where_it_reads():
     assert down.layers and all(n.startswith("down_blocks") for n in down.layers)
     with pytest.raises(ValueError, match="never produced"):
         host.reads(cfg.replace(attn_res=5), z)
+
+
+@pytest.mark.slow
+def test_a_read_option_the_host_ignores_is_refused_not_dropped():
+    """``from_where`` names UNet parts: a transformer host refuses a changed value instead of ignoring it."""
+    import torch
+
+    import ait2i
+    from ait2i.testing import tiny_sd3_pipeline, tiny_sd_pipeline
+
+    kw = dict(num_inference_steps=2, output_type="latent")
+    sd3 = tiny_sd3_pipeline()
+    cfg = ait2i.get_method("ait2i").replace(attn_res=None)
+    with pytest.raises(ValueError, match=r"from_where=\('down',\) does not apply to StableDiffusion3Pipeline"):
+        ait2i.generate(sd3, "a cat and a dog", ["cat", "dog"], cfg.replace(from_where=("down",)),
+                       generator=torch.Generator().manual_seed(0), **kw)  # fmt: skip
+    ait2i.generate(sd3, "a cat and a dog", ["cat", "dog"], cfg, generator=torch.Generator().manual_seed(0), **kw)
+    sd = tiny_sd_pipeline()  # a UNet host reads from_where
+    ait2i.generate(sd, "a cat and a dog", ["cat", "dog"], ait2i.get_method("ait2i").replace(from_where=("down",),
+                   attn_res=16), generator=torch.Generator().manual_seed(0), **kw)  # fmt: skip

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from ..io import atomic_path
-from ..viz import _figure
+from ..viz import new_figure
 from .rundir import load_rows
 
 
@@ -60,7 +60,7 @@ def save_grid(
         raise ValueError(f"{len(missing)} requested image(s) are not in {out}, e.g. {shown}")
     colours = {"exact": "#2ca02c", "colour": "#ff7f0e", "missing": "#d62728"}
     n_rows, n_cols = len(prompts) * len(methods), len(seeds)
-    fig = _figure(figsize=(1.0 * n_cols + 3.2, 1.0 * n_rows + 0.3), layout="constrained")
+    fig = new_figure(figsize=(1.0 * n_cols + 3.2, 1.0 * n_rows + 0.3), layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for i, (prompt, method) in enumerate((p, m) for p in prompts for m in methods):
         for j, seed in enumerate(seeds):

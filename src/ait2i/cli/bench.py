@@ -318,6 +318,11 @@ def _run_workers(args) -> None:
 
 
 def cmd_generate(args) -> int:
+    if args.suite.partition(":")[0] == "personalization":
+        raise ValueError(
+            "the personalization suite runs with `ait2i bench personalization` (it loads each item's concepts and "
+            "records their files' hashes and the adapter weight with the model)"
+        )
     run, device = plan(args, args.suite)
     _generate(args, run, device)
     return 0

@@ -18,7 +18,7 @@ import ait2i
 from ..hosts import host_for
 from ..hosts.schedulers import SCHEDULER_NAMES, check_scheduler_name
 from ..io import check_destination, save_png
-from ..methods import available_methods
+from ..methods import available_methods, get_method
 from ..models import SHIPPED_MODEL, load_model
 from ..parsing import parse_seeds, parse_settings, parse_subject
 from ..tokens import format_token_table
@@ -44,8 +44,6 @@ def parse_steps_list(text: str, steps: int) -> list[int]:
 def method_config(method: str, settings: list[str] | None):
     """The config of ``method`` with the ``--set FIELD=VALUE`` ``settings`` applied (values read by the field's type,
     as ``ait2i bench`` reads them); an unknown field is a `ValueError` listing the valid ones."""
-    from ..methods import get_method
-
     cfg = get_method(method)
     overrides = parse_settings(cfg, settings)
     if not overrides:

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 from ..io import write_atomic
-from ..tune import open_storage, redact, require_optuna, tune
+from ..tuning import open_storage, redact, require_optuna, tune
 
 #: Options passed on to the worker processes of ``--workers`` (dest -> flag).
 _FORWARD = {

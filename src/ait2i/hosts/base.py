@@ -16,6 +16,7 @@ unsupported pipeline is a `TypeError` naming the supported ones, before anything
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -56,6 +57,25 @@ class Host:
     refused: ClassVar[dict[str, str]] = {}
     #: The pipeline component whose tokenizer the subjects resolve on (its subfolder in a diffusers folder).
     tokenizer_component: ClassVar[str] = "tokenizer"
+    #: The config's read options this host interprets (:meth:`reads`); any other read option left off its
+    #: method's default is refused (:meth:`check_config`) instead of being ignored.
+    read_options: ClassVar[tuple[str, ...]] = ("attn_res",)
+    #: Every read option a config carries.
+    ALL_READ_OPTIONS: ClassVar[tuple[str, ...]] = ("attn_res", "from_where")
+
+    def check_config(self, cfg) -> None:
+        """Refuse, before the run, a read option the host would ignore (e.g. ``from_where``, the UNet parts to read,
+        on a transformer): left at its method's default it is fine; changed, it would be a silent no-op."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+        for name in self.ALL_READ_OPTIONS:
+            if name in self.read_options or name not in defaults:
+                continue
+            value, default = getattr(cfg, name), defaults[name]
+            if value != default:
+                raise ValueError(
+                    f"{name}={value!r} does not apply to {type(self.pipe).__name__} ({type(self).__name__} reads "
+                    f"{', '.join(self.read_options)} only); leave {name} at {cfg.name}'s default {default!r}"
+                )
 
     @classmethod
     def subject_tokenizer(cls, pipe):

@@ -172,6 +172,7 @@ class DrivenHost(Host):
     # -- the run ----------------------------------------------------------------------------------------------
     def run(self, cfg, make_engine: EngineFactory):
         pipe, kw = self.pipe, dict(self.kwargs)
+        self.check_config(cfg)  # a read option this host would ignore, refused before anything runs
         self.notes += [n for n in [check_scheduler(pipe.scheduler, self.schedulers)] if n]  # before anything runs
         self.reset()
         self._cfg = cfg

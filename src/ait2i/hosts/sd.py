@@ -41,6 +41,7 @@ class UNetHost(DrivenHost):
     components = ("unet", "tokenizer", "scheduler", "encode_prompt", "prepare_latents")
     components_note = "it is not a Stable Diffusion pipeline"
     added_conditions: ClassVar[tuple[str, ...]] = ()
+    read_options: ClassVar[tuple[str, ...]] = ("attn_res", "from_where")
 
     def check_pipeline(self) -> None:
         super().check_pipeline()

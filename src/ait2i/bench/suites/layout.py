@@ -24,8 +24,6 @@ from .base import Item, Suite
 
 IMAGE_SIZE = 32
 CATEGORIES = ("two", "three", "corners")
-#: The default methods of the suite (``--methods layout``): vanilla and the three box methods.
-METHODS = ("none", "layout-guidance", "boxdiff", "ait2i-layout")
 
 
 @dataclass(frozen=True)

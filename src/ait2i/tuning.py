@@ -36,6 +36,7 @@ from .bench import rundir, runner, stats
 from .bench.runner import resolve_protocol, versions
 from .bench.scorers import KEYS, load_scorers
 from .bench.suites import Item, Suite, load_suite
+from .hosts import host_for
 from .models import SHIPPED_MODEL, model_identity, shipped_folder, shipped_name
 from .parsing import parse_seeds
 
@@ -722,7 +723,7 @@ def tune(
     if not space_:
         raise ValueError(f"the search space of {base_cfg.name} is empty; add fields with --space FIELD=LOW:HIGH")
     search = tuple(sorted(parse_seeds(seeds, option="--seeds")))
-    held = tuple(sorted(parse_seeds(holdout_seeds, option="--seeds"))) if holdout_seeds else ()
+    held = tuple(sorted(parse_seeds(holdout_seeds, option="--holdout-seeds"))) if holdout_seeds else ()
     if set(search) & set(held):
         raise ValueError(f"search seeds {seeds} and held-out seeds {holdout_seeds} overlap; held-out must be fresh")
     suite_obj = load_tune_suite(suite, limit) if evaluator is None else None
@@ -752,6 +753,14 @@ def tune(
             pipe = runner.load_pipeline(model, proto, device)
         scorers = load_scorers(scorer_names, device)
         evaluator = RunnerEvaluator(pipe, suite_obj, proto, model_id, scorers, rew, clock)
+        host = host_for(pipe)  # read options this model's host ignores would be refused: not searched
+        dropped = [k for k in host.ALL_READ_OPTIONS if k in space_ and k not in host.read_options]
+        for k in dropped:
+            del space_[k]
+        if dropped:
+            print(f"not searched: {', '.join(dropped)} ({host.__name__} does not read them)")
+        if not space_:
+            raise ValueError(f"the search space of {base_cfg.name} is empty on {type(pipe).__name__}")
     spec = StudySpec(str(method) if is_preset_path(method) else base_cfg.name, model_id,
                      suite_obj.name if suite_obj else suite, tuple(search), objectives, reward_name, proto,
                      {k: repr(v) for k, v in fixed.items()}, chunks)  # fmt: skip
