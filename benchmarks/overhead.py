@@ -100,7 +100,7 @@ def sd15_components(scheduler: str = "ddim", seed: int = 0) -> dict:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ait2i.testing import clip_tokenizer, make_scheduler
+    from ait2i.testing import sd_components
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -145,16 +145,7 @@ def sd15_components(scheduler: str = "ddim", seed: int = 0) -> dict:
         latent_channels=4,
         sample_size=512,
     )
-    return {
-        "unet": unet,
-        "scheduler": make_scheduler(scheduler),
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": clip_tokenizer(),
-        "safety_checker": None,
-        "feature_extractor": None,
-        "image_encoder": None,
-    }
+    return sd_components(unet, vae, text_encoder, scheduler)
 
 
 def _clip_text_config(kind: str):

@@ -98,6 +98,12 @@ def tiny_sd_components(scheduler: str = "ddim", seed: int = 0, cross_attention_d
             vocab_size=49408,
         )
     )
+    return sd_components(unet, vae, text_encoder, scheduler)
+
+
+def sd_components(unet, vae, text_encoder, scheduler: str = "ddim") -> dict:
+    """The ``StableDiffusionPipeline`` components around a UNet, autoencoder and text encoder: the SD 1.x CLIP
+    tokenizer, the named scheduler, no safety checker."""
     return {
         "unet": unet,
         "scheduler": make_scheduler(scheduler),

@@ -54,23 +54,30 @@ def clip_tokenizer(model_max_length: int = 77):
     )
 
 
-def build_text_encoder():
-    """A randomly initialised ``CLIPTextModel`` (2 layers, width 128, 4 heads, SD's vocabulary and 77 positions)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+def clip_text_config(width: int, layers: int, heads: int, **extra):
+    """A ``CLIPTextConfig`` with SD's vocabulary, 77 positions and special tokens, MLP 4x wide, quick-GELU."""
+    from transformers import CLIPTextConfig
 
-    cfg = CLIPTextConfig(
+    return CLIPTextConfig(
         vocab_size=49408,
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=4 * TEXT_WIDTH,
-        num_hidden_layers=TEXT_LAYERS,
-        num_attention_heads=TEXT_HEADS,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         max_position_embeddings=77,
         hidden_act="quick_gelu",
         bos_token_id=49406,
         eos_token_id=49407,
         pad_token_id=49407,
+        **extra,
     )
-    return CLIPTextModel(cfg)
+
+
+def build_text_encoder():
+    """A randomly initialised ``CLIPTextModel`` (2 layers, width 128, 4 heads, SD's vocabulary and 77 positions)."""
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel(clip_text_config(TEXT_WIDTH, TEXT_LAYERS, TEXT_HEADS))
 
 
 def build_unet():
@@ -201,23 +208,10 @@ FLOW_SHIFT = 1.0  # FlowMatchEulerDiscreteScheduler shift (SD3 uses 3.0 at 4096 
 def build_sd3_text_encoders(width: int = SD3_TEXT_WIDTH, layers: int = SD3_TEXT_LAYERS, heads: int = SD3_TEXT_HEADS):
     """Two randomly initialised ``CLIPTextModelWithProjection`` (SD's vocabulary and 77 positions) for SD3's
     ``text_encoder`` and ``text_encoder_2``; both read the ids of the shipped CLIP tokenizer."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextModelWithProjection
 
     def one():
-        cfg = CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=width,
-            intermediate_size=4 * width,
-            projection_dim=width,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-        return CLIPTextModelWithProjection(cfg)
+        return CLIPTextModelWithProjection(clip_text_config(width, layers, heads, projection_dim=width))
 
     return one(), one()
 
