@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sd3_read_choice import colour_mask  # noqa: E402
+from sd3_read_choice import colour_mask, emit  # noqa: E402
 
 
 def map_scores(maps: torch.Tensor, image: np.ndarray, colours: list[str]) -> tuple[list[float], list[bool]]:
@@ -155,10 +155,7 @@ def main(argv=None) -> int:
         lines.append(
             f"| {model} | {label} | " + " | ".join(f"{c[0]:.2f} / {c[1]:.0%} (n={c[2]})" for c in cells) + " |"
         )
-    md = "\n".join(lines) + "\n"
-    print(md)
-    if args.out:
-        Path(args.out).write_text(md)
+    emit(lines, args.out)
     return 0
 
 

@@ -25,9 +25,13 @@ import argparse
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sd3_read_choice import emit  # noqa: E402
 
 
 class BudgetProcessor:
@@ -156,11 +160,7 @@ def main(argv=None) -> int:
               "| block | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]  # fmt: skip
     for i, pr in enumerate(procs):
         lines.append(f"| {i} | " + " | ".join(f"{pr.sums[n] / max(pr.count, 1):.3f}" for n in names) + " |")
-    md = "\n".join(lines) + "\n"
-    print(md)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(md)
+    emit(lines, args.out)
     return 0
 
 

@@ -48,6 +48,15 @@ def lift(maps: torch.Tensor, image: np.ndarray, colours: list) -> list[float]:
     return out
 
 
+def emit(lines: list[str], out: str | None) -> None:
+    """Print the markdown table (one string per line) and, with ``out``, write it there too."""
+    md = "\n".join(lines) + "\n"
+    print(md)
+    if out:
+        with open(out, "w") as f:
+            f.write(md)
+
+
 def parse_seeds(text: str) -> list[int]:
     from ait2i.parsing import parse_seeds as parse
 
@@ -127,11 +136,7 @@ def main(argv=None) -> int:
     for blocks in block_sets:
         cells = [f"{r[2]:+.3f} ± {r[3]:.3f} / {r[4]:.2f}" for r in rows if r[0] == blocks]
         lines.append(f"| {', '.join(map(str, blocks))} | " + " | ".join(cells) + " |")
-    md = "\n".join(lines) + "\n"
-    print(md)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(md)
+    emit(lines, args.out)
     return 0
 
 
