@@ -1,4 +1,4 @@
-"""``ait2i tune`` and ``ait2i tune report``: the command line of :func:`ait2i.tune.tune` and the study report.
+"""``ait2i tune`` and ``ait2i tune report``: the command line of :func:`ait2i.tuning.tune` and the study report.
 
 ait2i tune --method ait2i --suite shapes:two+three --trials 60 --seeds 0-7 --holdout-seeds 1000-1031 \\
     --storage sqlite:///runs/tune.db --study unet-ait2i --workers 2 --out unet-ait2i.toml
