@@ -401,3 +401,35 @@ def test_model_identity_hashes_config_files_and_weights(tmp_path):
     loaded = model_fingerprint(None, pipe, loaded=True)
     assert loaded["hashed"] == "loaded" and loaded["name"] == "loaded pipeline"
     assert model_fingerprint(None, tiny_sd_pipeline(seed=1), loaded=True)["sha256"] != loaded["sha256"]
+
+
+def test_every_method_default_lies_inside_its_own_space_so_the_default_trial_is_the_default():
+    """The first trial is labelled 'default': every searched field of the default config must encode (an empty
+    refinement dict once fell outside the space, and Optuna sampled it for the 'default' trial)."""
+    import dataclasses
+
+    from ait2i.methods.space import encode_params
+
+    for name in ait2i.available_methods():
+        cfg = ait2i.get_method(name)
+        space = type(cfg).search_space()
+        if not cfg.guides or not space:
+            continue
+        missing = set(space) - set(encode_params(space, dataclasses.asdict(cfg)))
+        # only windows in absolute steps (ait2i-paper's and A&E's "25 of 50", A&E's refinement at steps 10 and 20)
+        # cannot be fractions of the run: those methods get no default trial (held-out still runs their default)
+        absolute = {"max_guided_steps": isinstance(cfg.max_guided_steps, int),
+                    "refinement": any(isinstance(k, int) and k > 0 for k in cfg.refinement)}  # fmt: skip
+        assert all(absolute.get(k, False) for k in missing), (name, missing)
+    assert ait2i.get_method("ait2i").refinement == {}  # the case that fell outside the space
+
+
+def test_holdout_verdict_says_when_tuning_lost():
+    from ait2i.tuning import holdout_verdict
+
+    def res(low, high):
+        return {"paired": {"tuned-default": {"delta": (low + high) / 2, "low": low, "high": high}}}
+
+    assert holdout_verdict(res(-0.48, -0.04)).startswith("worse than the default")
+    assert holdout_verdict(res(0.02, 0.2)).startswith("better than the default")
+    assert holdout_verdict(res(-0.1, 0.2)).startswith("not distinguishable")

@@ -242,7 +242,12 @@ def open_study(storage, name: str, spec: StudySpec, space: Mapping, base_cfg, sa
         if old is None:
             study.set_user_attr("ait2i", mine)
             default = encode_params(space, dataclasses.asdict(base_cfg))
-            study.enqueue_trial(default, {"default": True}, skip_if_exists=True)
+            outside = sorted(set(space) - set(default))
+            if outside:  # a trial with these sampled would not be the default: never label one so
+                print(f"the default of {base_cfg.name} lies outside the searched space ({', '.join(outside)}): "
+                      "no default trial; the held-out comparison still runs the default itself")  # fmt: skip
+            else:
+                study.enqueue_trial(default, {"default": True}, skip_if_exists=True)
     if old is not None and old != mine:
         diff = [f"{k}: study has {old.get(k)!r}, this run {mine[k]!r}" for k in mine if old.get(k) != mine[k]]
         raise ValueError(f"study {name!r} in {redact(_url(storage))} is another study ({'; '.join(diff)}); use "
@@ -785,6 +790,11 @@ def tune(
         roles.append(("none", "none", get_method("none")))
         result = holdout(evaluator, roles, held, workdir / "holdout")
         print(holdout_markdown(result, reward_name))
+        verdict = holdout_verdict(result)
+        result["verdict"] = verdict
+        print(f"held-out verdict: {verdict}")
+        if verdict.startswith("worse"):
+            warnings.warn(f"study {name!r}: the tuned config is {verdict}; its preset records this", stacklevel=2)
     path = None
     if out is not None:
         if result is None:
@@ -802,6 +812,20 @@ def tune(
         path = write_preset(Path(out), cfg, prov)
         print(f"wrote {path}")
     return TuneResult(the_study, best, cfg, result, path)
+
+
+def holdout_verdict(result: dict) -> str:
+    """One line on the tuned config against the default on the held-out seeds, from the paired 95% interval:
+    "better than the default", "worse than the default: do not use it over the default" or "not distinguishable"."""
+    p = result["paired"].get("tuned-default")
+    if p is None:
+        return "no default to compare with"
+    span = f"{p['delta']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}]"
+    if p["low"] > 0:
+        return f"better than the default ({span})"
+    if p["high"] < 0:
+        return f"worse than the default ({span}): do not use it over the default"
+    return f"not distinguishable from the default ({span})"
 
 
 def _slug(text: str) -> str:

@@ -82,8 +82,9 @@ class IntRange:
 
 def value_label(value: Any) -> str:
     """How a choice is named in the study (Optuna stores only plain scalars): ``("up", "down")`` -> ``"up+down"``,
-    ``None`` -> ``"none"``, a dict -> its JSON with sorted keys, a string or number as it is."""
-    if value is None:
+    ``None`` and an empty dict (no refinement either way) -> ``"none"``, a dict -> its JSON with sorted keys, a
+    string or number as it is."""
+    if value is None or (isinstance(value, dict) and not value):
         return "none"
     if isinstance(value, (tuple, list)):
         return "+".join(str(v) for v in value)
