@@ -35,8 +35,10 @@ from sd3_read_choice import emit  # noqa: E402
 
 
 class BudgetProcessor:
-    """SD3 joint attention (diffusers' ``JointAttnProcessor2_0`` arithmetic) that also sums, per key group, the
-    image queries' attention probabilities while ``self.groups`` is set (``{name: LongTensor of joint positions}``)."""
+    """Wraps a block's joint-attention processor; while ``self.groups`` is set (``{name: LongTensor of text key
+    positions}``), sums the image queries' probabilities within the joint softmax per group of text keys
+    (:func:`ait2i.capture.joint.joint_text_probabilities`, the SD3 host's own arithmetic); the image keys get the
+    rest (``"image"``)."""
 
     def __init__(self, inner):
         self.inner = inner
@@ -46,26 +48,15 @@ class BudgetProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         if self.groups is not None and encoder_hidden_states is not None:
+            from ait2i.capture.joint import joint_text_probabilities
+
             with torch.no_grad():
-                b, n_img = hidden_states.shape[:2]
-                heads = attn.heads
-
-                def split(x):  # (B, N, C) -> (B, heads, N, C / heads)
-                    return x.view(b, -1, heads, x.shape[-1] // heads).transpose(1, 2)
-
-                q, k = split(attn.to_q(hidden_states)), split(attn.to_k(hidden_states))
-                kc = split(attn.add_k_proj(encoder_hidden_states))
-                if attn.norm_q is not None:
-                    q = attn.norm_q(q)
-                if attn.norm_k is not None:
-                    k = attn.norm_k(k)
-                if attn.norm_added_k is not None:
-                    kc = attn.norm_added_k(kc)
-                keys = torch.cat([k, kc], dim=2)  # (B, heads, N_img + N_txt, d): the joint order, image first
-                p = (q @ keys.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1)  # (B, heads, N_img, N_joint)
-                p = p.mean(dim=(1, 2))  # (B, N_joint)
+                n_text = encoder_hidden_states.shape[1]
+                p = joint_text_probabilities(attn, hidden_states, encoder_hidden_states, n_text, "joint")
+                p = p.mean(dim=(0, 1))  # (N_text,): mean over batch x heads and image queries
+                self.sums["image"] += float(1.0 - p.sum())
                 for name, idx in self.groups.items():
-                    self.sums[name] += float(p[:, idx].sum(-1).mean())
+                    self.sums[name] += float(p[idx].sum())
                 self.count += 1
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
 
@@ -82,11 +73,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from ait2i.bench.suites.shapes import shapes_items
+    from ait2i.parsing import parse_seeds
     from ait2i.shapes import check as C
     from ait2i.shapes.model import load_sd3_pipeline
 
-    lo, _, hi = args.seeds.partition("-")
-    seeds = list(range(int(lo), int(hi or lo) + 1))
+    seeds = parse_seeds(args.seeds)
     pipe = load_sd3_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     tok = pipe.tokenizer
@@ -96,7 +87,6 @@ def main(argv=None) -> int:
     procs = [BudgetProcessor(b.attn.processor) for b in blocks]
     for b, pr in zip(blocks, procs):
         b.attn.processor = pr
-    n_img = (pipe.transformer.config.sample_size // pipe.transformer.config.patch_size) ** 2
 
     variants = ("full", "no pooled", "no end/padding", "no words", "words only")
     res = {(cat, v): defaultdict(list) for cat in ("single", "two") for v in variants}
@@ -110,13 +100,12 @@ def main(argv=None) -> int:
             for w in phrase.split():
                 words |= {i for i in range(1, eot) if tok.decode([ids[i]]).strip() == w}
         groups = {
-            "image": torch.arange(n_img),
-            "start": torch.tensor([n_img]),
-            "subject words": torch.tensor(sorted(n_img + i for i in words)),
-            "other words": torch.tensor([n_img + i for i in range(1, eot) if i not in words] or [], dtype=torch.long),
-            "end": torch.tensor([n_img + eot]),
-            "CLIP padding": torch.arange(n_img + eot + 1, n_img + 77),
-            "T5 (zeros)": torch.arange(n_img + 77, n_img + embeds.shape[1]),
+            "start": torch.tensor([0]),
+            "subject words": torch.tensor(sorted(words)),
+            "other words": torch.tensor([i for i in range(1, eot) if i not in words] or [], dtype=torch.long),
+            "end": torch.tensor([eot]),
+            "CLIP padding": torch.arange(eot + 1, 77),
+            "T5 (zeros)": torch.arange(77, embeds.shape[1]),
         }
         for v in variants:
             e, pl = embeds.clone(), pooled.clone()

@@ -57,12 +57,6 @@ def emit(lines: list[str], out: str | None) -> None:
             f.write(md)
 
 
-def parse_seeds(text: str) -> list[int]:
-    from ait2i.parsing import parse_seeds as parse
-
-    return parse(text)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="shapesworld-mmdit", help="SD3-family ShapesWorld folder (default: shipped)")
@@ -81,6 +75,7 @@ def main(argv=None) -> int:
     from ait2i.capture.joint import MAP_NORMALISATIONS
     from ait2i.hosts.sd3 import StableDiffusion3Host
     from ait2i.models import load_model
+    from ait2i.parsing import parse_seeds
     from ait2i.testing import unmoved
 
     pipe = load_model(args.model)

@@ -29,6 +29,8 @@ def test_init_from_refusals(tmp_path):
         T.parse_args(["--out", "x", "--init-from", shipped])
     with pytest.raises(ValueError, match="give one of them"):
         T.parse_args(["--arch", "mmdit", "--out", "x", "--init-from", shipped, "--resume"])
+    with pytest.raises(ValueError, match="--width: the shape comes from the --init-from model"):
+        T.parse_args(["--arch", "mmdit", "--out", "x", "--init-from", shipped, "--width", "256"])
     with pytest.raises(ValueError, match="not an exported pipeline folder"):
         T.parse_args(["--arch", "mmdit", "--out", "x", "--init-from", str(tmp_path)])
 

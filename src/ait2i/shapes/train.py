@@ -126,6 +126,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise ValueError("--init-from applies to --arch mmdit only")
         if args.resume:
             raise ValueError("--init-from starts a new run; --resume continues OUT/ckpt.pt: give one of them")
+        given = [f"--{k.replace('_', '-')}" for k in ("width", "layers", "text_width") if getattr(args, k) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: the shape comes from the --init-from model; drop them")
         if not (Path(args.init_from) / "transformer" / "config.json").is_file():
             raise ValueError(
                 f"--init-from {args.init_from}: not an exported pipeline folder (no transformer/config.json)"
