@@ -67,3 +67,31 @@ def test_no_pooled_cuts_the_pooled_path_and_stays_cut():
     assert not w.requires_grad and not w.any()
     with pytest.raises(ValueError, match="mmdit only"):
         T.parse_args(["--out", "x", "--no-pooled"])
+
+
+def test_deny_summary_is_validated():
+    base = ["--arch", "mmdit", "--out", "x", "--no-pooled"]
+    assert T.parse_args([*base, "--deny-summary", "0.5"]).deny_summary == 0.5
+    for bad in ("-0.1", "1.5", "nan"):
+        with pytest.raises(ValueError, match="--deny-summary must be a probability"):
+            T.parse_args([*base, "--deny-summary", bad])
+    with pytest.raises(ValueError, match="--deny-summary needs --no-pooled"):
+        T.parse_args(["--arch", "mmdit", "--out", "x", "--deny-summary", "0.5"])
+
+
+def test_deny_summary_replaces_the_states_from_the_end_token_on_and_nothing_else():
+    tok = M.clip_tokenizer()
+    ids = tok(
+        ["a red circle", "a red circle and a blue square", ""], padding="max_length", max_length=77,
+        return_tensors="pt",
+    ).input_ids  # fmt: skip
+    ctx = torch.randn(3, 78, 8, generator=torch.Generator().manual_seed(0))
+    empty = torch.randn(1, 78, 8, generator=torch.Generator().manual_seed(1))
+    empty[:, 77:] = ctx[0, 77:]  # the zero "T5" token is the same in both
+    out = T.deny_summary(ctx, empty, ids, tok.eos_token_id, torch.tensor([True, False, True]))
+    n_words = [len(tok("a red circle").input_ids) - 1, None, 1]  # BOS + words, before the end token
+    assert torch.equal(out[0, : n_words[0]], ctx[0, : n_words[0]])  # words (and BOS) kept
+    assert torch.equal(out[0, n_words[0] : 77], empty[0, n_words[0] : 77])  # end + padding replaced
+    assert torch.equal(out[1], ctx[1])  # a row not drawn is untouched
+    assert torch.equal(out[2, :1], ctx[2, :1]) and torch.equal(out[2, 1:77], empty[0, 1:77])
+    assert torch.equal(out[:, 77:], ctx[:, 77:])

@@ -172,26 +172,30 @@ def block_layers(blocks, attention: str) -> tuple[str, ...]:
 def pooled_res(
     grid: tuple[int, int], attn_res: int | None, name: str = "the transformer's token grid", note: str = ""
 ) -> tuple[int, int]:
-    """The side the maps of a token grid ``grid`` are average-pooled to: ``attn_res`` (``None`` keeps the grid).
+    """The side the maps of a token grid ``grid`` are average-pooled to: ``attn_res``; ``None``, the host's default,
+    pools a square grid whose side is a multiple of 16 to 16x16 (Attend-and-Excite's read side: a 1024 px SD3,
+    PixArt or Flux image's 64x64 grid, a 512 px one's 32x32) and keeps any other grid as it is.
 
     Raises:
         ValueError: ``attn_res`` that does not pool the grid exactly (a divisor of a square grid); the message names
             the grid as ``name`` (followed by ``note``).
     """
     if attn_res is None:
-        return tuple(grid)
+        side = 16
+        return (side, side) if grid[0] == grid[1] and grid[0] % side == 0 else tuple(grid)
     f = grid[0] // attn_res if grid[0] % attn_res == 0 else 0
     if not f or grid[1] % f or grid[1] // f != attn_res:
         raise ValueError(
             f"attn_res={attn_res}: {name} is {grid[0]}x{grid[1]}{note}; attn_res must be a side it average-pools to "
-            "exactly (a divisor of a square grid), or None for the grid itself"
+            "exactly (a divisor of a square grid), or None for the host's default (16x16 where the grid pools to it, "
+            "else the grid itself)"
         )
     return attn_res, attn_res
 
 
 def token_grid_res(transformer, z, attn_res: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
     """``(grid, res)`` of a patch transformer's image tokens for latents ``z``: the token grid, and the side the
-    maps are average-pooled to (``attn_res``; ``None`` keeps the grid).
+    maps are average-pooled to (:func:`pooled_res`).
 
     Raises:
         ValueError: ``attn_res`` that does not pool the grid exactly (a divisor of a square grid).

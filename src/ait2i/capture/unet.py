@@ -117,6 +117,33 @@ def cross_attention_resolutions(unet, latent_hw: tuple[int, int]) -> dict[str, t
     return out
 
 
+#: The read side a host picks when ``attn_res`` is ``None``: Attend-and-Excite's 16x16 (SD 1.x at 512 px).
+DEFAULT_READ_SIDE = 16
+
+
+def default_read_res(unet, latent_hw: tuple[int, int], from_where) -> tuple[int, int]:
+    """The resolution a UNet host reads when ``attn_res`` is ``None``: the coarsest cross-attention resolution of
+    the parts ``from_where`` whose shorter side is at least :data:`DEFAULT_READ_SIDE` (16x16 for SD 1.x at 512 px
+    and for the ShapesWorld UNet, 24x24 for SD 2.x at 768 px, 32x32 for SDXL at 1024 px); a UNet with none that
+    large reads its finest. (A part with no cross-attention is left to :func:`select_layers` to refuse.)"""
+    check_unet(unet)
+    table = cross_attention_resolutions(unet, latent_hw)
+    where = sorted({r for n, r in table.items() if _place(n) in from_where}, key=lambda r: (min(r), r))
+    if not where:
+        return tuple(latent_hw)  # select_layers refuses it, listing what the model has
+    large = [r for r in where if min(r) >= DEFAULT_READ_SIDE]
+    return large[0] if large else where[-1]
+
+
+def check_unet(unet) -> None:
+    """Raises ``TypeError`` for a denoiser that is not a ``UNet2DConditionModel``-like UNet."""
+    if not all(hasattr(unet, a) for a in ("down_blocks", "up_blocks", "attn_processors", "set_attn_processor")):
+        raise TypeError(
+            f"{type(unet).__name__} is not supported: attention capture needs a UNet2DConditionModel "
+            "(Stable Diffusion 1.x/2.x pipelines)"
+        )
+
+
 def select_layers(unet, latent_hw: tuple[int, int], res: tuple[int, int], from_where) -> list[str]:
     """Cross-attention layers at resolution ``res`` in the UNet parts ``from_where``.
 
@@ -124,11 +151,7 @@ def select_layers(unet, latent_hw: tuple[int, int], res: tuple[int, int], from_w
         TypeError: the denoiser is not a ``UNet2DConditionModel``-like UNet.
         ValueError: no cross-attention layer runs at ``res`` for this image size; lists the resolutions that do.
     """
-    if not all(hasattr(unet, a) for a in ("down_blocks", "up_blocks", "attn_processors", "set_attn_processor")):
-        raise TypeError(
-            f"{type(unet).__name__} is not supported: attention capture needs a UNet2DConditionModel "
-            "(Stable Diffusion 1.x/2.x pipelines)"
-        )
+    check_unet(unet)
     table = cross_attention_resolutions(unet, latent_hw)
     chosen = [n for n, r in table.items() if r == tuple(res) and _place(n) in from_where]
     if not chosen:
@@ -138,7 +161,8 @@ def select_layers(unet, latent_hw: tuple[int, int], res: tuple[int, int], from_w
             f"attention resolution {res[0]}x{res[1]} is never produced by this model's cross-attention "
             f"{'/'.join(from_where)} layers at this image size (latents {latent_hw[0]}x{latent_hw[1]}); "
             f"it produces {', '.join(f'{h}x{w}' for h, w in where) or 'none there'} "
-            f"(all parts: {', '.join(f'{h}x{w}' for h, w in have)}). Set attn_res to one of these."
+            f"(all parts: {', '.join(f'{h}x{w}' for h, w in have)}). Set attn_res to one of these, or None for the "
+            "host's default."
         )
     return chosen
 

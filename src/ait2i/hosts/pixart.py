@@ -9,7 +9,8 @@ over those blocks and their heads (:class:`~ait2i.capture.unet.CaptureProcessor`
 pipeline's T5 attention mask reaches ``attn2`` as the transformer's additive bias (``-10000`` on padding), and the
 capture computes the probabilities with that same bias, so the padded keys get probability 0 exactly as in the
 denoiser: the maps sum to 1 over the prompt's tokens and its ``</s>``. The maps are average-pooled from the grid to
-``attn_res`` (16 by default: a 1024 px PixArt-α's 64x64 grid pooled by 4; ``None`` keeps the grid).
+``attn_res`` (the default ``None`` reads 16x16 where the grid pools to it exactly, e.g. a 1024 px PixArt-α's 64x64
+grid pooled by 4, and keeps any other grid as it is).
 
 **Which blocks.** :attr:`PixArtAlphaHost.read_blocks` (default: the first half of the blocks); the guided pass stops
 in the last read block's ``attn2`` (the rest of the transformer is neither run nor back-propagated). Measured for

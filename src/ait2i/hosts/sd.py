@@ -17,13 +17,12 @@ only where their pipelines differ:
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
 
 from ..capture.store import Reads
-from ..capture.unet import capture_attention, select_layers
+from ..capture.unet import capture_attention, default_read_res, select_layers
 from .base import ReadyAfter, register_host
 from .checks import check_strength, latents_shape_for
 from .driver import DrivenHost
@@ -68,17 +67,16 @@ class UNetHost(DrivenHost):
         return latents_shape_for(self.kwargs, size * pipe.vae_scale_factor, channels, pipe.vae_scale_factor)
 
     def reads(self, cfg, z) -> Reads:
-        """The UNet's cross-attention layers at ``cfg.attn_res`` (``None``: ``ceil(side / 32)`` of the image) in the
-        UNet parts ``cfg.from_where``.
+        """The UNet's cross-attention layers at ``cfg.attn_res`` (``None``: the host's default,
+        :func:`~ait2i.capture.unet.default_read_res`) in the UNet parts ``cfg.from_where``.
 
         Raises:
             ValueError: no cross-attention layer of those parts runs at that resolution for this image size; the
                 message lists the resolutions that do.
         """
         latent_hw = tuple(z.shape[-2:])
-        scale = self.pipe.vae_scale_factor
         if cfg.attn_res is None:
-            res = (math.ceil(latent_hw[0] * scale / 32), math.ceil(latent_hw[1] * scale / 32))
+            res = default_read_res(self.pipe.unet, latent_hw, cfg.from_where)
         else:
             res = (cfg.attn_res, cfg.attn_res)
         layers = select_layers(self.pipe.unet, latent_hw, res, cfg.from_where)

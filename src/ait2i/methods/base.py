@@ -38,10 +38,12 @@ class GuidanceConfig:
     """The latent-update schedule shared by every method (docs/method.md, section 4 and "Hosts and methods")."""
 
     #: Side of the attention maps that guidance reads; the host interprets it (``Host.reads``). A UNet reads its
-    #: cross-attention layers at that resolution (16 = 16x16, SD 1.x/2.x at 512 px; a 1024 px image would read 32;
-    #: ``None`` picks ``ceil(width / 32)``, the Attend-and-Excite rule); a transformer pools its token grid to it
-    #: (``None``: the grid itself).
-    attn_res: int | None = 16
+    #: cross-attention layers at that resolution; a transformer average-pools its token grid to it. ``None`` (the
+    #: default) is the host's choice, so no user has to know a model's resolutions: a UNet reads the coarsest
+    #: cross-attention resolution at least 16 on a side (16x16 for SD 1.x at 512 px, as Attend-and-Excite; 24x24
+    #: for SD 2.x at 768 px; 32x32 for SDXL at 1024 px; the finest it has when none is that large); a transformer
+    #: reads 16x16 where its grid pools to it exactly (SD3, PixArt, Flux at 512 or 1024 px), else the grid itself.
+    attn_res: int | None = None
     #: UNet parts whose cross-attention layers at ``attn_res`` are averaged (over layers and heads); read by UNet
     #: hosts only (a transformer host reads its own blocks, ``read_blocks``).
     from_where: tuple[str, ...] = ("up", "down", "mid")
@@ -86,7 +88,7 @@ class GuidanceConfig:
             ValueError: naming the field, the value and the valid range.
         """
         if self.attn_res is not None:
-            check_integer("attn_res", self.attn_res, 1, note=" or None (16 for SD 1.x at 512 px)")
+            check_integer("attn_res", self.attn_res, 1, note=" or None (the host's default)")
         if isinstance(self.from_where, str) or not isinstance(self.from_where, (tuple, list)):
             hint = f"; write one part as ({self.from_where!r},)" if isinstance(self.from_where, str) else ""
             raise ValueError(

@@ -104,6 +104,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "tokens do; the exported model ignores the pooled vector the unmodified pipeline passes",
     )
     p.add_argument(
+        "--deny-summary",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="mmdit, with --no-pooled: for a fraction P of the captions, the text states from the end token on are "
+        "replaced by the empty caption's, so the caption reaches the image only through its word tokens (CLIP is "
+        "causal: its end and padding states summarise the whole caption, a second global route). At inference the "
+        "pipeline passes the real states; check the model both ways (benchmarks/mmdit_conditioning.py)",
+    )
+    p.add_argument(
         "--mix",
         default=None,
         help="probabilities of 1, 2 and 3 objects per training scene, e.g. 0.25,0.55,0.20 "
@@ -121,6 +131,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise ValueError(f"--mix must be three non-negative probabilities summing to 1, got {args.mix}")
     if args.no_pooled and args.arch != "mmdit":
         raise ValueError("--no-pooled applies to --arch mmdit only")
+    if not (math.isfinite(args.deny_summary) and 0.0 <= args.deny_summary <= 1.0):
+        raise ValueError(f"--deny-summary must be a probability in [0, 1], got {args.deny_summary}")
+    if args.deny_summary > 0 and not args.no_pooled:
+        raise ValueError("--deny-summary needs --no-pooled: the pooled CLIP vector is the same summary, by another path")
     if args.init_from is not None:
         if args.arch != "mmdit":
             raise ValueError("--init-from applies to --arch mmdit only")
@@ -350,6 +364,19 @@ def cut_pooled_path(transformer) -> None:
     weight.requires_grad_(False)
 
 
+def deny_summary(
+    ctx: torch.Tensor, empty: torch.Tensor, ids: torch.Tensor, eos: int, rows: torch.Tensor
+) -> torch.Tensor:
+    """``ctx`` (B, L, D) with, in the rows where ``rows`` is true, every position from the first ``eos`` token of
+    ``ids`` (B, 77) on taken from ``empty`` (1, L, D); the zero "T5" positions after the 77 CLIP ones are the same in
+    both. Word positions (before the end token) are untouched."""
+    pos = torch.arange(ids.shape[1])
+    first_eos = torch.where(ids == eos, pos, ids.shape[1]).min(dim=1).values  # (B,)
+    after = (pos[None, :] >= first_eos[:, None]) & rows[:, None]  # (B, 77)
+    after = torch.cat([after, after.new_zeros(ids.shape[0], ctx.shape[1] - ids.shape[1])], dim=1)
+    return torch.where(after[..., None], empty.expand_as(ctx), ctx)
+
+
 class MMDiTArch:
     """SD3 without T5: ``SD3Transformer2DModel`` + two CLIPTextModelWithProjection, rectified flow; frozen VAE."""
 
@@ -379,13 +406,29 @@ class MMDiTArch:
         transformer.set_attn_processor(M.PadTokenJointAttnProcessor(M.T5_PAD_TOKENS))
         self.vae = M.load_shipped_vae().requires_grad_(False)
         self.vae_opt = None
+        self.deny_summary = float(args.deny_summary)
+        self.empty_ids = None
+        if self.deny_summary > 0:
+            self.empty_ids = tokenizer("", padding="max_length", max_length=77, return_tensors="pt").input_ids
+            self.eos = tokenizer.eos_token_id
+
+    def condition(self, ids: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The joint-attention context and pooled vector of ``ids``; with ``--deny-summary P`` a fraction P of the rows
+        get the empty caption's states from their end token on (drawn from ``g``, so a step is reproducible)."""
+        te, te2 = self.models["text_encoder"], self.models["text_encoder_2"]
+        if self.empty_ids is None:
+            return M.sd3_condition(te, te2, ids, n_pad=1)
+        ctx, pooled = M.sd3_condition(te, te2, torch.cat([ids, self.empty_ids]), n_pad=1)
+        ctx, empty = ctx[:-1], ctx[-1:]
+        rows = torch.rand(ids.shape[0], generator=g) < self.deny_summary
+        return deny_summary(ctx, empty, ids, self.eos, rows), pooled[:-1]
 
     def loss(self, x0: torch.Tensor, ids: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         sigma = torch.sigmoid(torch.randn(x0.shape[0], generator=g))  # SD3's logit-normal(0, 1) timesteps
         noise = torch.randn(x0.shape, generator=g)
         s = sigma.view(-1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise  # latents are the pixels (scaling 1, shift 0)
-        ctx, pooled = M.sd3_condition(self.models["text_encoder"], self.models["text_encoder_2"], ids, n_pad=1)
+        ctx, pooled = self.condition(ids, g)
         pred = self.models["transformer"](xt, ctx, pooled, sigma * 1000).sample
         return F.mse_loss(pred, noise - x0)  # rectified-flow velocity
 
@@ -436,6 +479,9 @@ def main(argv: list[str] | None = None) -> None:
         if bool(ck.get("args", {}).get("no_pooled", False)) != args.no_pooled:
             flag = "with" if ck["args"].get("no_pooled") else "without"
             raise ValueError(f"{ckpt_path} was trained {flag} --no-pooled; resume it the same way")
+        if float(ck.get("args", {}).get("deny_summary", 0.0)) != args.deny_summary:
+            was = ck["args"].get("deny_summary", 0.0)
+            raise ValueError(f"{ckpt_path} was trained with --deny-summary {was}; resume it the same way")
         for k, m in arch.models.items():
             m.load_state_dict(ck[k])
             arch.emas[k].load_state_dict(ck[f"ema_{k}"])
@@ -473,6 +519,7 @@ def main(argv: list[str] | None = None) -> None:
             "command": history["runs"][0]["command"], "ema_decay": args.ema, "lr": args.lr, "planned_steps": args.steps,
             "throughput_images_per_s": images_seen / max(1e-9, time.time() - t0), "mix": list(args.mix),
             "no_pooled": bool(getattr(args, "no_pooled", False)),
+            "deny_summary": float(getattr(args, "deny_summary", 0.0)),
             "init_from": history.get("init_from"), **arch.extra_info(),
         }  # fmt: skip
 
