@@ -102,6 +102,11 @@ def main(argv=None) -> int:
     p.add_argument("--guidance-scale", type=float, default=7.5)
     p.add_argument("--map-steps", default="2,5,10")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--choice",
+        action="append",
+        help="measure only the read choices whose label is this (e.g. 'blocks 0,1, text'); repeat for several",
+    )
     p.add_argument("--out", default=None, help="also write the markdown table here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -120,7 +125,13 @@ def main(argv=None) -> int:
     for model in models:
         pipe = load_model(model, scheduler="default")
         pipe.set_progress_bar_config(disable=True)
-        for label, ctx, cfg in read_choices(pipe):
+        choices = list(read_choices(pipe))
+        if args.choice:
+            unknown = sorted(set(args.choice) - {label for label, _, _ in choices})
+            if unknown:
+                raise SystemExit(f"--choice {unknown}: not a read choice of {model}; it has {[c[0] for c in choices]}")
+            choices = [c for c in choices if c[0] in args.choice]
+        for label, ctx, cfg in choices:
             lifts = {s: [] for s in map_steps}
             fav = {s: [] for s in map_steps}
             with ctx():
