@@ -90,7 +90,8 @@ def read_choices(pipe):
     default = ait2i.get_method("ait2i")
     for places in (("down",), ("up",), ("down", "up"), ("down", "mid", "up")):
         cfg = base.replace(from_where=places, attn_res=default.attn_res)
-        yield f"{'+'.join(places)} @ {default.attn_res}", nullcontext, cfg
+        res = "the host's read resolution" if default.attn_res is None else default.attn_res
+        yield f"{'+'.join(places)} @ {res}", nullcontext, cfg
 
 
 def main(argv=None) -> int:

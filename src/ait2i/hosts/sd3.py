@@ -142,8 +142,8 @@ class StableDiffusion3Host(DrivenHost):
             self._pooled = pooled[b:] if pooled.shape[0] == 2 * b else pooled if pooled.shape[0] == b else self._pooled
 
     def reads(self, cfg, z) -> Reads:
-        """The joint attention of :attr:`read_blocks` on the patch grid, pooled to ``cfg.attn_res`` (``None``: the
-        grid itself); ``cfg.from_where`` (UNet parts) does not apply."""
+        """The joint attention of :attr:`read_blocks` on the patch grid, pooled to ``cfg.attn_res`` (``None``: 16x16
+        where the grid pools to it exactly, else the grid itself); ``cfg.from_where`` (UNet parts) does not apply."""
         tr = self.pipe.transformer
         grid, res = token_grid_res(tr, z, cfg.attn_res)
         return Reads(block_layers(self.read_blocks(len(tr.transformer_blocks)), "attn"), grid, res)
