@@ -32,6 +32,7 @@ from .boxdiff import BoxDiffConfig
 from .layout_guidance import LayoutGuidanceConfig
 from .lookup import get_method
 from .none import NoGuidanceConfig
+from .presets import preset_factory, tuned_presets
 from .registry import ENTRY_POINT_GROUP, available_methods, box_methods, register_method
 from .space import declare_space
 
@@ -43,6 +44,9 @@ register_method("none", NoGuidanceConfig)
 register_method("ait2i-layout", AIT2ILayoutConfig)
 register_method("layout-guidance", LayoutGuidanceConfig)
 register_method("boxdiff", BoxDiffConfig)
+# Tuned presets shipped with the package (methods/tuned/<name>.toml; provenance and held-out results inside).
+for _name, _file in tuned_presets().items():
+    register_method(_name, preset_factory(_file))
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -234,3 +234,23 @@ def read_preset(path: str | os.PathLike) -> Preset:
 def load_preset(path: str | os.PathLike):
     """The config of a preset file (what ``get_method("tuned.toml")`` returns)."""
     return read_preset(path).config
+
+
+#: The folder of the tuned presets shipped with the package (``<registered name>.toml``, each written by ``ait2i
+#: tune`` and confirmed on fresh seeds in ``docs/results/tuning.md``).
+TUNED_DIR = Path(__file__).resolve().parent / "tuned"
+
+
+def tuned_presets() -> dict[str, Path]:
+    """``{name: file}`` of the shipped tuned presets (registered under their file name)."""
+    return {p.stem: p for p in sorted(TUNED_DIR.glob("*.toml"))}
+
+
+def preset_factory(path: Path):
+    """A registry factory that reads the preset file ``path`` afresh on every lookup."""
+
+    def factory():
+        return load_preset(path)
+
+    factory.__name__ = f"preset_{path.stem.replace('-', '_')}"
+    return factory
