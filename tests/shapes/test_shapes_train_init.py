@@ -95,3 +95,23 @@ def test_deny_summary_replaces_the_states_from_the_end_token_on_and_nothing_else
     assert torch.equal(out[1], ctx[1])  # a row not drawn is untouched
     assert torch.equal(out[2, :1], ctx[2, :1]) and torch.equal(out[2, 1:77], empty[0, 1:77])
     assert torch.equal(out[:, 77:], ctx[:, 77:])
+
+
+@pytest.mark.slow
+def test_arch_condition_denies_the_summary_of_the_drawn_captions_only():
+    tok = M.clip_tokenizer()
+    shipped = str(M.pretrained_mmdit_dir())
+    base = ["--arch", "mmdit", "--out", "x", "--init-from", shipped, "--no-pooled"]
+    arch = T.MMDiTArch(T.parse_args([*base, "--deny-summary", "1.0"]), tok)
+    ids = T.Tokens(tok)(["a red circle and a blue square", ""])
+    with torch.no_grad():
+        ctx, _ = arch.condition(ids, torch.Generator().manual_seed(0))
+        full, _ = M.sd3_condition(arch.models["text_encoder"], arch.models["text_encoder_2"], ids, n_pad=1)
+    n = int((ids[0] == tok.eos_token_id).nonzero()[0])  # the end token's position
+    assert torch.equal(ctx[0, :n], full[0, :n])  # the words are the caption's own
+    torch.testing.assert_close(ctx[0, n:77], full[1, n:77])  # from the end token on: the empty caption's
+    assert not torch.allclose(full[0, n:77], full[1, n:77])  # (which differ from the caption's own)
+    keep = T.MMDiTArch(T.parse_args([*base, "--deny-summary", "0.0"]), tok)
+    with torch.no_grad():
+        same, _ = keep.condition(ids, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(same, full)

@@ -406,9 +406,9 @@ class MMDiTArch:
         transformer.set_attn_processor(M.PadTokenJointAttnProcessor(M.T5_PAD_TOKENS))
         self.vae = M.load_shipped_vae().requires_grad_(False)
         self.vae_opt = None
-        self.deny_summary = float(args.deny_summary)
+        self.deny_p = float(args.deny_summary)
         self.empty_ids = None
-        if self.deny_summary > 0:
+        if self.deny_p > 0:
             self.empty_ids = tokenizer("", padding="max_length", max_length=77, return_tensors="pt").input_ids
             self.eos = tokenizer.eos_token_id
 
@@ -420,7 +420,7 @@ class MMDiTArch:
             return M.sd3_condition(te, te2, ids, n_pad=1)
         ctx, pooled = M.sd3_condition(te, te2, torch.cat([ids, self.empty_ids]), n_pad=1)
         ctx, empty = ctx[:-1], ctx[-1:]
-        rows = torch.rand(ids.shape[0], generator=g) < self.deny_summary
+        rows = torch.rand(ids.shape[0], generator=g) < self.deny_p
         return deny_summary(ctx, empty, ids, self.eos, rows), pooled[:-1]
 
     def loss(self, x0: torch.Tensor, ids: torch.Tensor, g: torch.Generator) -> torch.Tensor:
