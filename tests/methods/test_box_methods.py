@@ -11,7 +11,7 @@ PROMPT = "a red circle and a blue square"
 # A layout against the model's habits: the circle small in the bottom-right corner, the square top-left.
 BOXES = {"red circle": (0.55, 0.55, 0.95, 0.95), "blue square": (0.05, 0.05, 0.45, 0.45)}
 SUBJECTS = [f"{k}@{','.join(map(str, v))}" for k, v in BOXES.items()]
-BOX_METHODS = ["ait2i-layout", "boxdiff", "layout-guidance"]
+BOX_METHODS = ["ait2i-layout", "ait2i-layout-shapesworld", "boxdiff", "layout-guidance"]  # the tuned preset reads boxes too
 
 
 def test_registered_and_read_boxes():
@@ -25,7 +25,7 @@ def test_registered_and_read_boxes():
 def test_box_errors_and_overlap_note():
     pipe = tiny_sd_pipeline()
     kw = dict(num_inference_steps=2, output_type="latent")
-    with pytest.raises(ValueError, match=r"does not read boxes; methods that do: \['ait2i-layout', 'boxdiff'"):
+    with pytest.raises(ValueError, match=r"does not read boxes; methods that do: \['ait2i-layout', 'ait2i-layout-shapesworld', 'boxdiff'"):
         ait2i.generate(pipe, PROMPT, SUBJECTS, "ait2i", **kw)
     with pytest.raises(ValueError, match=r"needs a box for every subject; \['blue square'\]"):
         ait2i.generate(pipe, PROMPT, [SUBJECTS[0], "blue square"], "ait2i-layout", **kw)
@@ -34,6 +34,8 @@ def test_box_errors_and_overlap_note():
     overlap = ["red circle@0,0,0.6,0.6", "blue square@0.4,0.4,1,1"]
     expected_terms = {
         "ait2i-layout": {"isolation", "aggregation", "attribute", "presence", "box_aggregation", "box_isolation"},
+        "ait2i-layout-shapesworld": {"isolation", "aggregation", "attribute", "presence", "box_aggregation",
+                                     "box_isolation"},
         "boxdiff": {"boxdiff_inner", "boxdiff_outer", "boxdiff_corner"},
         "layout-guidance": {"layout_guidance"},
     }
