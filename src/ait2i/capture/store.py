@@ -169,6 +169,10 @@ def block_layers(blocks, attention: str) -> tuple[str, ...]:
     return tuple(f"transformer_blocks.{i}.{attention}.processor" for i in blocks)
 
 
+#: The read side a host picks when ``attn_res`` is ``None``: Attend-and-Excite's 16x16 (SD 1.x at 512 px).
+DEFAULT_READ_SIDE = 16
+
+
 def pooled_res(
     grid: tuple[int, int], attn_res: int | None, name: str = "the transformer's token grid", note: str = ""
 ) -> tuple[int, int]:
@@ -181,7 +185,7 @@ def pooled_res(
             the grid as ``name`` (followed by ``note``).
     """
     if attn_res is None:
-        side = 16
+        side = DEFAULT_READ_SIDE
         return (side, side) if grid[0] == grid[1] and grid[0] % side == 0 else tuple(grid)
     f = grid[0] // attn_res if grid[0] % attn_res == 0 else 0
     if not f or grid[1] % f or grid[1] // f != attn_res:

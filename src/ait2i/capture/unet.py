@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .store import AttentionStore, WrappingProcessor, install_capture
+from .store import DEFAULT_READ_SIDE, AttentionStore, WrappingProcessor, install_capture
 
 
 class CaptureProcessor(WrappingProcessor):
@@ -115,10 +115,6 @@ def cross_attention_resolutions(unet, latent_hw: tuple[int, int]) -> dict[str, t
         elif place == "mid":
             out[name] = sizes[-1]
     return out
-
-
-#: The read side a host picks when ``attn_res`` is ``None``: Attend-and-Excite's 16x16 (SD 1.x at 512 px).
-DEFAULT_READ_SIDE = 16
 
 
 def default_read_res(unet, latent_hw: tuple[int, int], from_where) -> tuple[int, int]:

@@ -134,7 +134,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not (math.isfinite(args.deny_summary) and 0.0 <= args.deny_summary <= 1.0):
         raise ValueError(f"--deny-summary must be a probability in [0, 1], got {args.deny_summary}")
     if args.deny_summary > 0 and not args.no_pooled:
-        raise ValueError("--deny-summary needs --no-pooled: the pooled CLIP vector is the same summary, by another path")
+        raise ValueError(
+            "--deny-summary needs --no-pooled: the pooled CLIP vector is the same summary, by another path"
+        )
     if args.init_from is not None:
         if args.arch != "mmdit":
             raise ValueError("--init-from applies to --arch mmdit only")
@@ -409,7 +411,7 @@ class MMDiTArch:
         self.deny_p = float(args.deny_summary)
         self.empty_ids = None
         if self.deny_p > 0:
-            self.empty_ids = tokenizer("", padding="max_length", max_length=77, return_tensors="pt").input_ids
+            self.empty_ids = Tokens(tokenizer)([""])  # (1, 77), tokenized as the training captions are
             self.eos = tokenizer.eos_token_id
 
     def condition(self, ids: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
