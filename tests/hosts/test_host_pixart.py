@@ -173,9 +173,8 @@ def test_resolution_binning_and_decoded_images(pipe):
     kw = dict(KW, output_type="np", height=240, width=256)  # binned by the pipeline, resized back at the end
     stock = pipe(PROMPT, generator=_gen(), **kw).images
     with pytest.raises(ValueError, match="token grid is 15x16"):  # a non-square bin: attn_res=16 cannot pool it
-        ait2i.generate(
-            pipe, PROMPT, SUBJECTS, ait2i.get_method("none").replace(attn_res=16), record_maps=(0,), generator=_gen(), **kw
-        )
+        fixed = ait2i.get_method("none").replace(attn_res=16)
+        ait2i.generate(pipe, PROMPT, SUBJECTS, fixed, record_maps=(0,), generator=_gen(), **kw)
     rec = ait2i.generate(pipe, PROMPT, SUBJECTS, "none", record_maps=(0,), generator=_gen(), **kw)  # the default
     # attn_res=None reads a grid it cannot pool to 16x16 as it is
     assert (stock == rec.images).all() and rec.images.shape == (1, 240, 256, 3)

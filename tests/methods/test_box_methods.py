@@ -11,7 +11,8 @@ PROMPT = "a red circle and a blue square"
 # A layout against the model's habits: the circle small in the bottom-right corner, the square top-left.
 BOXES = {"red circle": (0.55, 0.55, 0.95, 0.95), "blue square": (0.05, 0.05, 0.45, 0.45)}
 SUBJECTS = [f"{k}@{','.join(map(str, v))}" for k, v in BOXES.items()]
-BOX_METHODS = ["ait2i-layout", "ait2i-layout-shapesworld", "boxdiff", "layout-guidance"]  # the tuned preset reads boxes too
+# The tuned preset ait2i-layout-shapesworld reads boxes too.
+BOX_METHODS = ["ait2i-layout", "ait2i-layout-shapesworld", "boxdiff", "layout-guidance"]
 
 
 def test_registered_and_read_boxes():
@@ -25,7 +26,8 @@ def test_registered_and_read_boxes():
 def test_box_errors_and_overlap_note():
     pipe = tiny_sd_pipeline()
     kw = dict(num_inference_steps=2, output_type="latent")
-    with pytest.raises(ValueError, match=r"does not read boxes; methods that do: \['ait2i-layout', 'ait2i-layout-shapesworld', 'boxdiff'"):
+    that_do = r"does not read boxes; methods that do: \['ait2i-layout', 'ait2i-layout-shapesworld', 'boxdiff'"
+    with pytest.raises(ValueError, match=that_do):
         ait2i.generate(pipe, PROMPT, SUBJECTS, "ait2i", **kw)
     with pytest.raises(ValueError, match=r"needs a box for every subject; \['blue square'\]"):
         ait2i.generate(pipe, PROMPT, [SUBJECTS[0], "blue square"], "ait2i-layout", **kw)

@@ -164,7 +164,8 @@ class FluxHost(DrivenHost):
 
     def reads(self, cfg, z) -> Reads:
         """The double-stream attention of :attr:`read_blocks` on the packed token grid, pooled to ``cfg.attn_res``
-        (``None``: 16x16 where the grid pools to it exactly, else the grid itself); ``cfg.from_where`` (UNet parts) does not apply."""
+        (``None``: 16x16 where the grid pools to it exactly, else the grid itself); ``cfg.from_where`` (UNet parts)
+        does not apply."""
         grid = packed_grid(self._image_ids)
         res = pooled_res(grid, cfg.attn_res, "Flux's token grid", " (latent side / 2)")
         blocks = self.read_blocks(len(self.pipe.transformer.transformer_blocks))

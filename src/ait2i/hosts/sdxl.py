@@ -22,8 +22,8 @@ SDXL differs from SD 1.x/2.x in what the guided pass must give the UNet and in i
 
 Attention resolutions: SDXL's UNet has cross-attention only in its two lower-resolution levels (down blocks 1-2,
 the mid block, up blocks 0-1; 2 and 10 transformer layers per block). At 1024x1024 (latents 128x128) these run at
-64x64 and 32x32; the default ``attn_res=None`` picks the coarsest of them at least 16 on a side, 32x32 (down block 2, mid block,
-up block 0: 20 + 10 + 30 = 60 layers with the SDXL base config; 64x64 has 4 + 6).
+64x64 and 32x32; the default ``attn_res=None`` picks the coarsest of them at least 16 on a side, 32x32 (down
+block 2, mid block, up block 0: 20 + 10 + 30 = 60 layers with the SDXL base config; 64x64 has 4 + 6).
 """
 
 from __future__ import annotations
