@@ -25,6 +25,11 @@ Usage::
     python benchmarks/overhead.py --family sd3 --full-size --device cuda --dtype float16 --height 1024 --width 1024
     python benchmarks/overhead.py --family flux --full-size --device cuda --dtype bfloat16 --steps 28 --seeds 0
     python benchmarks/overhead.py --model path/or/hub-id --device cuda
+    python benchmarks/overhead.py --full-size --height 256 --width 256 --steps 4 --variants vanilla ours-ait2i \
+        --methods ait2i-fast --output-type latent --no-memory     # a preset timed beside the default
+
+``--methods`` adds any registered method or preset file (box-free) as a further variant, timed and reported like
+``ours-ait2i`` (the subjects of ``--subjects``).
 
 ``--full-size`` builds randomly initialised components with the architecture of the published configs (no
 download): the speed of a real checkpoint without its weights.
@@ -92,6 +97,14 @@ LABELS = {
     "ours-ae": 'ait2i method="attend-and-excite"',
     "ours-ait2i": 'ait2i method="ait2i"',
 }
+#: Prefix of the variants ``--methods`` adds: ``method:<registered name or preset file>``.
+METHOD_PREFIX = "method:"
+
+
+def label(variant: str) -> str:
+    if variant.startswith(METHOD_PREFIX):
+        return f'ait2i method="{variant[len(METHOD_PREFIX):]}"'
+    return LABELS[variant]
 
 
 # -- components ---------------------------------------------------------------------------------------------------
@@ -388,6 +401,9 @@ def make_runner(args, pipe, ae):
             out = ait2i.generate(pipe, args.prompt, subjects=[[i] for i in indices], method="attend-and-excite", **kw)
         elif variant == "ours-ait2i":
             out = ait2i.generate(pipe, args.prompt, subjects=args.subjects, method="ait2i", **kw)
+        elif variant.startswith(METHOD_PREFIX):
+            method = variant[len(METHOD_PREFIX) :]
+            out = ait2i.generate(pipe, args.prompt, subjects=args.subjects, method=method, **kw)
         else:
             raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
         _sync(args.device)
@@ -520,7 +536,7 @@ def table(args, times, memory, diffs) -> str:
         m = memory.get(v) or {}
         w = times[v]["wall"]
         cells = [
-            LABELS[v],
+            label(v),
             f"{med[v]['wall']:.3f} ({min(w):.3f}–{max(w):.3f})",
             f"{med[v]['cpu']:.3f}",
             f"{ref[v] / van:.2f}" if van else "-",
@@ -539,6 +555,9 @@ def table(args, times, memory, diffs) -> str:
         r = ref["ours-ait2i"] / van
         verdict = "met" if r <= 1.5 else "NOT met"
         lines.append(f"- AI-T2I / vanilla = **{r:.2f}** ({clock} time; target ≤ 1.5: {verdict})")
+    for v in args.variants:
+        if van and v.startswith(METHOD_PREFIX):
+            lines.append(f"- {label(v)} / vanilla = **{ref[v] / van:.2f}** ({clock} time)")
     if "ours-ae" in diffs:
         lines.append(
             f"- max |our A&E image − diffusers' A&E image| (first repeat, output_type {args.output_type!r}): "
@@ -600,6 +619,12 @@ def parse_args(argv=None):
     p.add_argument(
         "--variants", nargs="+", default=None, choices=VARIANTS, help="default: all (diffusers-ae: sd15 only)"
     )
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated registered methods or preset files timed as extra variants (subjects as for ours-ait2i),"
+        " e.g. ait2i-fast,ait2i-paper",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument(
         "--clock",
@@ -620,6 +645,16 @@ def parse_args(argv=None):
         args.variants = [v for v in VARIANTS if v != "diffusers-ae" or args.family == "sd15"]
     elif "diffusers-ae" in args.variants and args.family != "sd15":
         p.error("diffusers' StableDiffusionAttendAndExcitePipeline exists for SD 1.x only (--family sd15)")
+    for name in [m.strip() for m in (args.methods or "").split(",") if m.strip()]:
+        import ait2i
+
+        try:
+            cfg = ait2i.get_method(name)
+        except (KeyError, ValueError, OSError) as e:
+            p.error(f"--methods {name!r}: {e}")
+        if cfg.uses_boxes:
+            p.error(f"--methods {name!r} reads per-subject boxes; this benchmark times box-free methods only")
+        args.variants.append(METHOD_PREFIX + name)
     if args.scheduler is None or (args.scheduler == "default" and not args.model and args.family not in FLOW_FAMILIES):
         args.scheduler = DEFAULT_SCHEDULER[args.family]
     if args.family in FLOW_FAMILIES and args.scheduler != "default" and not args.model:

@@ -54,3 +54,20 @@ def test_diffusers_ae_is_sd15_only(overhead):
         assert overhead.parse_args(["--family", family]).scheduler == "default"
         with pytest.raises(SystemExit):
             overhead.parse_args(["--family", family, "--scheduler", "ddim"])
+
+
+def test_methods_are_timed_as_extra_variants(overhead, capsys, tmp_path):
+    out = tmp_path / "table.md"
+    args = ["--variants", "vanilla", "--methods", "ait2i-paper", *FAST, "--out", str(out)]
+    assert overhead.main(args) == 0
+    md = out.read_text()
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| variant")]
+    assert [r.split(" | ")[0][2:] for r in rows] == ["vanilla pipeline", 'ait2i method="ait2i-paper"']
+    assert 'ait2i method="ait2i-paper" / vanilla = **' in md
+
+
+def test_methods_refuses_unknown_and_box_methods(overhead, capsys):
+    for name, why in (("nosuch", "unknown method 'nosuch'"), ("ait2i-layout", "reads per-subject boxes")):
+        with pytest.raises(SystemExit):
+            overhead.parse_args(["--methods", name])
+        assert why in capsys.readouterr().err
