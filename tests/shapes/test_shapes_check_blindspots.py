@@ -141,3 +141,28 @@ def test_square_tilt_limit_is_one_number():
     doc = (Path(__file__).parents[2] / "docs" / "results" / "shapes.md").read_text()
     quoted = {float(x) for x in re.findall(r"tilted up to (\d+(?:\.\d+)?) degrees", doc)}
     assert quoted == {MAX_TILT}
+
+
+@pytest.mark.parametrize("shape", ["circle", "square", "triangle"])
+@pytest.mark.parametrize("edge", ["left", "top", "right", "bottom"])
+def test_a_shape_the_frame_cuts_is_cut(shape, edge):
+    # guidance that pushes objects apart can push one out of the picture; a square or circle cut along a straight
+    # edge still fits its template (a square cut at the left edge read as "square" 0.91 in a tuning study)
+    size, depth = 12.0, 3.5  # a quarter to a third of the shape beyond the edge
+    c = {"left": (size / 2 - depth, 16.0), "right": (32 - size / 2 + depth, 16.0),
+         "top": (16.0, size / 2 - depth), "bottom": (16.0, 32 - size / 2 + depth)}[edge]  # fmt: skip
+    image = R.render(R.Scene([S("red", shape, *c, size), S("blue", "circle", 16.0, 16.0, 8.0)], 40))
+    assert _read(image) == [("blue", "circle"), ("red", "cut")], (shape, edge)
+    assert match(check(image), [("red", shape), ("blue", "circle")])["exact_binding"] is False
+
+
+def test_renders_are_never_cut():
+    # the renderer keeps every shape a pixel inside the frame, also at the edge of the allowed range
+    rng = np.random.default_rng(NAMESPACE + 1)
+    for _ in range(60):
+        scene = R.sample_scene(rng, int(rng.integers(1, 4)))
+        assert all(d.shape != "cut" for d in check(R.render(scene))), scene
+    for shape in ("circle", "square", "triangle"):  # a 16-px shape exactly MARGIN from two edges
+        lo = R.MARGIN + 8.0
+        image = R.render(R.Scene([S("green", shape, lo, lo, 16.0)], 40))
+        assert _read(image) == [("green", shape)], shape

@@ -18,7 +18,12 @@ The reading is deterministic and needs no learned model:
    :data:`MAX_ELONGATION` (a triangle past :data:`MAX_TRIANGLE_STRETCH`) is a ``"rectangle"``, ``"ellipse"`` or
    ``"other"``; the soft IoU with the ideal template is the shape score, and a shape scoring under its
    :data:`MIN_SCORE`, a non-convex shape that is no star and a square tilted further are ``"other"``;
-6. components smaller than ``min_area`` are reported with ``is_noise=True`` rather than counted as objects.
+6. **cut by the frame**: an object whose pixels run along an edge of the image for at least
+   :data:`MIN_FRAME_RUN` pixels (scaled with the image side) is ``"cut"``, whatever its geometry: part of it lies
+   outside the picture, so its shape cannot be read (the renderer keeps every shape a pixel inside the frame;
+   guidance that pushes objects apart can push them out of it, and a square or circle cut along a straight
+   edge still fits its template);
+7. components smaller than ``min_area`` are reported with ``is_noise=True`` rather than counted as objects.
 
 :func:`match` scores the detections against the requested ``(colour, shape)`` list with the benchmark's metrics.
 """
@@ -43,7 +48,8 @@ class DetectedObject:
     Attributes:
         color (`str`): palette colour name.
         shape (`str`): best-matching shape (``"circle"``, ``"square"``, ``"triangle"``, ``"star"``, ``"ring"``;
-            ``"rectangle"``, ``"ellipse"``, ``"other"`` for stretched ones; ``"unknown"`` for noise).
+            ``"rectangle"``, ``"ellipse"``, ``"other"`` for stretched ones; ``"cut"`` for an object the frame
+            cuts, :func:`cut_by_frame`; ``"unknown"`` for noise).
         bbox (`tuple[int, int, int, int]`): ``(x0, y0, x1, y1)`` in pixels, ``x1``/``y1`` exclusive.
         area (`int`): number of pixels in the region.
         is_noise (`bool`): the region is smaller than the checker's ``min_area``: a speck, not an object.
@@ -181,7 +187,8 @@ def components(mask: np.ndarray) -> list[np.ndarray]:
 
 _TEMPLATES: dict[tuple[int, int], dict[str, list[np.ndarray]]] = {}
 
-#: Shapes a request can name. Everything else the checker reports ("rectangle", "ellipse", "other") never matches.
+#: Shapes a request can name. Everything else the checker reports ("rectangle", "ellipse", "other", "cut") never
+#: matches.
 REQUESTABLE = ("circle", "square", "triangle", "star", "ring")
 #: Largest tilt, in degrees either way, at which a square is still a square; a square tilted further (up to a
 #: diamond) is ``"other"``. The tilt is measured in steps of :data:`TILT_STEP`.
@@ -586,6 +593,27 @@ def _enclosed(mask: np.ndarray, unknown: np.ndarray | None) -> np.ndarray:
     return holes(mask | unknown) & ~unknown
 
 
+#: Pixels along one edge of a 32x32 image from which an object counts as cut by the frame (scaled with the side).
+#: A clean render never reaches the edge (``render.MARGIN``); a circle that grazes it covers 1-2 edge pixels.
+MIN_FRAME_RUN = 3
+
+
+def _longest_run(line: np.ndarray) -> int:
+    best = run = 0
+    for v in line:
+        run = run + 1 if v else 0
+        best = max(best, run)
+    return best
+
+
+def cut_by_frame(mask: np.ndarray, min_run: int | None = None) -> bool:
+    """Whether an object's full-image ``mask`` runs along an edge of the image for at least ``min_run`` pixels
+    (default :data:`MIN_FRAME_RUN` at 32 pixels a side, scaled with the shorter side): the frame cuts it."""
+    if min_run is None:
+        min_run = max(2, round(MIN_FRAME_RUN * min(mask.shape) / 32))
+    return any(_longest_run(edge) >= min_run for edge in (mask[0], mask[-1], mask[:, 0], mask[:, -1]))
+
+
 def _detection(mask: np.ndarray, color: str, min_area: int, leaked=(), unknown=None) -> DetectedObject:
     ys, xs = np.nonzero(mask)
     y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
@@ -593,6 +621,8 @@ def _detection(mask: np.ndarray, color: str, min_area: int, leaked=(), unknown=N
     noise = area < min_area
     box = (slice(y0, y1), slice(x0, x1))
     shape, score = classify_shape(mask[box], hole=_enclosed(mask, unknown)[box]) if not noise else ("unknown", 0.0)
+    if not noise and cut_by_frame(mask):
+        shape = "cut"
     return DetectedObject(color, shape, (x0, y0, x1, y1), area, noise, round(score, 4), tuple(leaked))
 
 
