@@ -14,11 +14,13 @@ import functools
 import numbers
 import threading
 import weakref
+from contextlib import nullcontext
 
 from .boxes import box_notes
 from .engine import Diagnostics, GuidanceEngine
-from .hosts import host_for
+from .hosts import host_for, regional_pipelines
 from .methods import box_methods, get_method
+from .regional import RegionalAdapters, RegionalHooks, regional_note
 from .subjects import resolve_subjects, subject_list
 
 
@@ -107,7 +109,9 @@ def _with_diagnostics(out, diagnostics: Diagnostics, return_dict: bool):
     return guided_output_class(type(out))(**values, diagnostics=diagnostics)
 
 
-def generate(pipe, prompt: str, subjects=None, method="ait2i", *, record_maps=(), **pipeline_kwargs):
+def generate(
+    pipe, prompt: str, subjects=None, method="ait2i", *, record_maps=(), regional_adapters=None, **pipeline_kwargs
+):
     """Generate with AI-T2I (or any registered method) steering an unmodified diffusers pipeline.
 
     Args:
@@ -120,6 +124,9 @@ def generate(pipe, prompt: str, subjects=None, method="ait2i", *, record_maps=()
             (``ait2i.available_methods()``) or a config object.
         record_maps (`Sequence[int]`, *optional*): steps whose subject attention maps are kept in
             ``output.diagnostics.maps`` (for pictures).
+        regional_adapters (`Mapping[str, str | int]` or :class:`~ait2i.regional.RegionalAdapters`, *optional*):
+            LoRA adapter name -> its subject (phrase or index in ``subjects``): each named adapter acts only where
+            its subject is and on its subject's tokens (:mod:`ait2i.regional`; ``StableDiffusionPipeline`` only).
         **pipeline_kwargs: passed to the pipeline (``generator``, ``num_inference_steps``, ``guidance_scale``,
             ``height``, ``width``, ``negative_prompt``, ``cross_attention_kwargs``, ``callback_on_step_end``
             (functions and diffusers' ``PipelineCallback`` objects), ``return_dict``, ...).
@@ -156,9 +163,12 @@ def generate(pipe, prompt: str, subjects=None, method="ait2i", *, record_maps=()
             f"{box_methods() or 'none registered'}"
         )
     notes = box_notes(resolved) if boxed else []
+    regional = _regional_hooks(host, pipe, prompt, subjects, resolved, regional_adapters, pipeline_kwargs)
+    if regional is not None:
+        notes.append(regional_note(regional, resolved))
     return_dict = pipeline_kwargs.get("return_dict", True)
     if not cfg.guides and not record_maps:  # nothing to do during the loop: the pipeline as it is
-        with pipeline_lock(pipe):  # not inside another thread's guided call on the same model
+        with pipeline_lock(pipe), regional or nullcontext():  # not inside another thread's guided call
             out = pipe(prompt, **pipeline_kwargs)
         return _with_diagnostics(out, Diagnostics(cfg.name, cfg, resolved, notes=host.notes + notes), return_dict)
     eot = host.eot_index
@@ -169,8 +179,27 @@ def generate(pipe, prompt: str, subjects=None, method="ait2i", *, record_maps=()
             raise ValueError(f"record_maps {beyond}: this run has {num_steps} steps (0..{num_steps - 1})")
         return GuidanceEngine(cfg, resolved, attend, eot, num_steps, record_maps)
 
-    with pipeline_lock(pipe):
+    with pipeline_lock(pipe), regional or nullcontext():
         out, engine = host.run(cfg, make_engine)
     engine.diagnostics.notes.extend(notes)
     engine.finish(stacklevel=2)  # skipped updates: one note each and one warning, to generate's caller
     return _with_diagnostics(out, engine.diagnostics, return_dict)
+
+
+def _regional_hooks(host, pipe, prompt, given, resolved, spec, pipeline_kwargs):
+    """The call's :class:`~ait2i.regional.RegionalHooks`, or ``None``; refuses, before anything runs, a host that
+    cannot place adapters and a mapping that does not fit the pipeline's adapters or the subjects."""
+    spec = RegionalAdapters.parse(spec)
+    if spec is None:
+        return None
+    if not type(host).regional_adapters:
+        raise TypeError(
+            f"regional_adapters is not supported for {type(pipe).__name__}; supported: {regional_pipelines()}"
+        )
+    if not resolved:
+        raise ValueError("regional_adapters needs subjects: each adapter names the subject it belongs to")
+    for key in ("prompt_embeds", "negative_prompt_embeds"):
+        if pipeline_kwargs.get(key) is not None:
+            raise ValueError(f"regional_adapters needs the prompt encoded by the pipeline; {key} is not supported")
+    images = pipeline_kwargs.get("num_images_per_prompt") or 1
+    return RegionalHooks(pipe, spec, resolved, list(given), prompt, images)

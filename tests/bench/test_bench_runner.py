@@ -280,3 +280,41 @@ def test_loader_takes_bfloat16(tmp_path):
     assert runner.load_pipeline(str(tmp_path / "tiny"), protocol, "cpu").unet.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="float32, float16, bfloat16"):
         load_model(str(tmp_path / "tiny"), "float64")
+
+
+def test_item_generate_kwargs_reach_generate_and_are_checked_in_every_png(tmp_path):
+    import dataclasses
+
+    from ait2i.io import read_png_params
+
+    def with_kwargs(run, kwargs):
+        items = tuple(dataclasses.replace(it, generate_kwargs=kwargs) for it in run.suite.items)
+        return dataclasses.replace(run, suite=dataclasses.replace(run.suite, items=items))
+
+    seen = []
+
+    class Recording(FakeGenerate):
+        def __call__(self, *a, **kw):
+            seen.append(kw.get("regional_adapters"))
+            return super().__call__(*a, **kw)
+
+    kwargs = {"regional_adapters": {"star-lora": "red star"}}
+    run = with_kwargs(_run(tmp_path, methods="none", seeds=(0,)), kwargs)
+    _gen(run, Recording())
+    assert seen and all(s == kwargs["regional_adapters"] for s in seen)
+    png = next(tmp_path.rglob("0.png"))
+    assert read_png_params(png)["generate_kwargs"] == kwargs
+    assert _gen(run, FakeGenerate()).skipped == len(seen)  # the same kwargs: resumed, nothing redone
+    with pytest.raises(ValueError, match="generate_kwargs"):  # other kwargs: refused, not relabelled
+        _gen(with_kwargs(_run(tmp_path, methods="none", seeds=(0,)), {}), FakeGenerate())
+
+
+def test_personalization_regional_items_place_each_lora_on_its_subject():
+    from ait2i.bench.suites import personalization as P
+
+    plain = P.items(["star+ring-lora", "star-lora"])
+    regional = P.items(["star+ring-lora", "star+ring-ti", "star-lora"], regional=True)
+    assert all(not it.generate_kwargs for it in plain)
+    two = [it for it in regional if it.category == "star+ring-lora"]
+    assert two[0].generate_kwargs == {"regional_adapters": {"star-lora": "red star", "ring-lora": "blue ring"}}
+    assert all(not it.generate_kwargs for it in regional if it.category != "star+ring-lora")  # one LoRA, or TI

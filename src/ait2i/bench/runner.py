@@ -244,18 +244,22 @@ def expected_params(run: Run, label: str, item: Item, seed: int) -> dict:
         "model": run.model,
         "protocol": {k: v for k, v in run.protocol.items() if k != "overrides"},
         "ait2i_version": __version__,
+        **({"generate_kwargs": dict(item.generate_kwargs)} if item.generate_kwargs else {}),
     }
 
 
-#: Parameters a PNG must agree on with the manifest (the version of ait2i may differ).
-CHECKED = ("prompt", "seed", "method", "method_config", "model", "protocol")
+#: Parameters a PNG must agree on with the manifest (the version of ait2i may differ); ``generate_kwargs`` only
+#: where an item has them (a PNG without the key made none).
+CHECKED = ("prompt", "seed", "method", "method_config", "model", "protocol", "generate_kwargs")
 
 
 def mismatch(params: dict | None, expected: dict) -> list[str]:
     """The parameters of a PNG that differ from ``expected`` (``["unreadable"]`` for a broken PNG)."""
     if params is None:
         return ["unreadable"]
-    return [k for k in CHECKED if json.dumps(params.get(k), sort_keys=True) != json.dumps(expected[k], sort_keys=True)]
+    return [
+        k for k in CHECKED if json.dumps(params.get(k), sort_keys=True) != json.dumps(expected.get(k), sort_keys=True)
+    ]
 
 
 @dataclass

@@ -164,6 +164,11 @@ def add_parser(subparsers) -> None:
     pe.add_argument("--kinds", default=None, help="comma-separated kinds of ti,lora,base (default all)")
     pe.add_argument("--concepts", default=None, help="folder of star-lora/, ring-ti/ ... (default: the shipped)")
     pe.add_argument("--adapter-weight", type=float, default=1.0, help="weight of each LoRA in set_adapters")
+    pe.add_argument(
+        "--regional",
+        action="store_true",
+        help="star+ring LoRA items: each adapter acts only where its subject is (generate's regional_adapters)",
+    )
     pe.add_argument("--summarize-only", action="store_true", help="generate nothing; summarise what the folder holds")
     pe.add_argument("--grid", default=None, metavar="PNG", help="also draw seeds 0-7 of some prompts")
     pe.add_argument("--grid-prompts", default=None, metavar="SET:INDEX,...", help="e.g. star:2,star+ring:0")
@@ -440,7 +445,9 @@ def cmd_personalization(args) -> int:
     grid_kinds = listed(args.grid_kinds) or None
     P.categories(P.CONCEPT_SETS, grid_kinds or ())  # an unknown kind is refused before anything loads
     run, device = plan(args, "personalization:" + ",".join(cats))
-    suite = P.suite(",".join(cats), concepts=args.concepts, adapter_weight=args.adapter_weight).head(args.limit)
+    suite = P.suite(
+        ",".join(cats), concepts=args.concepts, adapter_weight=args.adapter_weight, regional=args.regional
+    ).head(args.limit)
     model = P.model_identity(run.model, cats, args.concepts, args.adapter_weight)  # concept files checked here
     run = dataclasses.replace(run, suite=suite, model=model)
     if args.summarize_only:

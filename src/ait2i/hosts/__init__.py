@@ -26,6 +26,7 @@ from .base import (  # noqa: F401 - _HOSTS for tests
     ReadyAfter,
     host_for,
     host_named,
+    regional_pipelines,
     register_host,
     supported_pipelines,
 )

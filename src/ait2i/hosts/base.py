@@ -60,6 +60,9 @@ class Host:
     #: The config's read options this host interprets (:meth:`reads`); any other read option left off its
     #: method's default is refused (:meth:`check_config`) instead of being ignored.
     read_options: ClassVar[tuple[str, ...]] = ("attn_res",)
+    #: ``generate(..., regional_adapters=...)`` works with this host's pipelines (:mod:`ait2i.regional`: a UNet and
+    #: one CLIP text encoder whose LoRA updates the hooks can place); refused elsewhere.
+    regional_adapters: ClassVar[bool] = False
     #: Every read option a config carries.
     ALL_READ_OPTIONS: ClassVar[tuple[str, ...]] = ("attn_res", "from_where")
 
@@ -147,6 +150,11 @@ def register_host(host: type[Host]) -> type[Host]:
 def supported_pipelines() -> list[str]:
     """Names of every pipeline class some registered host drives."""
     return sorted({name for h in _HOSTS for name in h.pipelines})
+
+
+def regional_pipelines() -> list[str]:
+    """Names of the pipeline classes whose host places regional adapters (``Host.regional_adapters``)."""
+    return sorted({name for h in _HOSTS if h.regional_adapters for name in h.pipelines})
 
 
 def host_for(pipe) -> type[Host]:

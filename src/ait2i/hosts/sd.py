@@ -108,6 +108,7 @@ class StableDiffusionHost(UNetHost):
     """``StableDiffusionPipeline`` (SD 1.x / 2.x text-to-image)."""
 
     pipelines = ("StableDiffusionPipeline",)
+    regional_adapters = True
 
 
 @register_host

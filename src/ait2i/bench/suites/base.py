@@ -23,7 +23,8 @@ class Item:
             ("red bench", or a ``{"subject": ..., "box": ...}`` mapping for a layout suite).
         data (`Mapping`, *optional*): per-item data for scorers and reports (requested objects, boxes, ...).
         generate_kwargs (`Mapping`, *optional*): extra keyword arguments of :func:`ait2i.generate` for this item
-            (e.g. a ControlNet image or a LoRA scale); recorded with each image.
+            (e.g. regional adapters); JSON values only: they are recorded in each image's PNG parameters and an
+            image made with others is refused.
         methods (`tuple[str, ...]`, *optional*): registry names of the only methods this item runs with (e.g.
             ``("none",)`` for a reference item); every method of the run by default.
     """

@@ -179,17 +179,23 @@ def split_category(category: str) -> tuple[str, str]:
     return concept_set, kind
 
 
-def items(cats: Sequence[str]) -> list:
+def items(cats: Sequence[str], regional: bool = False) -> list:
     """The runner items of ``cats``: one per prompt of each category's concept set, spelled for its kind;
     ``data``: ``objects`` (the requested ``(colour, shape)`` pairs), ``concept_set`` and ``kind``. ``base`` items
-    run unguided only (``methods=("none",)``)."""
+    run unguided only (``methods=("none",)``). ``regional``: the two-LoRA items place each adapter on its subject
+    (``generate(..., regional_adapters={"star-lora": "red star", ...})``, :mod:`ait2i.regional`)."""
     out = []
     for cat in cats:
         concept_set, kind = split_category(cat)
         for i, objs in enumerate(measure_prompts(concept_set)):
             prompt, subjects = measure_prompt(objs, kind)
             data = {"objects": objs, "concept_set": concept_set, "kind": kind}
-            out.append(Item(cat, i, prompt, tuple(subjects), data, methods=("none",) if kind == "base" else None))
+            extra = {}
+            if regional and kind == "lora" and concept_set == MULTI:
+                pairs = zip(objs, subjects)
+                extra = {"regional_adapters": {f"{s}-lora": p for (_, s), p in pairs if s in C.CONCEPT_SHAPES}}
+            methods = ("none",) if kind == "base" else None
+            out.append(Item(cat, i, prompt, tuple(subjects), data, generate_kwargs=extra, methods=methods))
     return out
 
 
@@ -254,10 +260,12 @@ def model_identity(base: str, cats: Sequence[str], folder=None, adapter_weight: 
     return text
 
 
-def suite(category: str | None = None, data_dir=None, concepts=None, adapter_weight: float = 1.0):
+def suite(
+    category: str | None = None, data_dir=None, concepts=None, adapter_weight: float = 1.0, regional: bool = False
+):
     """``personalization`` (every category) or ``personalization:star-lora,star+ring-lora``; protocol ``shapes``
     (DDIM, 20 steps, CFG 7.5), seeds 0-15, concepts from ``concepts`` (default: the shipped) at
-    ``adapter_weight``."""
+    ``adapter_weight``; ``regional``: see :func:`items`."""
     import math
 
     if not (math.isfinite(adapter_weight) and adapter_weight > 0):
@@ -270,7 +278,7 @@ def suite(category: str | None = None, data_dir=None, concepts=None, adapter_wei
     name = "personalization" if len(cats) == len(every) else "personalization:" + ",".join(cats)
     return Suite(
         name,
-        tuple(items(cats)),
+        tuple(items(cats, regional)),
         "item",
         "shapes",
         (),
