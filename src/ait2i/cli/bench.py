@@ -462,7 +462,7 @@ def cmd_personalization(args) -> int:
         raise ValueError(f"{run.out} holds no checked images of this run yet")
     rows = P.rescore(run.out, rows)  # every image read again by the current checker
     methods = {label: config_dict(cfg) for label, cfg in run.methods}
-    print(P.write_summary(run.out, rows, methods, args.adapter_weight, missing))
+    print(P.write_summary(run.out, rows, methods, args.adapter_weight, missing, regional=args.regional))
     if args.grid:
         _, legend = P.save_grid(run.out, args.grid, rows, picks, list(run.seeds)[:8], kinds=grid_kinds, methods=methods)
         print("\n".join([f"grid: {args.grid}", *legend]))

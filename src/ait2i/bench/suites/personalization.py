@@ -329,7 +329,9 @@ def _names(rows: Sequence[dict], methods: dict | None) -> dict[str, str]:
     return {m: n if list(names.values()).count(n) == 1 else m for m, n in names.items()}
 
 
-def summary_table(rows: Sequence[dict], methods: dict | None = None, adapter_weight: float | None = None) -> str:
+def summary_table(
+    rows: Sequence[dict], methods: dict | None = None, adapter_weight: float | None = None, regional: bool = False
+) -> str:
     """Markdown tables of :func:`rescore`'s rows, one section per concept set: each metric per kind and method
     (mean and 95% two-level bootstrap interval over prompts then seeds), the paired difference against ``none``
     of the same kind, and the concept rate per prompt. ``methods``: the manifest's ``{label: config}`` (tables
@@ -355,6 +357,8 @@ def summary_table(rows: Sequence[dict], methods: dict | None = None, adapter_wei
             return {(r["prompt_index"], r["seed"]): float(r[metric]) for r in rs if r[metric] is not None}
 
         weight = f" (LoRA adapter weight {adapter_weight:g})" if adapter_weight not in (None, 1.0) else ""
+        if regional and cs == MULTI:
+            weight += " (regional adapters: each LoRA placed on its subject)"
         lora = any(r["kind"] == "lora" for r in sub)
         lines += [f"### {cs}" + (weight if lora else ""), ""]
         lines.append("images: prompts x seeds of the row; mean [95% interval].\n")
@@ -418,13 +422,18 @@ def summary_table(rows: Sequence[dict], methods: dict | None = None, adapter_wei
 
 
 def write_summary(
-    out: str | os.PathLike, rows: Sequence[dict], methods: dict, adapter_weight: float = 1.0, missing=()
+    out: str | os.PathLike,
+    rows: Sequence[dict],
+    methods: dict,
+    adapter_weight: float = 1.0,
+    missing=(),
+    regional: bool = False,
 ) -> str:
     """Write ``summary.md`` (atomically) into the run folder ``out`` from :func:`rescore`'s rows of its planned
     images on disk (the runner's ``matched_rows``); returns the markdown."""
     from ...io import write_atomic
 
-    text = summary_table(rows, methods, adapter_weight)
+    text = summary_table(rows, methods, adapter_weight, regional)
     if missing:
         text += f"\n{len(missing)} planned image(s) not made yet (rerun the same command to resume).\n"
     write_atomic(Path(out) / "summary.md", text)
