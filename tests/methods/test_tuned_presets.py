@@ -28,8 +28,17 @@ def test_shipped_preset_names_the_model_it_was_tuned_on_and_its_held_out_result(
     model = prov["model"]
     assert model["sha256"] == model_fingerprint(model["name"])["sha256"], f"{name}: tuned on another model version"
     held = prov["holdout"]
-    assert held["verdict"].startswith("better than the default")
-    assert held["paired"]["tuned-default"]["low"] > 0  # the interval excludes 0
+    shipped = prov.get("shipped", {})
+    if shipped.get("claim") == "speed":
+        # a speed preset: as good as the default on the held-out seeds (point estimate within `within`), and
+        # faster at the full size where the overhead targets are set (benchmarks/overhead.py --full-size)
+        assert held["paired"]["tuned-default"]["delta"] >= -shipped["within"]
+        times = shipped["time_vs_vanilla"]
+        assert times["sd15-512px"] <= 1.10 and times["sd15-256px"] <= 1.25, times
+        assert all(times[k] < shipped["default_time_vs_vanilla"][k] for k in times)
+    else:
+        assert held["verdict"].startswith("better than the default")
+        assert held["paired"]["tuned-default"]["low"] > 0  # the interval excludes 0
     assert not set(map(int, _seeds(held["seeds"]))) & set(map(int, _seeds(prov["seeds"])))
 
 
