@@ -103,7 +103,7 @@ METHOD_PREFIX = "method:"
 
 def label(variant: str) -> str:
     if variant.startswith(METHOD_PREFIX):
-        return f'ait2i method="{variant[len(METHOD_PREFIX):]}"'
+        return f'ait2i method="{variant[len(METHOD_PREFIX) :]}"'
     return LABELS[variant]
 
 

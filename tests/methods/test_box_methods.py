@@ -36,8 +36,14 @@ def test_box_errors_and_overlap_note():
     overlap = ["red circle@0,0,0.6,0.6", "blue square@0.4,0.4,1,1"]
     expected_terms = {
         "ait2i-layout": {"isolation", "aggregation", "attribute", "presence", "box_aggregation", "box_isolation"},
-        "ait2i-layout-shapesworld": {"isolation", "aggregation", "attribute", "presence", "box_aggregation",
-                                     "box_isolation"},
+        "ait2i-layout-shapesworld": {
+            "isolation",
+            "aggregation",
+            "attribute",
+            "presence",
+            "box_aggregation",
+            "box_isolation",
+        },
         "boxdiff": {"boxdiff_inner", "boxdiff_outer", "boxdiff_corner"},
         "layout-guidance": {"layout_guidance"},
     }
