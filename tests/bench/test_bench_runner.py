@@ -318,3 +318,21 @@ def test_personalization_regional_items_place_each_lora_on_its_subject():
     two = [it for it in regional if it.category == "star+ring-lora"]
     assert two[0].generate_kwargs == {"regional_adapters": {"star-lora": "red star", "ring-lora": "blue ring"}}
     assert all(not it.generate_kwargs for it in regional if it.category != "star+ring-lora")  # one LoRA, or TI
+
+
+def test_summaries_read_checker_scores_again_never_a_stale_checker(tmp_path):
+    # rows stored by an older checker (here: edited) are read again from their PNGs by the current one
+    from ait2i.bench.scorers import ShapesScorer
+    from ait2i.shapes import render as R
+
+    run = _run(tmp_path, methods="none", seeds=(0,), suite="shapes:two", protocol="shapes")
+    item = run.suite.items[0]
+    (c1, s1), (c2, s2) = item.data["objects"]
+    image = R.render(R.Scene([R.ShapeSpec(c1, s1, 9.0, 9.0, 10.0), R.ShapeSpec(c2, s2, 22.0, 22.0, 10.0)], 40))
+    (tmp_path / "x.png").parent.mkdir(parents=True, exist_ok=True)
+    image.save(tmp_path / "x.png")
+    stale = {"category": item.category, "index": item.index, "image": "x.png", "clean_binding": 0.0, "other": 7}
+    (fresh,) = runner.rescore_rows(run, [stale], {"shapes": ShapesScorer()})
+    assert fresh["clean_binding"] == 1.0 and fresh["other"] == 7  # the checker's keys only
+    assert stale["clean_binding"] == 0.0  # the stored rows are not edited in place
+    assert runner.rescore_rows(run, [stale], {"x": SimpleNamespace(keys=("clean_binding",))}) == [stale]

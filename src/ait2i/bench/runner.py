@@ -324,6 +324,28 @@ def matched_rows(run: Run, keys: Sequence[str]) -> tuple[list[dict], list[str]]:
     return rows, missing
 
 
+def rescore_rows(run: Run, rows: Sequence[dict], scorers: dict) -> list[dict]:
+    """``rows`` with every value of the scorers that say ``rescore = True`` (deterministic and cheap: the ShapesWorld
+    checker) read again from the row's PNG, so that a summary never reports a checker that has since changed; other
+    scorers' values are kept as stored."""
+    from PIL import Image
+
+    again = [sc for sc in scorers.values() if getattr(sc, "rescore", False)]
+    if not again:
+        return list(rows)
+    items = {(it.category, it.index): it for it in run.suite.items}
+    out = []
+    for row in rows:
+        item = items[(row["category"], row["index"])]
+        with Image.open(run.out / row["image"]) as im:
+            image = im.convert("RGB")
+        fresh = dict(row)
+        for sc in again:
+            fresh.update({k: v for k, v in sc.score([image], item)[0].items() if k in sc.keys})
+        out.append(fresh)
+    return out
+
+
 @dataclass
 class Report:
     """What one process did (paths relative to the run folder); ``scored``: images saved by an earlier run that

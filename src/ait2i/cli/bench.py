@@ -403,6 +403,7 @@ def _run_and_summarize(args, spec: str, scorers: dict) -> tuple:
     rows, missing = runner.matched_rows(run, [k for sc in scorers.values() for k in sc.keys])
     if not rows:
         raise ValueError(f"{run.out} holds no checked images of this run yet")
+    rows = runner.rescore_rows(run, rows, scorers)  # the checker's values read again: never a stale checker
     scope = rundir.read_manifest(run.out)
     scope.update({k: v for k, v in run.manifest().items() if k in ("limit", "seeds", "methods")})  # what was asked
     scores = write_scores(run.out, rows, scope, scorers, missing, args.reference)

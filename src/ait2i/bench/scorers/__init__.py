@@ -149,6 +149,8 @@ class ShapesScorer:
     """The ShapesWorld checker: which requested objects are present with their colour and shape, and extras."""
 
     name, keys = "shapes", KEYS["shapes"]
+    #: summaries read every image again (:func:`~ait2i.bench.runner.rescore_rows`): cheap and deterministic
+    rescore = True
 
     def __init__(self, checker=None):
         self.checker = checker or check

@@ -67,6 +67,8 @@ class LayoutScorer:
     """The runner's scorer of the ``layout`` suite (:func:`score_layout` per image)."""
 
     name, keys = "layout", KEYS
+    #: summaries read every image again (:func:`~ait2i.bench.runner.rescore_rows`): cheap and deterministic
+    rescore = True
 
     def score(self, images, item) -> list[dict]:
         return [score_layout(im, item) for im in images]
