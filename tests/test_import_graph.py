@@ -19,7 +19,7 @@ LAYERS = (
     ("ait2i.version", "ait2i.parsing", "ait2i.io", "ait2i.shapes"),
     ("ait2i.boxes", "ait2i.losses"),
     ("ait2i.subjects", "ait2i.tokens", "ait2i.methods", "ait2i.capture"),
-    ("ait2i.engine", "ait2i.hosts"),
+    ("ait2i.engine", "ait2i.hosts", "ait2i.regional"),
     ("ait2i.generate", "ait2i.viz", "ait2i.models", "ait2i.testing"),
     ("ait2i.bench",),
     ("ait2i.tuning",),
