@@ -103,6 +103,9 @@ def test_refusals_name_what_is_supported():
     pipe.set_adapters(["cat-lora"])
     with pytest.raises(ValueError, match="not an active LoRA adapter"):
         _run(pipe, regional_adapters={"frog-lora": 1})
+    pipe.fuse_lora(adapter_names=["cat-lora"])  # merged into the weights: no hook would see its update
+    with pytest.raises(ValueError, match="fused into the weights.*unfuse_lora"):
+        _run(pipe, regional_adapters={"cat-lora": 0})
 
 
 def test_other_pipelines_are_refused_before_anything_runs():

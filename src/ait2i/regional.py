@@ -85,14 +85,15 @@ class RegionalAdapters:
         return {"adapters": dict(self.adapters), "low": self.low, "high": self.high, "first": self.first}
 
 
-def active_adapters(pipe) -> dict[str, list[str]]:
-    """``{component: [active adapter names]}`` of the pipeline's UNet and text encoder (peft adapters only)."""
+def active_adapters(pipe, merged: bool = False) -> dict[str, list[str]]:
+    """``{component: [active adapter names]}`` of the pipeline's UNet and text encoder (peft adapters only);
+    ``merged``: the adapters fused into the weights instead (``pipe.fuse_lora``), whose updates no hook can see."""
     out = {}
     for comp in ("unet", "text_encoder"):
         model = getattr(pipe, comp, None)
         names = set()
         for _, mod in model.named_modules() if model is not None else ():
-            active = getattr(mod, "active_adapters", None)
+            active = getattr(mod, "merged_adapters" if merged else "active_adapters", None)
             if active is not None and hasattr(mod, "lora_B"):
                 names.update(active if isinstance(active, (list, tuple)) else [active])
         out[comp] = sorted(names)
@@ -104,7 +105,6 @@ class _State:
     images: int
     token_masks: dict[str, torch.Tensor]  # adapter -> (77,)
     prompt_ids: torch.Tensor
-    read_modules: set = field(default_factory=set)
     latent_hw: tuple[int, int] | None = None
     read_hw: tuple[int, int] | None = None
     masks: dict[str, torch.Tensor] | None = None  # adapter -> (images, 1, h, w)
@@ -130,16 +130,21 @@ class RegionalHooks:
 
     def __init__(self, pipe, spec: RegionalAdapters, subjects, labels, prompt: str, images: int = 1):
         self.pipe, self.spec = pipe, spec
-        active = active_adapters(pipe)
-        index = {}
+        active, fused = active_adapters(pipe), active_adapters(pipe, merged=True)
+        index: dict = {}  # a subject's index, its label and its phrase as given -> its index (the first one wins)
         for i, (s, given) in enumerate(zip(subjects, labels)):
-            index.setdefault(i, i)
-            for key in {s.label, given if isinstance(given, str) else None} - {None}:
-                index.setdefault(key, i)
+            for key in (i, s.label, given if isinstance(given, str) else None):
+                if key is not None:
+                    index.setdefault(key, i)
         tok = pipe.tokenizer
         ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
         self.chosen: dict[str, int] = {}
         for name, subject in spec.adapters.items():
+            if name in fused["unet"] or name in fused["text_encoder"]:
+                raise ValueError(
+                    f"regional_adapters names {name!r}, which is fused into the weights (pipe.fuse_lora): its update "
+                    "can no longer be placed; call pipe.unfuse_lora() first"
+                )
             if name not in active["unet"]:
                 loaded = sorted(set(active["unet"]) | set(active["text_encoder"]))
                 raise ValueError(
@@ -164,6 +169,7 @@ class RegionalHooks:
             masks[name] = m
         self.state = _State(images, masks, ids.input_ids[0])
         self.handles: list = []
+        self._attn_handles: dict = {}  # the read layers' hooks, placed once the UNet's input size is known
 
     # -- context -------------------------------------------------------------------------------------------------
     def __enter__(self):
@@ -180,7 +186,6 @@ class RegionalHooks:
         self.handles.append(pipe.unet.register_forward_hook(self._unet_post))
         if getattr(pipe, "text_encoder", None) is not None:
             self.handles.append(pipe.text_encoder.register_forward_pre_hook(self._te_pre, with_kwargs=True))
-        self._attn_handles = {}
         return self
 
     def __exit__(self, *exc):
